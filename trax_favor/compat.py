@@ -1,0 +1,257 @@
+"""trax 1.4.1 on current JAX: the only place where trax_favor patches anything.
+
+Trax's last release (1.4.1, 2021) calls JAX APIs that have since changed or
+gone. Each fix below is the smallest change that restores one upstream call,
+names that call, and is a no-op where the old API still works (each one probes
+the upstream call first, so applying twice changes nothing). `apply()` runs them all once trax is imported; `import trax_favor`
+does that, and so does the import hook that `trax_favor.pth` installs at
+interpreter start (so `python -m trax.trainer` works without importing
+trax_favor first). `applied()` reports which fixes were needed.
+
+This module must not import trax or trax_favor at module level: the .pth file
+loads it at every interpreter start, before anything else.
+"""
+
+import importlib.abc
+import importlib.machinery
+import inspect
+import sys
+import types
+
+_APPLIED = {}
+
+
+def applied():
+  """{fix name: True if the fix was installed, False if not needed}."""
+  return dict(_APPLIED)
+
+
+def _fix(name):
+  """Registers a fix; it runs once, and records whether it patched."""
+  def wrap(fn):
+    def run():
+      if name not in _APPLIED:
+        _APPLIED[name] = bool(fn())
+    run.fix_name = name
+    _FIXES.append(run)
+    return run
+  return wrap
+
+
+_FIXES = []
+
+
+# -- trax.fastmath.numpy.tree_unflatten --------------------------------------
+class _MembersByValue(list):
+  """A list whose `in` never compares arrays (jax raises on `array == ()`)."""
+
+  def __contains__(self, item):
+    if hasattr(item, 'shape') and hasattr(item, 'dtype'):
+      return any(item is c for c in self)
+    return any(item == c for c in self)
+
+
+@_fix('tree_unflatten')
+def _fix_tree_unflatten():
+  # Repairs trax.fastmath.numpy.tree_unflatten (used by Loop checkpoint
+  # restore and init_from_file): `tree in copy_from_tree` compares a jax Array
+  # with (), which raises TypeError on every jax with Python 3.11 wheels.
+  import importlib  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from trax import fastmath  # pylint: disable=g-import-not-at-top
+  # The module itself: the attribute trax.fastmath.numpy is the backend's np.
+  fnp = importlib.import_module('trax.fastmath.numpy')
+  try:
+    fnp.tree_unflatten([jnp.zeros(1)], (jnp.zeros(1),), copy_from_tree=[()])
+    return False
+  except TypeError:
+    pass
+  original = fnp.tree_unflatten
+
+  def tree_unflatten(flat, tree, copy_from_tree=None):
+    if copy_from_tree is not None:
+      copy_from_tree = _MembersByValue(copy_from_tree)
+    return original(flat, tree, copy_from_tree=copy_from_tree)
+
+  fnp.tree_unflatten = tree_unflatten  # also the name its recursion looks up
+  fastmath.tree_unflatten = tree_unflatten
+  return True
+
+
+# -- trax.fastmath.cond ------------------------------------------------------
+@_fix('cond_per_branch_operands')
+def _fix_cond():
+  # Repairs trax.fastmath.cond(pred=, true_operand=, true_fun=, false_operand=,
+  # false_fun=) as called by tl.SelfAttention / tl.LSHSelfAttention predict
+  # mode and LSH bucketing: jax >= 0.8 lax.cond lost per-branch operands.
+  from trax.fastmath import jax as trax_jax  # pylint: disable=g-import-not-at-top
+  try:
+    trax_jax.JAX_BACKEND['cond'](pred=True, true_operand=0, true_fun=lambda x: x,
+             false_operand=0, false_fun=lambda x: x)
+    return False
+  except TypeError:
+    pass
+  original = trax_jax.JAX_BACKEND['cond']
+
+  def cond(*args, **kwargs):
+    if 'true_operand' not in kwargs:
+      return original(*args, **kwargs)
+    true_fun, false_fun = kwargs['true_fun'], kwargs['false_fun']
+    return original(kwargs['pred'], lambda ops: true_fun(ops[0]),
+                    lambda ops: false_fun(ops[1]),
+                    (kwargs['true_operand'], kwargs['false_operand']))
+
+  trax_jax.JAX_BACKEND['cond'] = cond
+  return True
+
+
+# -- trax.fastmath.stop_gradient ---------------------------------------------
+@_fix('stop_gradient_of_python_scalars')
+def _fix_stop_gradient():
+  # Repairs trax.fastmath.stop_gradient(seqlen) in the predict mode of
+  # tl.SelfAttention / tl.LSHSelfAttention (`q_len=stop_gradient(seqlen)` then
+  # `np.arange(q_len)`): since jax 0.8 lax.stop_gradient turns a Python int
+  # into a traced array. A Python number has no gradient: return it as is.
+  from trax.fastmath import jax as trax_jax  # pylint: disable=g-import-not-at-top
+  if type(trax_jax.JAX_BACKEND['stop_gradient'](3)) is int:  # pylint: disable=unidiomatic-typecheck
+    return False
+  original = trax_jax.JAX_BACKEND['stop_gradient']
+
+  def stop_gradient(x):
+    if isinstance(x, (bool, int, float)):
+      return x
+    return original(x)
+
+  trax_jax.JAX_BACKEND['stop_gradient'] = stop_gradient
+  return True
+
+
+# -- jax.device_put_replicated (trax.layers.acceleration.for_n_devices) -------
+@_fix('device_put_replicated')
+def _fix_device_put_replicated():
+  # Repairs trax.layers.acceleration.for_n_devices (multi-device training),
+  # which calls jax.device_put_replicated, removed from jax. Replicating from a
+  # host array lets pmap place one copy per device.
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  if hasattr(jax, 'device_put_replicated'):
+    return False
+
+  def device_put_replicated(x, devices):
+    x = np.asarray(x)
+    return np.broadcast_to(x, (len(devices),) + x.shape)
+
+  jax.device_put_replicated = device_put_replicated
+  return True
+
+
+# -- jax.xla_computation (trax.supervised.trainer_lib) ------------------------
+@_fix('xla_computation')
+def _fix_xla_computation():
+  # Repairs Trainer.save_computation_graphs in trax.supervised.trainer_lib
+  # (`jax.xla_computation(f)(batch, weights=..., ...)` then `.as_hlo_text()`,
+  # `.as_hlo_dot_graph()`): jax.xla_computation was deleted in jax 0.4.35.
+  import jax  # pylint: disable=g-import-not-at-top
+  if hasattr(jax, 'xla_computation'):
+    return False
+
+  def xla_computation(fun):
+    return lambda *args, **kwargs: jax.jit(fun).lower(
+        *args, **kwargs).compiler_ir('hlo')
+
+  jax.xla_computation = xla_computation
+  return True
+
+
+# -- jax.lib.xla_extension (trax/trainer.py) ----------------------------------
+@_fix('xla_extension_module')
+def _fix_xla_extension():
+  # Repairs `from jax.lib import xla_extension as xc` at the top of
+  # trax/trainer.py (`python -m trax.trainer`); the module is gone since jax
+  # 0.9. trainer.py uses xc.get_distributed_runtime_{service,client}, which now
+  # live in jaxlib's _jax extension.
+  import jax.lib  # pylint: disable=g-import-not-at-top
+  try:
+    import jax.lib.xla_extension  # pylint: disable=g-import-not-at-top,unused-import
+    return False
+  except ImportError:
+    pass
+  from jax._src.lib import _jax  # pylint: disable=g-import-not-at-top
+  sys.modules['jax.lib.xla_extension'] = _jax
+  jax.lib.xla_extension = _jax
+  return True
+
+
+def apply():
+  """Applies every fix (once); returns applied()."""
+  for fix in _FIXES:
+    fix()
+  return applied()
+
+
+# -- import hook -------------------------------------------------------------
+def _shallow_stack(context=1):
+  """inspect.stack() without source context: frame records, cheaply.
+
+  trax.layers.assert_shape calls `inspect.getframeinfo(inspect.stack()[1][0])`
+  in every decorated layer at import; inspect.stack() reads the source of
+  every frame on the stack, and made `import trax` take over a minute.
+  """
+  del context
+  frame = sys._getframe(1)  # pylint: disable=protected-access
+  records = []
+  while frame is not None:
+    records.append((frame, frame.f_code.co_filename, frame.f_lineno,
+                    frame.f_code.co_name, None, None))
+    frame = frame.f_back
+  return records
+
+
+class _AfterExec(importlib.abc.Loader):
+  """Wraps a module's loader and runs `after(module)` once it has executed."""
+
+  def __init__(self, loader, after):
+    self._loader, self._after = loader, after
+
+  def create_module(self, spec):
+    return self._loader.create_module(spec)
+
+  def exec_module(self, module):
+    self._loader.exec_module(module)
+    self._after(module)
+
+
+def _fast_inspect(module):
+  # Speeds up trax.layers.assert_shape: its `inspect` becomes a copy whose
+  # stack() skips reading source files; nothing else in it changes.
+  shim = types.ModuleType('inspect')
+  shim.__dict__.update(inspect.__dict__)
+  shim.stack = _shallow_stack
+  module.inspect = shim
+
+
+_AFTER_IMPORT = {
+    'trax.layers.assert_shape': _fast_inspect,
+    'trax': lambda module: apply(),
+}
+
+
+class _TraxFinder(importlib.abc.MetaPathFinder):
+  """Meta-path finder that post-processes the modules in _AFTER_IMPORT."""
+
+  def find_spec(self, fullname, path, target=None):
+    if fullname not in _AFTER_IMPORT:
+      return None
+    spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+    if spec is None or spec.loader is None:
+      return None
+    spec.loader = _AfterExec(spec.loader, _AFTER_IMPORT[fullname])
+    return spec
+
+
+def install_import_hook():
+  """Installs the finder (idempotent); if trax is already imported, applies."""
+  if not any(isinstance(f, _TraxFinder) for f in sys.meta_path):
+    sys.meta_path.insert(0, _TraxFinder())
+  if 'trax' in sys.modules and hasattr(sys.modules['trax'], 'layers'):
+    apply()

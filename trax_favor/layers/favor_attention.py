@@ -1,0 +1,289 @@
+"""FavorSelfAttention: FAVOR+ self-attention as a Trax layer.
+
+A drop-in `attention_type` for `trax.models.ReformerLM` (it accepts exactly the
+keywords Reformer passes: n_heads, d_qk, d_v, causal, masked, output_dropout,
+attention_dropout, mode) whose weights have the structure of
+`tl.SelfAttention`'s (or `tl.LSHSelfAttention`'s with share_qk=True), so a
+trained exact-attention Reformer's weights load into it unchanged.
+
+Weights (per head, stacked on a leading head axis h):
+  w_q (h, d_model, d_qk), [w_k (h, d_model, d_qk)], w_v (h, d_model, d_v),
+  w_o (h, d_v, d_model).
+State:
+  train / eval:  projection (m, d_qk), the fixed random projection.
+  predict:       (projection, (kv (b, h, m', d_v), z (b, h, m'), ref (b, h))),
+                 the causal prefix sums: O(1) in the decoded length.
+
+The fixed projection is drawn from the init rng, so every layer draws its own.
+It is state, not a weight: copy it between models with `transfer_projections`
+(weights-only checkpoint loading does not carry it).
+"""
+
+import jax
+import jax.numpy as jnp
+from trax.layers import base
+
+from trax_favor.ops import favor
+from trax_favor.ops import feature_maps
+from trax_favor.ops import random_features
+
+MODES = ('train', 'eval', 'predict')
+REDRAW_POLICIES = ('fixed', 'step')
+
+
+def _positive_int(name, value):
+  if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    raise ValueError(f'{name} must be a positive int, got {value!r}.')
+
+
+def _rate(name, value):
+  if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+    raise ValueError(f'{name} must be a float in [0, 1), got {value!r}.')
+
+
+def _rms_normalized(x, epsilon=1e-6):
+  """x / rms(x): shared-QK keys, as tl.LSHSelfAttention normalizes them."""
+  return x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True)
+                           + epsilon)
+
+
+def _dropout(rng, x, rate, shape):
+  """Inverted dropout of x with a keep-mask of `shape` (broadcast onto x)."""
+  keep = jax.random.bernoulli(rng, 1.0 - rate, shape)
+  return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+
+
+class FavorSelfAttention(base.Layer):
+  """Multi-head self-attention by FAVOR+ random features (Performer).
+
+  Dropout semantics (train mode only):
+    attention_dropout: each entry of the key features phi(K) (b, h, l, m) is
+      dropped with this probability and the survivors are scaled by 1/(1-p).
+      The same phi(K) feeds numerator and denominator, so each output row stays
+      a normalized average of values, and the kernel estimate phi(q).phi(k)
+      stays unbiased over the dropout masks: the linear-attention analogue of
+      dropping attention weights, without an (l, l) matrix.
+    output_dropout: dropout on the layer output (b, l, d_model) with the mask
+      shared along the length axis, as tl.SelfAttention does.
+  """
+
+  def __init__(self, n_heads=2, d_qk=64, d_v=64, share_qk=False,
+               causal=False, masked=False, output_dropout=0.0,
+               attention_dropout=0.0, mode='train', n_random_features=256,
+               feature_map='softmax', projection='orthogonal',
+               projection_scaling='norm', redraw='fixed',
+               numerical_stabilizer=1e-6, chunk_size=128):
+    """Builds the layer.
+
+    Args:
+      n_heads: number of attention heads.
+      d_qk: depth of one head's queries and keys.
+      d_v: depth of one head's values.
+      share_qk: one projection for queries and keys (keys are the RMS-normalized
+        queries), mirroring tl.LSHSelfAttention's weights.
+      causal: each position attends to itself and earlier positions only.
+      masked: take a second input, a (batch, length) bool mask of valid tokens;
+        masked keys are removed from numerator and denominator.
+      output_dropout: dropout rate on the output (see class docstring).
+      attention_dropout: dropout rate on key features (see class docstring).
+      mode: 'train', 'eval' or 'predict' (causal decoding with O(1) state).
+      n_random_features: m, random projections per head (any positive int).
+      feature_map: a name in trax_favor.ops.FEATURE_MAPS; 'softmax' is FAVOR+.
+      projection: 'orthogonal' (block-orthogonal rows) or 'iid'.
+      projection_scaling: 'norm' (chi-distributed row norms) or 'sqrt_d'.
+      redraw: 'fixed' (the projection drawn at init) or 'step' (a new one from
+        the layer rng at every train-mode call; the reversible recompute sees
+        the same rng, hence the same matrix). Eval and predict always use the
+        fixed projection.
+      numerical_stabilizer: non-negative floor added to non-negative features,
+        relative to each vector's largest feature; keeps denominators > 0.
+      chunk_size: causal only: tokens per chunk of the chunked causal form.
+    """
+    super().__init__(n_in=(2 if masked else 1), n_out=1)
+    _positive_int('n_heads', n_heads)
+    _positive_int('d_qk', d_qk)
+    _positive_int('d_v', d_v)
+    _positive_int('chunk_size', chunk_size)
+    _rate('output_dropout', output_dropout)
+    _rate('attention_dropout', attention_dropout)
+    if mode not in MODES:
+      raise ValueError(f'mode must be one of {MODES}, got {mode!r}.')
+    if mode == 'predict' and not causal:
+      raise ValueError('mode=\'predict\' (incremental decoding) needs '
+                       'causal=True.')
+    if redraw not in REDRAW_POLICIES:
+      raise ValueError(f'redraw must be one of {REDRAW_POLICIES}, got '
+                       f'{redraw!r}.')
+    if not isinstance(numerical_stabilizer, (int, float)) or (
+        numerical_stabilizer < 0):
+      raise ValueError('numerical_stabilizer must be a non-negative float, got '
+                       f'{numerical_stabilizer!r}.')
+    self._feature_map = feature_maps.get_feature_map(feature_map)
+    random_features.check_projection_args(n_random_features, d_qk, projection,
+                                          projection_scaling)
+    self._n_heads, self._d_qk, self._d_v = n_heads, d_qk, d_v
+    self._share_qk, self._causal, self._masked = share_qk, causal, masked
+    self._mode = mode
+    training = mode == 'train'
+    self._output_dropout = output_dropout if training else 0.0
+    self._attention_dropout = attention_dropout if training else 0.0
+    self._feature_map_name = feature_map
+    self._n_random_features = n_random_features
+    self._projection = projection
+    self._projection_scaling = projection_scaling
+    self._redraw = redraw if training else 'fixed'
+    self._numerical_stabilizer = float(numerical_stabilizer)
+    self._chunk_size = chunk_size
+
+  # -- initialization ---------------------------------------------------------
+
+  def _kernel_init(self, rng, shape):
+    # Glorot-uniform over the total width of all heads, as tl.SelfAttention.
+    lim = jnp.sqrt(6.0 / (shape[0] + shape[1] * self._n_heads))
+    return jax.random.uniform(rng, shape, jnp.float32, -lim, lim)
+
+  def draw_projection(self, rng):
+    """A fresh (n_random_features, d_qk) projection from `rng`."""
+    return random_features.draw_projection(
+        rng, self._n_random_features, self._d_qk, self._projection,
+        self._projection_scaling)
+
+  def init_weights_and_state(self, input_signature):
+    x_sig = input_signature[0] if self._masked else input_signature
+    if len(x_sig.shape) != 3:
+      raise ValueError('FavorSelfAttention expects inputs of shape (batch, '
+                       f'length, d_model), got {tuple(x_sig.shape)}.')
+    batch, d_model = int(x_sig.shape[0]), int(x_sig.shape[-1])
+
+    def head_weights(rng):  # same rng use as tl.SelfAttention, per head
+      rng_q, rng_k, rng_v, rng_o = jax.random.split(rng, 4)
+      w_q = self._kernel_init(rng_q, (d_model, self._d_qk))
+      w_v = self._kernel_init(rng_v, (d_model, self._d_v))
+      w_o = self._kernel_init(rng_o, (d_model, self._d_v)).T
+      if self._share_qk:
+        return (w_q, w_v, w_o)
+      return (w_q, self._kernel_init(rng_k, (d_model, self._d_qk)), w_v, w_o)
+
+    head_rngs = jax.random.split(self.rng, self._n_heads)
+    self.weights = jax.vmap(head_weights)(head_rngs)  # each (h, ...)
+    projection = self.draw_projection(jax.random.fold_in(self.rng, 1))
+    if self._mode == 'predict':
+      m_out = self._n_random_features * self._feature_map.features_per_row
+      self.state = (projection, tuple(favor.empty_state(
+          (batch, self._n_heads), m_out, self._d_v)))
+    else:
+      self.state = projection
+
+  @property
+  def projection_matrix(self):
+    """The fixed (n_random_features, d_qk) projection held in state."""
+    return self.state[0] if self._mode == 'predict' else self.state
+
+  # -- forward ----------------------------------------------------------------
+
+  def forward(self, inputs):
+    x, mask = inputs if self._masked else (inputs, None)
+    if self._share_qk:
+      w_q, w_v, w_o = self.weights
+      w_k = None
+    else:
+      w_q, w_k, w_v, w_o = self.weights
+    if x.ndim != 3 or x.shape[-1] != w_q.shape[1]:
+      raise ValueError(f'FavorSelfAttention with d_model={w_q.shape[1]} '
+                       'expects inputs of shape (batch, length, '
+                       f'{w_q.shape[1]}), got {tuple(x.shape)}.')
+    if mask is not None and mask.shape != x.shape[:2]:
+      raise ValueError(f'mask must have shape (batch, length) = {x.shape[:2]}, '
+                       f'got {tuple(mask.shape)}.')
+    rng_proj, rng_attn, rng_out = jax.random.split(self.rng, 3)
+
+    q = jnp.einsum('bld,hdk->bhlk', x, w_q)  # (b, h, l, d_qk)
+    if self._share_qk:
+      k = _rms_normalized(q)
+    else:
+      k = jnp.einsum('bld,hdk->bhlk', x, w_k)  # (b, h, l, d_qk)
+    v = jnp.einsum('bld,hdv->bhlv', x, w_v)  # (b, h, l, d_v)
+
+    if self._mode == 'predict':
+      projection, decode_state = self.state
+    else:
+      projection, decode_state = self.state, None
+    if self._redraw == 'step':
+      projection = self.draw_projection(rng_proj)
+    if projection.shape != (self._n_random_features, self._d_qk):
+      raise ValueError(f'the projection in state has shape {projection.shape},'
+                       ' expected (n_random_features, d_qk) = '
+                       f'{(self._n_random_features, self._d_qk)}.')
+
+    stab = self._numerical_stabilizer
+    q_feat, _ = feature_maps.feature_map(self._feature_map_name, q, projection,
+                                         stab)  # (b, h, l, m')
+    k_feat, k_log_scale = feature_maps.feature_map(
+        self._feature_map_name, k, projection, stab)  # (b, h, l, m'), (b, h, l)
+    if self._attention_dropout:
+      k_feat = _dropout(rng_attn, k_feat, self._attention_dropout,
+                        k_feat.shape)
+    key_mask = None if mask is None else mask[:, None, :].astype(jnp.bool_)
+
+    if self._causal:
+      if decode_state is not None:
+        decode_state = self._checked_decode_state(decode_state, x.shape[0])
+      o, final = favor.causal_favor(q_feat, k_feat, k_log_scale, v,
+                                    initial_state=decode_state,
+                                    key_mask=key_mask,
+                                    chunk_size=self._chunk_size)
+      if self._mode == 'predict':
+        self.state = (projection, tuple(final))
+    else:
+      o = favor.bidirectional_favor(q_feat, k_feat, k_log_scale, v, key_mask)
+
+    out = jnp.einsum('bhlv,hvd->bld', o, w_o)  # (b, l, d_model)
+    if self._output_dropout:
+      out = _dropout(rng_out, out, self._output_dropout,
+                     (out.shape[0], 1, out.shape[2]))
+    return out
+
+  def _checked_decode_state(self, decode_state, batch):
+    state = favor.CausalState(*decode_state)
+    if state.ref.shape != (batch, self._n_heads):
+      raise ValueError(
+          f'predict-mode state was initialized for batch size '
+          f'{state.ref.shape[0]}, but the input has batch size {batch}; '
+          'init the predict-mode model with the decoding batch size.')
+    return state
+
+
+def favor_layers(layer):
+  """All FavorSelfAttention layers inside `layer`, in a fixed tree order."""
+  if isinstance(layer, FavorSelfAttention):
+    return [layer]
+  found = []
+  for sublayer in layer.sublayers:
+    found.extend(favor_layers(sublayer))
+  return found
+
+
+def transfer_projections(source, target):
+  """Copies each FAVOR layer's fixed projection from `source` to `target`.
+
+  Use it after loading trained weights into a model built in another mode (for
+  example a predict-mode decoder), so that both use the same random features.
+  Both models must be initialized and have the same FAVOR layers in the same
+  order; raises ValueError otherwise.
+  """
+  src, dst = favor_layers(source), favor_layers(target)
+  if len(src) != len(dst):
+    raise ValueError(f'source has {len(src)} FAVOR layers, target {len(dst)}.')
+  for s_layer, t_layer in zip(src, dst):
+    s_proj = s_layer.projection_matrix
+    t_state = t_layer.state
+    if isinstance(t_state, tuple):  # predict mode: (projection, decode state)
+      if t_state[0].shape != s_proj.shape:
+        raise ValueError(f'projection shapes differ: {s_proj.shape} vs '
+                         f'{t_state[0].shape}.')
+      t_layer.state = (s_proj, t_state[1])
+    else:
+      if t_state.shape != s_proj.shape:
+        raise ValueError(f'projection shapes differ: {s_proj.shape} vs '
+                         f'{t_state.shape}.')
+      t_layer.state = s_proj

@@ -1,0 +1,234 @@
+"""FAVOR attention from kernel features: bidirectional and causal (chunked).
+
+Notation (Performer paper): with query features Q' = phi(Q), key features
+K' = phi(K) and values V, attention is
+
+    numerator   Q' ((K')^T V)          (l, v)
+    denominator Q' ((K')^T 1_L)        (l,)
+    output      numerator / denominator
+
+and its causal form replaces the sums over all keys by prefix sums. Axis letters:
+b.. any leading batch axes (written `...`), l length, m features, v value depth,
+n chunks, c chunk length.
+
+Stabilization. Features arrive factored as `features * exp(log_scale)` (see
+`feature_maps.py`). A query's factor is the same for every key, so it cancels
+and is dropped. Key factors differ per key; each sum over keys is kept relative
+to a *reference* log-scale r (the sum is `stored * exp(r)`), where r is the
+largest key log-scale the sum contains. In causal mode the reference used by
+query t is the maximum over keys <= t only, so no future key ever changes how
+past outputs round or underflow (a global maximum would leak the future).
+Every exponent formed is <= 0, so nothing overflows; all references are under
+stop_gradient (they cancel mathematically), all accumulation is float32.
+
+Causal state. `CausalState(kv, z, ref)` holds the prefix sums of K'^T V (m, v)
+and K' (m,) relative to `ref`: O(1) in the sequence length. `causal_favor`
+takes an initial state and returns the final one, so a sequence can be split
+anywhere (predict-mode decoding feeds one token at a time).
+
+Chunked parallel form. The sequence is cut into chunks of c tokens. Within a
+chunk, queries see keys through a masked (c, c) product of features; across
+chunks, through the prefix state at the chunk start, and those prefix states
+come from an associative scan over per-chunk sums. Autodiff stores one (m, v)
+state per chunk, not per token.
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from trax_favor.ops import feature_maps
+
+# Reference log-scale of an empty sum and log-scale of a masked key: finite, so
+# that differences of two of them are 0 and never NaN; exp(NEG - x) == 0.
+NEG = -1e30
+
+
+class CausalState(NamedTuple):
+  """Prefix sums of causal FAVOR, relative to a reference log-scale.
+
+  kv: (..., m, v) float32, sum over past keys of K'_j^T V_j * exp(s_j - ref).
+  z: (..., m) float32, sum over past keys of K'_j * exp(s_j - ref).
+  ref: (...,) float32, the reference log-scale (NEG while the sum is empty).
+  """
+  kv: jax.Array
+  z: jax.Array
+  ref: jax.Array
+
+
+def empty_state(batch_shape, n_features, d_v):
+  """The state before any token: zero sums, reference NEG."""
+  batch_shape = tuple(batch_shape)
+  return CausalState(
+      kv=jnp.zeros(batch_shape + (n_features, d_v), jnp.float32),
+      z=jnp.zeros(batch_shape + (n_features,), jnp.float32),
+      ref=jnp.full(batch_shape, NEG, jnp.float32))
+
+
+def safe_divide(num, den):
+  """num / den; rows whose denominator is 0 (all keys masked) give 0."""
+  ok = den != 0.0
+  safe_den = jnp.where(ok, den, 1.0)
+  return jnp.where(ok[..., None], num / safe_den[..., None], 0.0)
+
+
+def mask_keys(k_feat, k_log_scale, key_mask):
+  """Zeroes masked keys' features and sets their log-scales to NEG."""
+  k_feat = k_feat.astype(jnp.float32)
+  k_log_scale = k_log_scale.astype(jnp.float32)
+  if key_mask is None:
+    return k_feat, k_log_scale
+  key_mask = jnp.broadcast_to(key_mask, k_log_scale.shape)
+  return (k_feat * key_mask[..., None].astype(jnp.float32),
+          jnp.where(key_mask, k_log_scale, NEG))
+
+
+def bidirectional_favor(q_feat, k_feat, k_log_scale, v, key_mask=None):
+  """Non-causal FAVOR attention.
+
+  Args:
+    q_feat: (..., l, m) query features (their log-scales cancel: not needed).
+    k_feat: (..., l, m) key features.
+    k_log_scale: (..., l) key log-scales.
+    v: (..., l, v) values.
+    key_mask: optional bool array broadcastable to (..., l); False marks a
+      padded key, which is removed from numerator and denominator.
+
+  Returns:
+    (..., l, v) outputs in v's dtype.
+  """
+  k_feat, s = mask_keys(k_feat, k_log_scale, key_mask)
+  ref = jax.lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True))  # (..., 1)
+  k_scaled = k_feat * jnp.exp(s - ref)[..., None]  # (..., l, m)
+  q_feat = q_feat.astype(jnp.float32)
+  kv = jnp.einsum('...lm,...lv->...mv', k_scaled, v.astype(jnp.float32))
+  z = jnp.sum(k_scaled, axis=-2)  # (..., m)
+  num = jnp.einsum('...lm,...mv->...lv', q_feat, kv)  # Q'((K')^T V)
+  den = jnp.einsum('...lm,...m->...l', q_feat, z)  # Q'((K')^T 1_L)
+  return safe_divide(num, den).astype(v.dtype)
+
+
+def _combine(a, b):
+  """Associative sum of two (kv, z, ref) partial sums, earlier one first."""
+  kv_a, z_a, r_a = a
+  kv_b, z_b, r_b = b
+  r = jnp.maximum(r_a, r_b)
+  w_a = jnp.exp(r_a - r)
+  w_b = jnp.exp(r_b - r)
+  return (kv_a * w_a[..., None, None] + kv_b * w_b[..., None, None],
+          z_a * w_a[..., None] + z_b * w_b[..., None], r)
+
+
+def causal_favor(q_feat, k_feat, k_log_scale, v, initial_state=None,
+                 key_mask=None, chunk_size=128):
+  """Causal FAVOR attention in chunked parallel form, with carried state.
+
+  Args:
+    q_feat: (..., l, m) query features.
+    k_feat: (..., l, m) key features.
+    k_log_scale: (..., l) key log-scales.
+    v: (..., l, v) values.
+    initial_state: a CausalState for the tokens before this call, or None for
+      the start of the sequence.
+    key_mask: optional bool, broadcastable to (..., l); False removes a key.
+    chunk_size: c, tokens per chunk (any l works: the last chunk is padded).
+
+  Returns:
+    (outputs (..., l, v) in v's dtype, final CausalState).
+  """
+  if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or (
+      chunk_size <= 0):
+    raise ValueError(f'chunk_size must be a positive int, got {chunk_size!r}.')
+  *batch, length, m = k_feat.shape
+  d_v = v.shape[-1]
+  if initial_state is None:
+    initial_state = empty_state(batch, m, d_v)
+  k_feat, s = mask_keys(k_feat, k_log_scale, key_mask)
+  q_feat = q_feat.astype(jnp.float32)
+  vf = v.astype(jnp.float32)
+
+  c = min(chunk_size, length)
+  n = -(-length // c)
+  pad = n * c - length
+  if pad:
+    pad_width = [(0, 0)] * len(batch) + [(0, pad)]
+    q_feat = jnp.pad(q_feat, pad_width + [(0, 0)])
+    k_feat = jnp.pad(k_feat, pad_width + [(0, 0)])  # padded keys: no features
+    vf = jnp.pad(vf, pad_width + [(0, 0)])
+    s = jnp.pad(s, pad_width, constant_values=NEG)
+  qc = q_feat.reshape(*batch, n, c, m)  # (..., n, c, m)
+  kc = k_feat.reshape(*batch, n, c, m)  # (..., n, c, m)
+  vc = vf.reshape(*batch, n, c, d_v)  # (..., n, c, v)
+  sc = s.reshape(*batch, n, c)  # (..., n, c)
+
+  s_ref = jax.lax.stop_gradient(sc)
+  run_max = jax.lax.cummax(s_ref, axis=s_ref.ndim - 1)  # (..., n, c)
+  chunk_max = run_max[..., -1]  # (..., n)
+
+  # Per-chunk sums relative to the chunk maximum, then exclusive prefixes.
+  k_loc = kc * jnp.exp(sc - chunk_max[..., None])[..., None]  # (..., n, c, m)
+  kv_loc = jnp.einsum('...ncm,...ncv->...nmv', k_loc, vc)  # (..., n, m, v)
+  z_loc = jnp.sum(k_loc, axis=-2)  # (..., n, m)
+  init = jax.tree.map(lambda x: jnp.expand_dims(x, len(batch)),
+                      tuple(initial_state))  # each with a chunk axis of 1
+  elems = (jnp.concatenate([init[0], kv_loc], axis=len(batch)),
+           jnp.concatenate([init[1], z_loc], axis=len(batch)),
+           jnp.concatenate([jax.lax.stop_gradient(init[2]), chunk_max],
+                           axis=len(batch)))  # n + 1 partial sums
+  kv_pre, z_pre, r_pre = jax.lax.associative_scan(
+      _combine, elems, axis=len(batch))  # inclusive prefixes, (..., n+1, ...)
+  final = CausalState(kv_pre[..., -1, :, :], z_pre[..., -1, :],
+                      r_pre[..., -1])
+  kv_pre, z_pre, r_pre = kv_pre[..., :-1, :, :], z_pre[..., :-1, :], r_pre[
+      ..., :-1]  # state before each chunk: (..., n, m, v), (..., n, m), (..., n)
+
+  # Reference of query t: the largest key log-scale at positions <= t.
+  q_ref = jnp.maximum(run_max, r_pre[..., None])  # (..., n, c)
+
+  # Inside each chunk: masked (c, c) product, keys rescaled to the query's ref.
+  causal_mask = jnp.tril(jnp.ones((c, c), jnp.bool_))
+  exponent = jnp.where(causal_mask, sc[..., None, :] - q_ref[..., :, None],
+                       NEG)  # (..., n, c_q, c_k), <= 0 where kept
+  weights = jnp.einsum('...ncm,...nkm->...nck', qc, kc) * jnp.exp(exponent)
+  num = jnp.einsum('...nck,...nkv->...ncv', weights, vc)
+  den = jnp.sum(weights, axis=-1)  # (..., n, c)
+
+  # Across chunks: the prefix state, rescaled from its ref to the query's ref.
+  carry = jnp.exp(r_pre[..., None] - q_ref)  # (..., n, c), <= 1
+  num = num + jnp.einsum('...ncm,...nmv->...ncv', qc, kv_pre) * carry[..., None]
+  den = den + jnp.einsum('...ncm,...nm->...nc', qc, z_pre) * carry
+
+  out = safe_divide(num, den).reshape(*batch, n * c, d_v)  # (..., l+pad, v)
+  return out[..., :length, :].astype(v.dtype), final
+
+
+def favor_attention(q, k, v, projection, feature_map='softmax', causal=False,
+                    key_mask=None, initial_state=None, chunk_size=128,
+                    numerical_stabilizer=1e-6):
+  """FAVOR attention from per-head queries, keys and values.
+
+  Args:
+    q, k: (..., l, d) queries and keys (one head per leading index).
+    v: (..., l, v) values.
+    projection: (m, d) random projection (see `random_features`).
+    feature_map: a name registered in `feature_maps.FEATURE_MAPS`.
+    causal: prefix attention (chunked, with state) instead of bidirectional.
+    key_mask: optional bool broadcastable to (..., l); False removes a key.
+    initial_state: causal only: CausalState of the preceding tokens.
+    chunk_size: causal only: tokens per chunk.
+    numerical_stabilizer: positive floor added to non-negative features.
+
+  Returns:
+    Outputs (..., l, v); with causal=True, (outputs, final CausalState).
+  """
+  q_feat, _ = feature_maps.feature_map(feature_map, q, projection,
+                                       numerical_stabilizer)
+  k_feat, k_log_scale = feature_maps.feature_map(feature_map, k, projection,
+                                                 numerical_stabilizer)
+  if causal:
+    return causal_favor(q_feat, k_feat, k_log_scale, v, initial_state,
+                        key_mask, chunk_size)
+  if initial_state is not None:
+    raise ValueError('initial_state is only meaningful with causal=True.')
+  return bidirectional_favor(q_feat, k_feat, k_log_scale, v, key_mask)

@@ -1,0 +1,138 @@
+"""Kernel feature maps phi(x) for FAVOR attention, kept in a registry.
+
+Every map turns per-head vectors x (..., l, d) and a projection w (m, d) into
+features in *factored* form:
+
+    phi(x) = features * exp(log_scale)[..., None]
+
+with `features` of shape (..., l, m_out) and `log_scale` of shape (..., l).
+`features` are kept in a safe range (the largest positive-feature entry of a
+vector is 1 + numerical_stabilizer) and the per-vector factor exp(log_scale)
+carries the rest. The attention code only ever uses *differences* of key
+log-scales (see `favor.py`), and drops query log-scales, which cancel between
+numerator and denominator, so nothing overflows however large the logits.
+
+Queries and keys are first multiplied by d**-0.25 (the "data normalizer"), which
+folds softmax attention's 1/sqrt(d) temperature into the features:
+phi(q) . phi(k) estimates exp(q . k / sqrt(d)) for the softmax maps.
+
+`numerical_stabilizer` (eps) is added to `features` of the non-negative maps.
+It keeps every denominator strictly positive (at least eps times the largest
+feature), at the cost of a relative bias of order eps. It is treated as a
+constant by the gradient (the log-scale maximum is under stop_gradient).
+
+Registered maps (`FEATURE_MAPS`):
+  softmax        positive random features of the softmax kernel (FAVOR+):
+                 exp(w.x - |x|^2/2) / sqrt(m); unbiased, never negative.
+  softmax_trig   trigonometric random features of the softmax kernel:
+                 exp(|x|^2/2) [sin(w.x), cos(w.x)] / sqrt(m), 2m features;
+                 unbiased but signed (denominators can vanish): for comparison.
+  relu           generalized kernel, relu(w.x) / sqrt(m).
+  elu            generalized kernel, (elu(w.x) + 1) / sqrt(m).
+  exp            generalized kernel, exp(w.x) / sqrt(m).
+"""
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureMap:
+  """A registered feature map.
+
+  Attributes:
+    fn: (x_normalized (..., l, d), projection (m, d), eps) -> (features,
+      log_scale); x is already multiplied by d**-0.25 and cast to float32.
+    features_per_row: m_out / m (2 for trigonometric maps).
+    non_negative: whether features are >= 0, so denominators are > 0.
+    estimates_softmax: whether phi(q).phi(k) estimates exp(q.k/sqrt(d)).
+  """
+  fn: Callable
+  features_per_row: int = 1
+  non_negative: bool = True
+  estimates_softmax: bool = False
+
+
+def _half_sq_norm(x):
+  return 0.5 * jnp.sum(jnp.square(x), axis=-1)  # (..., l)
+
+
+def _log_sqrt_m(projection):
+  return 0.5 * jnp.log(float(projection.shape[0]))
+
+
+def _stable_exp(logits, eps):
+  """exp(logits) as (exp(logits - s) + eps, s), with s the row maximum."""
+  s = jax.lax.stop_gradient(jnp.max(logits, axis=-1))  # (..., l)
+  return jnp.exp(logits - s[..., None]) + eps, s
+
+
+def _softmax_positive(x, projection, eps):
+  logits = jnp.einsum('...ld,md->...lm', x, projection)  # (..., l, m)
+  features, s = _stable_exp(logits, eps)
+  return features, s - _half_sq_norm(x) - _log_sqrt_m(projection)
+
+
+def _softmax_trig(x, projection, eps):
+  del eps  # signed features: a positive floor would not help
+  logits = jnp.einsum('...ld,md->...lm', x, projection)  # (..., l, m)
+  features = jnp.concatenate([jnp.sin(logits), jnp.cos(logits)], axis=-1)
+  return features, _half_sq_norm(x) - _log_sqrt_m(projection)
+
+
+def _generalized(kernel_fn):
+  """A generalized kernel f(w.x) / sqrt(m) with a bounded activation f."""
+  def fn(x, projection, eps):
+    logits = jnp.einsum('...ld,md->...lm', x, projection)  # (..., l, m)
+    features = kernel_fn(logits) + eps
+    log_scale = jnp.full(features.shape[:-1], -_log_sqrt_m(projection))
+    return features, log_scale
+  return fn
+
+
+def _exp_kernel(x, projection, eps):
+  logits = jnp.einsum('...ld,md->...lm', x, projection)  # (..., l, m)
+  features, s = _stable_exp(logits, eps)
+  return features, s - _log_sqrt_m(projection)
+
+
+FEATURE_MAPS = {
+    'softmax': FeatureMap(_softmax_positive, estimates_softmax=True),
+    'softmax_trig': FeatureMap(_softmax_trig, features_per_row=2,
+                               non_negative=False, estimates_softmax=True),
+    'relu': FeatureMap(_generalized(jax.nn.relu)),
+    'elu': FeatureMap(_generalized(lambda u: jax.nn.elu(u) + 1.0)),
+    'exp': FeatureMap(_exp_kernel),
+}
+
+
+def get_feature_map(name):
+  """Returns the registered FeatureMap, or raises ValueError naming it."""
+  if name not in FEATURE_MAPS:
+    raise ValueError(f'feature_map must be one of {sorted(FEATURE_MAPS)}, '
+                     f'got {name!r}.')
+  return FEATURE_MAPS[name]
+
+
+def feature_map(name, x, projection, numerical_stabilizer=1e-6):
+  """Applies feature map `name` to x (..., l, d) with projection (m, d).
+
+  Returns:
+    (features (..., l, m_out), log_scale (..., l)), float32, such that
+    phi(x) = features * exp(log_scale)[..., None].
+  """
+  fmap = get_feature_map(name)
+  if x.shape[-1] != projection.shape[-1]:
+    raise ValueError(f'projection depth {projection.shape[-1]} does not match '
+                     f'the query/key depth {x.shape[-1]}.')
+  x = x.astype(jnp.float32) * float(x.shape[-1]) ** -0.25
+  return fmap.fn(x, projection.astype(jnp.float32), numerical_stabilizer)
+
+
+def full_features(name, x, projection, numerical_stabilizer=0.0):
+  """phi(x) itself (..., l, m_out); may overflow: for tests and analysis."""
+  features, log_scale = feature_map(name, x, projection, numerical_stabilizer)
+  return features * jnp.exp(log_scale)[..., None]

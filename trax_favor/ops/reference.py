@@ -1,0 +1,83 @@
+"""Slow, obviously-correct references for the fast paths in `favor.py`.
+
+Used by the tests (and the benchmarks' exact baseline); never by the layers.
+
+* `exact_softmax_attention`: softmax(q k^T / sqrt(d)) v, O(l^2), with causal
+  and key-padding masks; what the softmax feature maps approximate.
+* `masked_linear_attention`: the O(l^2) form of (causal) FAVOR: the full
+  (l, l) matrix of feature products, masked, normalized by its row sums.
+* `prefix_sum_favor`: causal FAVOR as a recurrence over tokens (one state
+  update per token, a `lax.scan`), with initial and final state: what
+  predict-mode decoding computes one token at a time.
+
+Each uses the same stabilization rule as the fast path (a query's reference is
+the largest key log-scale among the keys it sees), so they agree with it to
+float32 rounding, and they share its conventions for masked rows (output 0).
+"""
+
+import jax
+import jax.numpy as jnp
+
+from trax_favor.ops import favor
+
+
+def exact_softmax_attention(q, k, v, causal=False, key_mask=None):
+  """softmax(q k^T / sqrt(d)) v for q, k (..., l, d) and v (..., l, v)."""
+  length = q.shape[-2]
+  logits = jnp.einsum('...id,...jd->...ij', q, k) / jnp.sqrt(
+      float(q.shape[-1]))  # (..., l, l)
+  keep = jnp.ones((length, length), jnp.bool_)
+  if causal:
+    keep = jnp.tril(keep)
+  if key_mask is not None:
+    keep = keep & jnp.expand_dims(key_mask, -2)
+  logits = jnp.where(keep, logits, -jnp.inf)
+  any_key = jnp.any(keep, axis=-1, keepdims=True)
+  probs = jax.nn.softmax(jnp.where(any_key, logits, 0.0), axis=-1)
+  probs = jnp.where(keep, probs, 0.0)
+  return jnp.einsum('...ij,...jv->...iv', probs, v)
+
+
+def masked_linear_attention(q_feat, k_feat, k_log_scale, v, causal=True,
+                            key_mask=None):
+  """FAVOR through the explicit (l, l) matrix of kernel estimates."""
+  length = q_feat.shape[-2]
+  k_feat, s = favor.mask_keys(k_feat, k_log_scale, key_mask)
+  keep = jnp.ones((length, length), jnp.bool_)
+  if causal:
+    keep = jnp.tril(keep)
+  s_q = jnp.where(keep, jax.lax.stop_gradient(s)[..., None, :], favor.NEG)
+  ref = jnp.max(s_q, axis=-1, keepdims=True)  # (..., l, 1): keys seen
+  exponent = jnp.where(keep, s[..., None, :] - ref, favor.NEG)
+  a = jnp.einsum('...im,...jm->...ij', q_feat.astype(jnp.float32),
+                 k_feat) * jnp.exp(exponent)  # (..., l, l)
+  num = jnp.einsum('...ij,...jv->...iv', a, v.astype(jnp.float32))
+  return favor.safe_divide(num, jnp.sum(a, axis=-1)).astype(v.dtype)
+
+
+def prefix_sum_favor(q_feat, k_feat, k_log_scale, v, initial_state=None,
+                     key_mask=None):
+  """Causal FAVOR one token at a time; returns (outputs, final state)."""
+  *batch, _, m = k_feat.shape
+  if initial_state is None:
+    initial_state = favor.empty_state(batch, m, v.shape[-1])
+  k_feat, s = favor.mask_keys(k_feat, k_log_scale, key_mask)
+  axis = len(batch)
+
+  def step(state, token):
+    q_t, k_t, s_t, v_t = token  # (..., m), (..., m), (...), (..., v)
+    ref = jnp.maximum(state.ref, jax.lax.stop_gradient(s_t))  # (...,)
+    decay = jnp.exp(state.ref - ref)
+    grow = jnp.exp(s_t - ref)
+    kv = (state.kv * decay[..., None, None]
+          + jnp.einsum('...m,...v->...mv', k_t * grow[..., None], v_t))
+    z = state.z * decay[..., None] + k_t * grow[..., None]
+    num = jnp.einsum('...m,...mv->...v', q_t, kv)
+    den = jnp.einsum('...m,...m->...', q_t, z)
+    out = favor.safe_divide(num, den)
+    return favor.CausalState(kv, z, ref), out
+
+  tokens = tuple(jnp.moveaxis(x, axis, 0) for x in (
+      q_feat.astype(jnp.float32), k_feat, s, v.astype(jnp.float32)))
+  final, outs = jax.lax.scan(step, initial_state, tokens)
+  return jnp.moveaxis(outs, 0, axis).astype(v.dtype), final
