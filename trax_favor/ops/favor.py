@@ -33,6 +33,7 @@ come from an associative scan over per-chunk sums. Autodiff stores one (m, v)
 state per chunk, not per token.
 """
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -84,6 +85,7 @@ def mask_keys(k_feat, k_log_scale, key_mask):
           jnp.where(key_mask, k_log_scale, NEG))
 
 
+@jax.jit
 def bidirectional_favor(q_feat, k_feat, k_log_scale, v, key_mask=None):
   """Non-causal FAVOR attention.
 
@@ -140,6 +142,14 @@ def causal_favor(q_feat, k_feat, k_log_scale, v, initial_state=None,
   if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or (
       chunk_size <= 0):
     raise ValueError(f'chunk_size must be a positive int, got {chunk_size!r}.')
+  return _causal_favor(q_feat, k_feat, k_log_scale, v, initial_state, key_mask,
+                       chunk_size)
+
+
+@functools.partial(jax.jit, static_argnums=(6,))
+def _causal_favor(q_feat, k_feat, k_log_scale, v, initial_state, key_mask,
+                  chunk_size):
+  """causal_favor after argument checks (jitted: eager dispatch is slow)."""
   *batch, length, m = k_feat.shape
   d_v = v.shape[-1]
   if initial_state is None:

@@ -33,6 +33,7 @@ Registered maps (`FEATURE_MAPS`):
 """
 
 import dataclasses
+import functools
 from typing import Callable
 
 import jax
@@ -124,12 +125,18 @@ def feature_map(name, x, projection, numerical_stabilizer=1e-6):
     (features (..., l, m_out), log_scale (..., l)), float32, such that
     phi(x) = features * exp(log_scale)[..., None].
   """
-  fmap = get_feature_map(name)
+  get_feature_map(name)
   if x.shape[-1] != projection.shape[-1]:
     raise ValueError(f'projection depth {projection.shape[-1]} does not match '
                      f'the query/key depth {x.shape[-1]}.')
+  return _feature_map(name, x, projection, numerical_stabilizer)
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _feature_map(name, x, projection, numerical_stabilizer):
   x = x.astype(jnp.float32) * float(x.shape[-1]) ** -0.25
-  return fmap.fn(x, projection.astype(jnp.float32), numerical_stabilizer)
+  return FEATURE_MAPS[name].fn(x, projection.astype(jnp.float32),
+                               numerical_stabilizer)
 
 
 def full_features(name, x, projection, numerical_stabilizer=0.0):

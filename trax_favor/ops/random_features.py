@@ -24,6 +24,8 @@ Row scaling (`scaling`):
 For `'iid'` rows `'norm'` is the identity (the rows are Gaussian already).
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -76,6 +78,11 @@ def draw_projection(rng, n_random_features, d, projection='orthogonal',
     An array of shape (n_random_features, d).
   """
   check_projection_args(n_random_features, d, projection, scaling)
+  return _draw_projection(rng, n_random_features, d, projection, scaling)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
+def _draw_projection(rng, n_random_features, d, projection, scaling):
   rng_dirs, rng_norms = jax.random.split(rng)
   if projection == 'iid':
     w = jax.random.normal(rng_dirs, (n_random_features, d), jnp.float32)

@@ -15,12 +15,15 @@ the largest key log-scale among the keys it sees), so they agree with it to
 float32 rounding, and they share its conventions for masked rows (output 0).
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
 from trax_favor.ops import favor
 
 
+@functools.partial(jax.jit, static_argnums=(3,))
 def exact_softmax_attention(q, k, v, causal=False, key_mask=None):
   """softmax(q k^T / sqrt(d)) v for q, k (..., l, d) and v (..., l, v)."""
   length = q.shape[-2]
@@ -38,6 +41,7 @@ def exact_softmax_attention(q, k, v, causal=False, key_mask=None):
   return jnp.einsum('...ij,...jv->...iv', probs, v)
 
 
+@functools.partial(jax.jit, static_argnums=(4,))
 def masked_linear_attention(q_feat, k_feat, k_log_scale, v, causal=True,
                             key_mask=None):
   """FAVOR through the explicit (l, l) matrix of kernel estimates."""
@@ -55,6 +59,7 @@ def masked_linear_attention(q_feat, k_feat, k_log_scale, v, causal=True,
   return favor.safe_divide(num, jnp.sum(a, axis=-1)).astype(v.dtype)
 
 
+@jax.jit
 def prefix_sum_favor(q_feat, k_feat, k_log_scale, v, initial_state=None,
                      key_mask=None):
   """Causal FAVOR one token at a time; returns (outputs, final state)."""

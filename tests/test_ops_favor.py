@@ -1,0 +1,253 @@
+"""The FAVOR fast paths against their naive references.
+
+Tolerances: float32 identities (same math, different summation order) hold to
+1e-5 relative / 1e-5 absolute on outputs of order 1; gradients to 1e-4.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from trax_favor import ops
+from trax_favor.ops import favor
+from trax_favor.ops import reference
+
+RTOL, ATOL = 1e-5, 1e-5
+GRAD_TOL = 1e-4
+
+
+def _normal(seed, shape):
+  """Test data from NumPy (eager jax.random compiles per shape: slow)."""
+  return jnp.asarray(np.random.default_rng(seed).standard_normal(shape),
+                     jnp.float32)
+
+
+def _qkv(seed, batch=(2, 3), length=63, d=12, d_v=10, scale=0.7):
+  shape = tuple(batch) + (length, d)
+  return (scale * _normal(seed, shape), scale * _normal(seed + 1000, shape),
+          _normal(seed + 2000, tuple(batch) + (length, d_v)))
+
+
+def _features(name, q, k, m, seed=7):
+  w = ops.draw_projection(jax.random.PRNGKey(seed), m, q.shape[-1])
+  q_feat, _ = ops.feature_map(name, q, w)
+  k_feat, k_log_scale = ops.feature_map(name, k, w)
+  return q_feat, k_feat, k_log_scale
+
+
+CAUSAL_CASES = [  # (length, m, chunk): awkward sizes, L not a chunk multiple
+    pytest.param(63, 37, 16, id='L63-m37-c16'),
+    pytest.param(64, 60, 64, id='L64-m60-c64'),
+    pytest.param(1, 5, 128, id='L1-m5'),
+    pytest.param(50, 17, 7, id='L50-m17-c7'),
+]
+
+
+@pytest.mark.parametrize('feature_map', ['softmax', 'relu', 'exp'])
+@pytest.mark.parametrize('length,m,chunk', CAUSAL_CASES)
+def test_causal_chunked_matches_naive_forms(feature_map, length, m, chunk):
+  q, k, v = _qkv(0, length=length)
+  qf, kf, ls = _features(feature_map, q, k, m)
+  fast, fast_state = favor.causal_favor(qf, kf, ls, v, chunk_size=chunk)
+  masked = reference.masked_linear_attention(qf, kf, ls, v, causal=True)
+  scanned, scan_state = reference.prefix_sum_favor(qf, kf, ls, v)
+  np.testing.assert_allclose(fast, masked, rtol=RTOL, atol=ATOL)
+  np.testing.assert_allclose(fast, scanned, rtol=RTOL, atol=ATOL)
+  # Final states agree once expressed on a common reference.
+  for a, b in ((fast_state.kv, scan_state.kv), (fast_state.z, scan_state.z)):
+    extra = (1,) * (a.ndim - fast_state.ref.ndim)
+    np.testing.assert_allclose(
+        a * jnp.exp(fast_state.ref - scan_state.ref).reshape(
+            fast_state.ref.shape + extra), b, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize('length,m,chunk', CAUSAL_CASES[:2] + CAUSAL_CASES[3:])
+def test_causal_chunked_gradients_match_masked_form(length, m, chunk):
+  q, k, v = _qkv(1, length=length)
+  qf, kf, ls = _features('softmax', q, k, m)
+  cot = _normal(5, v.shape)
+
+  def loss(fn):
+    return lambda *args: jnp.sum(fn(*args) * cot)
+
+  fast = loss(lambda *a: favor.causal_favor(*a, chunk_size=chunk)[0])
+  slow = loss(lambda *a: reference.masked_linear_attention(*a, causal=True))
+  g_fast = jax.grad(fast, argnums=(0, 1, 2, 3))(qf, kf, ls, v)
+  g_slow = jax.grad(slow, argnums=(0, 1, 2, 3))(qf, kf, ls, v)
+  for name, a, b in zip(('q_feat', 'k_feat', 'k_log_scale', 'v'), g_fast,
+                        g_slow):
+    np.testing.assert_allclose(a, b, rtol=GRAD_TOL, atol=GRAD_TOL,
+                               err_msg=name)
+
+
+def test_gradients_through_feature_maps_match_reference():
+  """End-to-end grads w.r.t. q, k, v (features and stabilizers included)."""
+  q, k, v = _qkv(2, length=45, d=8, d_v=6)
+  w = ops.draw_projection(jax.random.PRNGKey(3), 21, 8)
+
+  def fast(q, k, v):
+    return jnp.sum(jnp.sin(ops.favor_attention(q, k, v, w, causal=True,
+                                               chunk_size=8)[0]))
+
+  def slow(q, k, v):
+    qf, _ = ops.feature_map('softmax', q, w)
+    kf, ls = ops.feature_map('softmax', k, w)
+    return jnp.sum(jnp.sin(reference.masked_linear_attention(qf, kf, ls, v)))
+
+  for a, b in zip(jax.grad(fast, (0, 1, 2))(q, k, v),
+                  jax.grad(slow, (0, 1, 2))(q, k, v)):
+    np.testing.assert_allclose(a, b, rtol=GRAD_TOL, atol=GRAD_TOL)
+
+
+@pytest.mark.parametrize('split', [1, 20, 31, 62])
+def test_state_chaining_equals_one_run(split):
+  q, k, v = _qkv(3, length=63)
+  qf, kf, ls = _features('softmax', q, k, 19)
+  whole, whole_state = favor.causal_favor(qf, kf, ls, v, chunk_size=16)
+  first, state = favor.causal_favor(qf[..., :split, :], kf[..., :split, :],
+                                    ls[..., :split], v[..., :split, :],
+                                    chunk_size=16)
+  second, final = favor.causal_favor(
+      qf[..., split:, :], kf[..., split:, :], ls[..., split:],
+      v[..., split:, :], initial_state=state, chunk_size=16)
+  np.testing.assert_allclose(jnp.concatenate([first, second], axis=-2), whole,
+                             rtol=RTOL, atol=ATOL)
+  for a, b in zip(final, whole_state):
+    np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL)
+
+
+def test_gradient_flows_through_carried_state():
+  q, k, v = _qkv(4, length=40)
+  qf, kf, ls = _features('softmax', q, k, 11)
+
+  def chained(v_first):
+    _, state = favor.causal_favor(qf[..., :25, :], kf[..., :25, :],
+                                  ls[..., :25], v_first, chunk_size=8)
+    out, _ = favor.causal_favor(qf[..., 25:, :], kf[..., 25:, :],
+                                ls[..., 25:], v[..., 25:, :],
+                                initial_state=state, chunk_size=8)
+    return jnp.sum(out ** 2)
+
+  def whole(v_first):
+    full = jnp.concatenate([v_first, v[..., 25:, :]], axis=-2)
+    return jnp.sum(reference.masked_linear_attention(qf, kf, ls, full)[
+        ..., 25:, :] ** 2)
+
+  np.testing.assert_allclose(jax.grad(chained)(v[..., :25, :]),
+                             jax.grad(whole)(v[..., :25, :]),
+                             rtol=GRAD_TOL, atol=GRAD_TOL)
+
+
+@pytest.mark.parametrize('t', [0, 17, 40])
+def test_future_tokens_never_change_past_outputs(t):
+  """Even huge future logits (which would underflow a global stabilizer)."""
+  q, k, v = _qkv(5, length=48, d=16)
+  w = ops.draw_projection(jax.random.PRNGKey(6), 32, 16)
+  out, _ = ops.favor_attention(q, k, v, w, causal=True, chunk_size=16)
+  k2 = k.at[..., t:, :].set(30.0 * _normal(9, k[..., t:, :].shape))
+  q2 = q.at[..., t:, :].multiply(-3.0)
+  v2 = v.at[..., t:, :].set(1e3)
+  out2, _ = ops.favor_attention(q2, k2, v2, w, causal=True, chunk_size=16)
+  np.testing.assert_allclose(out2[..., :t, :], out[..., :t, :], rtol=1e-6,
+                             atol=1e-7)
+  assert not np.allclose(out2[..., t:, :], out[..., t:, :])
+
+
+@pytest.mark.parametrize('causal', [False, True], ids=['bidir', 'causal'])
+def test_padded_keys_change_nothing(causal):
+  q, k, v = _qkv(6, length=40)
+  w = ops.draw_projection(jax.random.PRNGKey(1), 24, 12)
+  valid = jnp.arange(40) < 29  # last 11 positions are padding
+  out = ops.favor_attention(q, k, v, w, causal=causal, key_mask=valid)
+  # Garbage (huge) keys and values at padded positions must not matter.
+  k_junk = jnp.where(valid[:, None], k, 50.0)
+  v_junk = jnp.where(valid[:, None], v, -1e4)
+  out_junk = ops.favor_attention(q, k_junk, v_junk, w, causal=causal,
+                                 key_mask=valid)
+  trimmed = ops.favor_attention(q[..., :29, :], k[..., :29, :],
+                                v[..., :29, :], w, causal=causal)
+  if causal:
+    out, out_junk, trimmed = out[0], out_junk[0], trimmed[0]
+  np.testing.assert_allclose(out_junk, out, rtol=RTOL, atol=ATOL)
+  # Queries at real positions see exactly the unpadded sequence.
+  np.testing.assert_allclose(out[..., :29, :], trimmed, rtol=RTOL, atol=ATOL)
+
+
+def test_padding_mask_in_middle_matches_masked_reference():
+  q, k, v = _qkv(7, length=33)
+  qf, kf, ls = _features('softmax', q, k, 13)
+  mask = jnp.asarray(np.random.default_rng(2).random((2, 1, 33)) < 0.7)
+  for causal in (False, True):
+    ref = reference.masked_linear_attention(qf, kf, ls, v, causal, mask)
+    if causal:
+      fast, _ = favor.causal_favor(qf, kf, ls, v, key_mask=mask, chunk_size=8)
+    else:
+      fast = favor.bidirectional_favor(qf, kf, ls, v, key_mask=mask)
+    np.testing.assert_allclose(fast, ref, rtol=RTOL, atol=ATOL)
+
+
+def test_bidirectional_matches_masked_reference():
+  q, k, v = _qkv(8, length=50)
+  for name in ('softmax', 'softmax_trig', 'relu', 'elu', 'exp'):
+    qf, kf, ls = _features(name, q, k, 30)
+    np.testing.assert_allclose(
+        favor.bidirectional_favor(qf, kf, ls, v),
+        reference.masked_linear_attention(qf, kf, ls, v, causal=False),
+        rtol=1e-4, atol=1e-4, err_msg=name)
+
+
+@pytest.mark.parametrize('causal', [False, True], ids=['bidir', 'causal'])
+def test_large_logits_stay_finite_and_convex(causal):
+  q, k, v = _qkv(9, length=64, d=16, scale=60.0)  # logits in the thousands
+  w = ops.draw_projection(jax.random.PRNGKey(4), 64, 16)
+  out = ops.favor_attention(q, k, v, w, causal=causal, chunk_size=16)
+  out = out[0] if causal else out
+  assert np.all(np.isfinite(out))
+  # Outputs are convex combinations of values (positive features).
+  assert np.all(out <= v.max(axis=-2, keepdims=True) + 1e-4)
+  assert np.all(out >= v.min(axis=-2, keepdims=True) - 1e-4)
+  grads = jax.grad(lambda q: jnp.sum(ops.favor_attention(
+      q, k, v, w, causal=False)))(q)
+  assert np.all(np.isfinite(grads))
+
+
+@pytest.mark.parametrize('causal', [False, True], ids=['bidir', 'causal'])
+def test_bfloat16_inputs_accumulate_in_float32(causal):
+  q, k, v = _qkv(10, length=256, d=16, d_v=16)
+  w = ops.draw_projection(jax.random.PRNGKey(4), 64, 16)
+  run = lambda *a: ops.favor_attention(*a, w, causal=causal, chunk_size=32)
+  out32 = run(q, k, v)
+  out16 = run(q.astype(jnp.bfloat16), k.astype(jnp.bfloat16),
+              v.astype(jnp.bfloat16))
+  if causal:
+    out32, out16 = out32[0], out16[0]
+  assert out16.dtype == jnp.bfloat16
+  # Only input/output rounding (bf16 has 8 bits of mantissa: ~4e-3) remains;
+  # a bf16 accumulation over 256 keys would be far worse.
+  np.testing.assert_allclose(out16.astype(jnp.float32), out32, atol=3e-2)
+  assert np.mean(np.abs(out16.astype(jnp.float32) - out32)) < 5e-3
+
+
+def test_all_keys_masked_gives_zeros_not_nan():
+  q, k, v = _qkv(11, length=10)
+  w = ops.draw_projection(jax.random.PRNGKey(4), 8, 12)
+  none = jnp.zeros((10,), jnp.bool_)
+  out = ops.favor_attention(q, k, v, w, key_mask=none)
+  causal, _ = ops.favor_attention(q, k, v, w, causal=True, key_mask=none)
+  np.testing.assert_array_equal(out, 0.0)
+  np.testing.assert_array_equal(causal, 0.0)
+
+
+def test_bad_arguments_raise_clear_errors():
+  q, k, v = _qkv(12, length=8)
+  w = ops.draw_projection(jax.random.PRNGKey(4), 8, 12)
+  with pytest.raises(ValueError, match='chunk_size'):
+    ops.favor_attention(q, k, v, w, causal=True, chunk_size=0)
+  with pytest.raises(ValueError, match='feature_map'):
+    ops.favor_attention(q, k, v, w, feature_map='gaussian')
+  with pytest.raises(ValueError, match='projection depth'):
+    ops.favor_attention(q, k, v, w[:, :5])
+  with pytest.raises(ValueError, match='initial_state'):
+    ops.favor_attention(q, k, v, w, initial_state=ops.empty_state((2, 3), 8,
+                                                                  10))
