@@ -12,6 +12,7 @@ This module must not import trax or trax_favor at module level: the .pth file
 loads it at every interpreter start, before anything else.
 """
 
+import contextlib
 import importlib.abc
 import importlib.machinery
 import inspect
@@ -19,6 +20,8 @@ import sys
 import types
 
 _APPLIED = {}
+_UNDO = {}  # fix name -> [(owner, key, old value or _MISSING)]
+_MISSING = object()
 
 
 def applied():
@@ -31,11 +34,46 @@ def _fix(name):
   def wrap(fn):
     def run():
       if name not in _APPLIED:
-        _APPLIED[name] = bool(fn())
-    run.fix_name = name
+        _APPLIED[name] = bool(fn(lambda *change: _patch(name, *change)))
     _FIXES.append(run)
     return run
   return wrap
+
+
+def _get(owner, key):
+  if isinstance(owner, dict):
+    return owner.get(key, _MISSING)
+  return getattr(owner, key, _MISSING)
+
+
+def _set(owner, key, value):
+  if isinstance(owner, dict):
+    owner.pop(key, None) if value is _MISSING else owner.__setitem__(key, value)
+  elif value is _MISSING:
+    delattr(owner, key)
+  else:
+    setattr(owner, key, value)
+
+
+def _patch(name, owner, key, value):
+  """Sets owner[key] / owner.key, remembering the old value for `undone`."""
+  _UNDO.setdefault(name, []).append((owner, key, _get(owner, key)))
+  _set(owner, key, value)
+  return True
+
+
+@contextlib.contextmanager
+def undone(name):
+  """Temporarily reverts one applied fix (for tests that show it is needed)."""
+  changes = _UNDO.get(name, [])
+  current = [(owner, key, _get(owner, key)) for owner, key, _ in changes]
+  for owner, key, old in changes:
+    _set(owner, key, old)
+  try:
+    yield bool(changes)
+  finally:
+    for owner, key, value in current:
+      _set(owner, key, value)
 
 
 _FIXES = []
@@ -52,7 +90,7 @@ class _MembersByValue(list):
 
 
 @_fix('tree_unflatten')
-def _fix_tree_unflatten():
+def _fix_tree_unflatten(patch):
   # Repairs trax.fastmath.numpy.tree_unflatten (used by Loop checkpoint
   # restore and init_from_file): `tree in copy_from_tree` compares a jax Array
   # with (), which raises TypeError on every jax with Python 3.11 wheels.
@@ -73,14 +111,13 @@ def _fix_tree_unflatten():
       copy_from_tree = _MembersByValue(copy_from_tree)
     return original(flat, tree, copy_from_tree=copy_from_tree)
 
-  fnp.tree_unflatten = tree_unflatten  # also the name its recursion looks up
-  fastmath.tree_unflatten = tree_unflatten
-  return True
+  patch(fnp, 'tree_unflatten', tree_unflatten)  # its recursion looks it up
+  return patch(fastmath, 'tree_unflatten', tree_unflatten)
 
 
 # -- trax.fastmath.cond ------------------------------------------------------
 @_fix('cond_per_branch_operands')
-def _fix_cond():
+def _fix_cond(patch):
   # Repairs trax.fastmath.cond(pred=, true_operand=, true_fun=, false_operand=,
   # false_fun=) as called by tl.SelfAttention / tl.LSHSelfAttention predict
   # mode and LSH bucketing: jax >= 0.8 lax.cond lost per-branch operands.
@@ -101,13 +138,12 @@ def _fix_cond():
                     lambda ops: false_fun(ops[1]),
                     (kwargs['true_operand'], kwargs['false_operand']))
 
-  trax_jax.JAX_BACKEND['cond'] = cond
-  return True
+  return patch(trax_jax.JAX_BACKEND, 'cond', cond)
 
 
 # -- trax.fastmath.stop_gradient ---------------------------------------------
 @_fix('stop_gradient_of_python_scalars')
-def _fix_stop_gradient():
+def _fix_stop_gradient(patch):
   # Repairs trax.fastmath.stop_gradient(seqlen) in the predict mode of
   # tl.SelfAttention / tl.LSHSelfAttention (`q_len=stop_gradient(seqlen)` then
   # `np.arange(q_len)`): since jax 0.8 lax.stop_gradient turns a Python int
@@ -122,13 +158,12 @@ def _fix_stop_gradient():
       return x
     return original(x)
 
-  trax_jax.JAX_BACKEND['stop_gradient'] = stop_gradient
-  return True
+  return patch(trax_jax.JAX_BACKEND, 'stop_gradient', stop_gradient)
 
 
 # -- jax.device_put_replicated (trax.layers.acceleration.for_n_devices) -------
 @_fix('device_put_replicated')
-def _fix_device_put_replicated():
+def _fix_device_put_replicated(patch):
   # Repairs trax.layers.acceleration.for_n_devices (multi-device training),
   # which calls jax.device_put_replicated, removed from jax. Replicating from a
   # host array lets pmap place one copy per device.
@@ -141,13 +176,53 @@ def _fix_device_put_replicated():
     x = np.asarray(x)
     return np.broadcast_to(x, (len(devices),) + x.shape)
 
-  jax.device_put_replicated = device_put_replicated
-  return True
+  return patch(jax, 'device_put_replicated', device_put_replicated)
+
+
+# -- trax.fastmath.pmap -------------------------------------------------------
+@_fix('pmap_single_device_inputs')
+def _fix_pmap_committed_inputs(patch):
+  # Repairs multi-device training (trax.optimizers.trainer.Trainer.one_step,
+  # `fastmath.pmap(update_fn)(weights_and_slots, ...)`): trax keeps replicated
+  # optimizer slots on one device (`tl.on_cpu(tl.for_n_devices(slots))`), and
+  # current pmap rejects arrays committed to a single device ("Sharding passed
+  # to jit does not match"). Such arrays are re-placed one slice per device.
+  import jax  # pylint: disable=g-import-not-at-top
+  from trax.fastmath import jax as trax_jax  # pylint: disable=g-import-not-at-top
+  if len(jax.local_devices()) < 2:
+    return False  # single device: pmap never sees committed replicas
+  probe = jax.device_put(jax.numpy.zeros((len(jax.local_devices()),)),
+                         jax.local_devices()[0])
+  try:
+    trax_jax.JAX_BACKEND['pmap'](lambda x: x)(probe)
+    return False
+  except ValueError:
+    pass
+  original = trax_jax.JAX_BACKEND['pmap']
+
+  def pmap(fun, *args, **kwargs):
+    mapped = original(fun, *args, **kwargs)
+    devices = kwargs.get('devices') or jax.local_devices()
+    sharding = jax.sharding.NamedSharding(
+        jax.sharding.Mesh(list(devices), ('devices',)),
+        jax.sharding.PartitionSpec('devices'))
+
+    def spread(x):
+      if (isinstance(x, jax.Array) and len(x.sharding.device_set) == 1
+          and x.ndim and x.shape[0] == len(devices)):
+        return jax.device_put(x, sharding)
+      return x
+
+    def call(*call_args):
+      return mapped(*jax.tree.map(spread, call_args))
+    return call
+
+  return patch(trax_jax.JAX_BACKEND, 'pmap', pmap)
 
 
 # -- jax.xla_computation (trax.supervised.trainer_lib) ------------------------
 @_fix('xla_computation')
-def _fix_xla_computation():
+def _fix_xla_computation(patch):
   # Repairs Trainer.save_computation_graphs in trax.supervised.trainer_lib
   # (`jax.xla_computation(f)(batch, weights=..., ...)` then `.as_hlo_text()`,
   # `.as_hlo_dot_graph()`): jax.xla_computation was deleted in jax 0.4.35.
@@ -159,13 +234,12 @@ def _fix_xla_computation():
     return lambda *args, **kwargs: jax.jit(fun).lower(
         *args, **kwargs).compiler_ir('hlo')
 
-  jax.xla_computation = xla_computation
-  return True
+  return patch(jax, 'xla_computation', xla_computation)
 
 
 # -- jax.lib.xla_extension (trax/trainer.py) ----------------------------------
 @_fix('xla_extension_module')
-def _fix_xla_extension():
+def _fix_xla_extension(patch):
   # Repairs `from jax.lib import xla_extension as xc` at the top of
   # trax/trainer.py (`python -m trax.trainer`); the module is gone since jax
   # 0.9. trainer.py uses xc.get_distributed_runtime_{service,client}, which now
@@ -177,9 +251,8 @@ def _fix_xla_extension():
   except ImportError:
     pass
   from jax._src.lib import _jax  # pylint: disable=g-import-not-at-top
-  sys.modules['jax.lib.xla_extension'] = _jax
-  jax.lib.xla_extension = _jax
-  return True
+  patch(sys.modules, 'jax.lib.xla_extension', _jax)
+  return patch(jax.lib, 'xla_extension', _jax)
 
 
 def apply():
