@@ -137,7 +137,8 @@ def test_stock_trax_trainer_cli_trains_a_favor_model(tmp_path):
   gin line can help); the installed trax_favor.pth applies the fixes first.
   """
   result = _run([sys.executable, '-m', 'trax.trainer',
-                 '--config_file=tests/data/trax_trainer_favor.gin',
+                 '--config_file=gin/favor_copy_offline.gin',
+                 '--config=train.steps=2', '--config=train.eval_frequency=2',
                  f'--output_dir={tmp_path}'])
   assert result.returncode == 0, result.stderr[-3000:]
   assert (tmp_path / 'model.pkl.gz').exists()
