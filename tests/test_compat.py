@@ -24,11 +24,12 @@ def _needed(name):
   return compat.applied()[name]
 
 
-def _toy_loop(output_dir):
+def _toy_loop(output_dir, n_devices=1, batch=2):
   def batches():
     rng = np.random.default_rng(0)
     while True:
-      seq = ((rng.integers(0, 8, (2, 1)) + np.arange(12)) % 8).astype(np.int32)
+      seq = ((rng.integers(0, 8, (batch, 1)) + np.arange(12)) % 8).astype(
+          np.int32)
       yield seq, seq, np.ones_like(seq, np.float32)
   model = trax.models.ReformerLM(
       vocab_size=8, d_model=8, d_ff=16, d_attention_key=4, d_attention_value=4,
@@ -37,7 +38,8 @@ def _toy_loop(output_dir):
   task = training.TrainTask(batches(), tl.WeightedCategoryCrossEntropy(),
                             trax.optimizers.Adam(0.01),
                             n_steps_per_checkpoint=2)
-  return training.Loop(model, [task], output_dir=output_dir)
+  return training.Loop(model, [task], output_dir=output_dir,
+                       n_devices=n_devices)
 
 
 def test_loop_resumes_from_checkpoint(tmp_path):
@@ -149,21 +151,10 @@ def test_stock_trax_trainer_cli_trains_a_favor_model(tmp_path):
 
 
 MULTI_DEVICE = """
-import numpy as np, trax_favor, trax
-from trax import layers as tl
-from trax.supervised import training
-def batches():
-  rng = np.random.default_rng(0)
-  while True:
-    s = ((rng.integers(0, 8, (4, 1)) + np.arange(12)) % 8).astype(np.int32)
-    yield s, s, np.ones_like(s, np.float32)
-model = trax.models.ReformerLM(
-    vocab_size=8, d_model=8, d_ff=16, d_attention_key=4, d_attention_value=4,
-    n_layers=1, n_heads=2, max_len=16, mode='train',
-    attention_type=trax_favor.FavorSelfAttention)
-task = training.TrainTask(batches(), tl.WeightedCategoryCrossEntropy(),
-                          trax.optimizers.Adam(0.01))
-loop = training.Loop(model, [task], n_devices=2)
+import sys
+sys.path.insert(0, 'tests')
+import test_compat, trax_favor
+loop = test_compat._toy_loop(None, n_devices=2, batch=4)
 loop.run(3)
 print('devices', loop.n_devices, 'step', loop.step, trax_favor.compat.applied())
 """
