@@ -16,6 +16,7 @@ features. Writes JSON (machine, versions, git SHA) and a PNG plot.
 """
 
 import argparse
+from importlib import metadata
 import json
 import os
 import platform
@@ -29,7 +30,6 @@ import numpy as np
 import trax_favor  # pylint: disable=g-bad-import-order  (quiet trax import)
 import jax
 import jax.numpy as jnp
-import trax
 from trax import layers as tl
 from trax import shapes
 
@@ -49,8 +49,7 @@ def machine_info():
   return {
       'platform': platform.platform(), 'python': platform.python_version(),
       'cpu_count': os.cpu_count(), 'jax': jax.__version__,
-      'jaxlib': jax.lib.__version__, 'trax': trax.__version__ if hasattr(
-          trax, '__version__') else '1.4.1',
+      'jaxlib': jax.lib.__version__, 'trax': metadata.version('trax'),
       'trax_favor': trax_favor.__version__, 'devices': [
           str(d) for d in jax.devices()], 'git_sha': _git_sha(),
   }
@@ -103,25 +102,20 @@ def _layers(args, length):
   return made
 
 
-def time_fn(fn, *fn_args, repeats):
-  out = fn(*fn_args)  # compile + warm-up
-  jax.block_until_ready(out)
+def compile_and_time(fn, *fn_args, repeats):
+  """Compiles fn once; returns (median seconds, XLA-planned peak bytes)."""
+  compiled = jax.jit(fn).lower(*fn_args).compile()
+  jax.block_until_ready(compiled(*fn_args))  # warm-up
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
-    jax.block_until_ready(fn(*fn_args))
+    jax.block_until_ready(compiled(*fn_args))
     times.append(time.perf_counter() - start)
-  return float(np.median(times))
-
-
-def peak_bytes(fn, *fn_args):
-  """Peak temporary memory XLA plans for the compiled function."""
-  compiled = jax.jit(fn).lower(*fn_args).compile()
   stats = compiled.memory_analysis()
-  if stats is None:
-    return None
-  return int(stats.temp_size_in_bytes + stats.argument_size_in_bytes +
-             stats.output_size_in_bytes)
+  peak = None if stats is None else int(
+      stats.temp_size_in_bytes + stats.argument_size_in_bytes +
+      stats.output_size_in_bytes)
+  return float(np.median(times)), peak
 
 
 def bench_layer(layer, x, repeats):
@@ -131,9 +125,8 @@ def bench_layer(layer, x, repeats):
   def loss(w, x):
     return jnp.sum(layer.pure_fn(x, w, state, rng)[0])
 
-  step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
-  return time_fn(step, weights, x, repeats=repeats), peak_bytes(
-      jax.value_and_grad(loss, argnums=(0, 1)), weights, x)
+  return compile_and_time(jax.value_and_grad(loss, argnums=(0, 1)), weights,
+                          x, repeats=repeats)
 
 
 def bench_cores(args, length):
@@ -150,9 +143,9 @@ def bench_cores(args, length):
   theirs = lambda q, k, v: trax_core.pure_fn((q, k, v), (), (), None)[0]
   result = {}
   for name, fn in (('core_ours_relu', ours), ('core_trax_relu', theirs)):
-    step = jax.jit(jax.value_and_grad(lambda q, k, v, f=fn: jnp.sum(
-        f(q, k, v)), argnums=(0, 1, 2)))
-    result[name] = time_fn(step, q, k, v, repeats=args.repeats)
+    step = jax.value_and_grad(lambda q, k, v, f=fn: jnp.sum(f(q, k, v)),
+                              argnums=(0, 1, 2))
+    result[name] = compile_and_time(step, q, k, v, repeats=args.repeats)[0]
   return result
 
 

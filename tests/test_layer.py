@@ -174,7 +174,8 @@ def test_masked_inputs_ignore_padding():
     (dict(attention_dropout=1.0), 'attention_dropout'),
     (dict(output_dropout=-0.1), 'output_dropout'),
     (dict(d_qk=0), 'd_qk'),
-    (dict(chunk_size=0), 'chunk_size'),
+    (dict(chunk_size=0, causal=True), 'chunk_size'),
+    (dict(chunk_size=64, causal=False), 'chunk_size'),
     (dict(numerical_stabilizer=-1.0), 'numerical_stabilizer'),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_bad_configuration_raises_value_error(kwargs, match):

@@ -48,7 +48,10 @@ def _get(owner, key):
 
 def _set(owner, key, value):
   if isinstance(owner, dict):
-    owner.pop(key, None) if value is _MISSING else owner.__setitem__(key, value)
+    if value is _MISSING:
+      owner.pop(key, None)
+    else:
+      owner[key] = value
   elif value is _MISSING:
     delattr(owner, key)
   else:

@@ -11,8 +11,7 @@ As in trax, `mode` is never bound from gin (models pass it down).
 
 import gin
 
-import trax_favor
-from trax_favor import layers
+from trax_favor import layers  # imports trax_favor: trax fixes, quiet import
 
 
 def _configure(fn):
@@ -20,6 +19,3 @@ def _configure(fn):
 
 
 FavorSelfAttention = _configure(layers.FavorSelfAttention)
-
-# Exposed for gin files that `import trax_favor.configurables` only.
-__all__ = ['FavorSelfAttention', 'trax_favor']

@@ -47,9 +47,9 @@ def _rms_normalized(x, epsilon=1e-6):
                            + epsilon)
 
 
-def _dropout(rng, x, rate, shape):
-  """Inverted dropout of x with a keep-mask of `shape` (broadcast onto x)."""
-  keep = jax.random.bernoulli(rng, 1.0 - rate, shape)
+def _output_dropout(rng, x, rate):
+  """Inverted dropout on (b, l, d), one keep-mask per (b, d) for all of l."""
+  keep = jax.random.bernoulli(rng, 1.0 - rate, (x.shape[0], 1, x.shape[2]))
   return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
 
 
@@ -58,11 +58,10 @@ class FavorSelfAttention(base.Layer):
 
   Dropout semantics (train mode only):
     attention_dropout: each entry of the key features phi(K) (b, h, l, m) is
-      dropped with this probability and the survivors are scaled by 1/(1-p).
-      The same phi(K) feeds numerator and denominator, so each output row stays
-      a normalized average of values, and the kernel estimate phi(q).phi(k)
-      stays unbiased over the dropout masks: the linear-attention analogue of
-      dropping attention weights, without an (l, l) matrix.
+      dropped with this probability (see `ops.favor_attention`): rows stay
+      normalized averages of values and the kernel estimate stays unbiased;
+      the linear-attention analogue of dropping attention weights, without an
+      (l, l) matrix.
     output_dropout: dropout on the layer output (b, l, d_model) with the mask
       shared along the length axis, as tl.SelfAttention does.
   """
@@ -72,7 +71,7 @@ class FavorSelfAttention(base.Layer):
                attention_dropout=0.0, mode='train', n_random_features=256,
                feature_map='softmax', projection='orthogonal',
                projection_scaling='norm', redraw='fixed',
-               numerical_stabilizer=1e-6, chunk_size=128):
+               numerical_stabilizer=1e-6, chunk_size=None):
     """Builds the layer.
 
     Args:
@@ -97,12 +96,17 @@ class FavorSelfAttention(base.Layer):
         fixed projection.
       numerical_stabilizer: non-negative floor added to non-negative features,
         relative to each vector's largest feature; keeps denominators > 0.
-      chunk_size: causal only: tokens per chunk of the chunked causal form.
+      chunk_size: causal only: tokens per chunk of the chunked causal form
+        (None: 128); setting it with causal=False is an error.
     """
     super().__init__(n_in=(2 if masked else 1), n_out=1)
     _positive_int('n_heads', n_heads)
     _positive_int('d_qk', d_qk)
     _positive_int('d_v', d_v)
+    if chunk_size is not None and not causal:
+      raise ValueError('chunk_size applies to causal attention only; got '
+                       f'chunk_size={chunk_size!r} with causal=False.')
+    chunk_size = 128 if chunk_size is None else chunk_size
     _positive_int('chunk_size', chunk_size)
     _rate('output_dropout', output_dropout)
     _rate('attention_dropout', attention_dropout)
@@ -215,32 +219,24 @@ class FavorSelfAttention(base.Layer):
                        ' expected (n_random_features, d_qk) = '
                        f'{(self._n_random_features, self._d_qk)}.')
 
-    stab = self._numerical_stabilizer
-    q_feat, _ = feature_maps.feature_map(self._feature_map_name, q, projection,
-                                         stab)  # (b, h, l, m')
-    k_feat, k_log_scale = feature_maps.feature_map(
-        self._feature_map_name, k, projection, stab)  # (b, h, l, m'), (b, h, l)
-    if self._attention_dropout:
-      k_feat = _dropout(rng_attn, k_feat, self._attention_dropout,
-                        k_feat.shape)
     key_mask = None if mask is None else mask[:, None, :].astype(jnp.bool_)
-
+    common = dict(feature_map=self._feature_map_name, key_mask=key_mask,
+                  numerical_stabilizer=self._numerical_stabilizer,
+                  attention_dropout=self._attention_dropout, rng=rng_attn)
     if self._causal:
       if decode_state is not None:
         decode_state = self._checked_decode_state(decode_state, x.shape[0])
-      o, final = favor.causal_favor(q_feat, k_feat, k_log_scale, v,
-                                    initial_state=decode_state,
-                                    key_mask=key_mask,
-                                    chunk_size=self._chunk_size)
+      o, final = favor.favor_attention(
+          q, k, v, projection, causal=True, initial_state=decode_state,
+          chunk_size=self._chunk_size, **common)  # (b, h, l, d_v)
       if self._mode == 'predict':
         self.state = (projection, tuple(final))
     else:
-      o = favor.bidirectional_favor(q_feat, k_feat, k_log_scale, v, key_mask)
+      o = favor.favor_attention(q, k, v, projection, **common)
 
     out = jnp.einsum('bhlv,hvd->bld', o, w_o)  # (b, l, d_model)
     if self._output_dropout:
-      out = _dropout(rng_out, out, self._output_dropout,
-                     (out.shape[0], 1, out.shape[2]))
+      out = _output_dropout(rng_out, out, self._output_dropout)
     return out
 
   def _checked_decode_state(self, decode_state, batch):

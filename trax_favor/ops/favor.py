@@ -218,7 +218,8 @@ def _causal_favor(q_feat, k_feat, k_log_scale, v, initial_state, key_mask,
 
 def favor_attention(q, k, v, projection, feature_map='softmax', causal=False,
                     key_mask=None, initial_state=None, chunk_size=128,
-                    numerical_stabilizer=1e-6):
+                    numerical_stabilizer=1e-6, attention_dropout=0.0,
+                    rng=None):
   """FAVOR attention from per-head queries, keys and values.
 
   Args:
@@ -231,6 +232,11 @@ def favor_attention(q, k, v, projection, feature_map='softmax', causal=False,
     initial_state: causal only: CausalState of the preceding tokens.
     chunk_size: causal only: tokens per chunk.
     numerical_stabilizer: positive floor added to non-negative features.
+    attention_dropout: rate at which entries of the key features phi(K) are
+      dropped (survivors scaled by 1/(1-rate)). The same phi(K) feeds
+      numerator and denominator, so rows stay normalized averages of values,
+      and phi(q).phi(k) stays unbiased over the dropout masks.
+    rng: PRNG key for attention_dropout.
 
   Returns:
     Outputs (..., l, v); with causal=True, (outputs, final CausalState).
@@ -239,6 +245,11 @@ def favor_attention(q, k, v, projection, feature_map='softmax', causal=False,
                                        numerical_stabilizer)
   k_feat, k_log_scale = feature_maps.feature_map(feature_map, k, projection,
                                                  numerical_stabilizer)
+  if attention_dropout:
+    if rng is None:
+      raise ValueError('attention_dropout > 0 needs an rng.')
+    keep = jax.random.bernoulli(rng, 1.0 - attention_dropout, k_feat.shape)
+    k_feat = jnp.where(keep, k_feat / (1.0 - attention_dropout), 0.0)
   if causal:
     return causal_favor(q_feat, k_feat, k_log_scale, v, initial_state,
                         key_mask, chunk_size)
