@@ -177,6 +177,8 @@ def test_masked_inputs_ignore_padding():
     (dict(chunk_size=0, causal=True), 'chunk_size'),
     (dict(chunk_size=64, causal=False), 'chunk_size'),
     (dict(numerical_stabilizer=-1.0), 'numerical_stabilizer'),
+    (dict(numerical_stabilizer=1e-3, feature_map='softmax_trig'),
+     'numerical_stabilizer'),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_bad_configuration_raises_value_error(kwargs, match):
   with pytest.raises(ValueError, match=match):

@@ -71,7 +71,7 @@ class FavorSelfAttention(base.Layer):
                attention_dropout=0.0, mode='train', n_random_features=256,
                feature_map='softmax', projection='orthogonal',
                projection_scaling='norm', redraw='fixed',
-               numerical_stabilizer=1e-6, chunk_size=None):
+               numerical_stabilizer=None, chunk_size=None):
     """Builds the layer.
 
     Args:
@@ -95,7 +95,8 @@ class FavorSelfAttention(base.Layer):
         the same rng, hence the same matrix). Eval and predict always use the
         fixed projection.
       numerical_stabilizer: non-negative floor added to non-negative features,
-        relative to each vector's largest feature; keeps denominators > 0.
+        relative to each vector's largest feature; keeps denominators > 0
+        (None: 1e-6). Setting it for a signed map (softmax_trig) is an error.
       chunk_size: causal only: tokens per chunk of the chunked causal form
         (None: 128); setting it with causal=False is an error.
     """
@@ -118,11 +119,16 @@ class FavorSelfAttention(base.Layer):
     if redraw not in REDRAW_POLICIES:
       raise ValueError(f'redraw must be one of {REDRAW_POLICIES}, got '
                        f'{redraw!r}.')
+    self._feature_map = feature_maps.get_feature_map(feature_map)
+    if numerical_stabilizer is not None and not self._feature_map.non_negative:
+      raise ValueError(f'numerical_stabilizer does not apply to the signed '
+                       f'feature map {feature_map!r}; leave it unset.')
+    numerical_stabilizer = (1e-6 if numerical_stabilizer is None
+                            else numerical_stabilizer)
     if not isinstance(numerical_stabilizer, (int, float)) or (
         numerical_stabilizer < 0):
       raise ValueError('numerical_stabilizer must be a non-negative float, got '
                        f'{numerical_stabilizer!r}.')
-    self._feature_map = feature_maps.get_feature_map(feature_map)
     random_features.check_projection_args(n_random_features, d_qk, projection,
                                           projection_scaling)
     self._n_heads, self._d_qk, self._d_v = n_heads, d_qk, d_v
