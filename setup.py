@@ -42,5 +42,9 @@ setuptools.setup(
         'matplotlib',
     ],
     extras_require={'test': ['pytest']},
+    entry_points={'console_scripts': [
+        'trax-favor-train = trax_favor.train:main',
+        'trax-favor-sample = trax_favor.sample:main',
+    ]},
     cmdclass={'build_py': BuildPyWithPth},
 )

@@ -1,0 +1,4 @@
+"""Model builders that reuse Trax's reversible and chunking primitives."""
+
+from trax_favor.models.performer import PerformerBlock
+from trax_favor.models.performer import PerformerLM

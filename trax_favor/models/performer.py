@@ -1,0 +1,190 @@
+"""PerformerLM: a reversible language model with FAVOR+ attention.
+
+The model is assembled from Trax's own parts, so it is a Reformer in every
+respect but the attention layer:
+
+  tokens (b, l)
+    -> [ShiftRight if causal] -> Embedding -> Dropout -> positional encoding
+    -> Dup -> ReversibleSerial(n_layers x [
+         ReversibleHalfResidual(LayerNorm, attention) , ReversibleSwap,
+         ReversibleHalfResidual(feed-forward, chunked by ff_chunk_size),
+         ReversibleSwap])
+    -> Concatenate -> LayerNorm -> Dropout -> Dense(vocab_size)
+  logits (b, l, vocab_size)
+
+Nothing here re-implements those pieces: the blocks come from
+`tl.ReversibleHalfResidual` / `tl.ReversibleSwap` / `tl.ReversibleSerial`, the
+attention call from `ApplyAttentionLayer` and the (chunked) feed-forward from
+`FeedForwardWithOptions` in trax's configurable_transformer, the positional
+encodings (including axial ones for images) from its `PositionalEncoder`.
+With causal=True the model computes exactly what `trax.models.ReformerLM`
+computes, with the same weight tree, for any attention type (tested); the
+differences are the FAVOR+ default, Trax naming (`d_qk`, `d_v`), a `causal`
+switch for bidirectional (masked-LM) models, and argument checks.
+"""
+
+import trax.layers as tl
+from trax.models.research import configurable_transformer as ct
+
+from trax_favor.layers import FavorSelfAttention
+
+MODES = ('train', 'eval', 'predict')
+
+
+def _check_positive(**values):
+  for name, value in values.items():
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+      raise ValueError(f'{name} must be a positive int, got {value!r}.')
+
+
+def _attention_types(attention_type, n_layers):
+  """One attention class per layer, cycling a list as ReformerLM does."""
+  types = (list(attention_type) if isinstance(attention_type, (list, tuple))
+           else [attention_type])
+  if not types or n_layers % len(types):
+    raise ValueError(
+        f'attention_type: a list of {len(types)} attention types does not '
+        f'divide n_layers={n_layers}; ReformerLM cycles the list over the '
+        'layers, so its length must divide n_layers.')
+  for t in types:
+    if not callable(t):
+      raise ValueError(f'attention_type: {t!r} is not a layer class.')
+  return [types[i % len(types)] for i in range(n_layers)]
+
+
+def _check_axial(pos_axial_shape, pos_d_axial_embs, d_model, max_len):
+  if len(pos_axial_shape) != len(pos_d_axial_embs):
+    raise ValueError(
+        f'pos_d_axial_embs {pos_d_axial_embs} needs one depth per axis of '
+        f'pos_axial_shape {pos_axial_shape}.')
+  if sum(pos_d_axial_embs) != d_model:
+    raise ValueError(
+        f'pos_d_axial_embs {pos_d_axial_embs} must sum to d_model={d_model}.')
+  n_positions = 1
+  for n in pos_axial_shape:
+    n_positions *= n
+  if n_positions > max_len:
+    raise ValueError(
+        f'pos_axial_shape {pos_axial_shape} covers {n_positions} positions, '
+        f'more than max_len={max_len}.')
+
+
+def PerformerBlock(d_model, d_ff, d_qk, d_v, n_heads, attention_type,
+                   causal, dropout, ff_activation, ff_chunk_size, mode):
+  """One reversible block: attention half-residual, then feed-forward.
+
+  The same layers, in the same order, as trax's reformer `DecoderBlock` (so
+  weight trees and outputs match ReformerLM's), with `causal` passed through
+  instead of fixed to True.
+
+  Returns:
+    A list of four reversible layers for `tl.ReversibleSerial`.
+  """
+  attention = ct.ApplyAttentionLayer(
+      attention_type, d_model, n_heads, d_qk, d_v, causal,
+      False,  # masked: LM batches have no padding mask input
+      dropout, dropout,  # attention_dropout, output_dropout
+      0,  # attention_chunk_size: FAVOR is linear in l, no need to chunk
+      mode)
+  feed_forward = ct.FeedForwardWithOptions(
+      d_model, d_ff, dropout, [-2], ff_activation, dropout, ff_chunk_size,
+      0,  # ff_use_sru
+      0,  # ff_sparsity
+      True,  # center_layernorm
+      mode,
+      False)  # use_bfloat16
+  return [
+      tl.ReversibleHalfResidual(tl.LayerNorm(), attention_layer=attention,
+                                name='ReversibleHalfResidualDecoderAttn'),
+      tl.ReversibleSwap(),
+      tl.ReversibleHalfResidual(feed_forward,
+                                name='ReversibleHalfResidualDecoderFF'),
+      tl.ReversibleSwap(),
+  ]
+
+
+def PerformerLM(vocab_size,
+                d_model=512,
+                d_ff=2048,
+                d_qk=64,
+                d_v=64,
+                n_layers=6,
+                n_heads=8,
+                dropout=0.1,
+                max_len=2048,
+                attention_type=FavorSelfAttention,
+                causal=True,
+                pos_type=None,
+                pos_axial_shape=(),
+                pos_d_axial_embs=None,
+                ff_activation=tl.FastGelu,
+                ff_chunk_size=0,
+                mode='train'):
+  """Reversible Performer language model (causal or bidirectional).
+
+  Args:
+    vocab_size: number of token ids (256 for bytes).
+    d_model: depth of each of the two reversible halves.
+    d_ff: depth of the feed-forward hidden layer.
+    d_qk: depth of one head's queries and keys.
+    d_v: depth of one head's values.
+    n_layers: number of reversible blocks.
+    n_heads: attention heads.
+    dropout: dropout rate for embeddings, attention, feed-forward and output.
+    max_len: longest sequence the positional encoding covers.
+    attention_type: attention class (FavorSelfAttention by default, any Trax
+      attention taking ReformerLM's keywords), or a list cycled over the
+      layers, e.g. [FavorSelfAttention, local tl.SelfAttention].
+    causal: True for a left-to-right LM (inputs are shifted right inside the
+      model, attention is causal, predict mode decodes); False for a
+      bidirectional model such as a masked LM (no shift).
+    pos_type: None (learned positions up to max_len) or 'axial'.
+    pos_axial_shape: with 'axial', the shape of one example, e.g. (64, 64, 3)
+      for ImageNet64; inputs must then have exactly prod(shape) tokens.
+    pos_d_axial_embs: with 'axial', embedding depth per axis, summing to
+      d_model.
+    ff_activation: feed-forward non-linearity.
+    ff_chunk_size: if > 0, run the feed-forward on chunks of this many
+      positions (tl.BatchLeadingAxes(tl.Chunk(...)) inside Trax).
+    mode: 'train', 'eval' or 'predict'.
+
+  Returns:
+    A Trax layer mapping token ids (b, l) to logits (b, l, vocab_size).
+  """
+  _check_positive(vocab_size=vocab_size, d_model=d_model, d_ff=d_ff,
+                  d_qk=d_qk, d_v=d_v, n_layers=n_layers, n_heads=n_heads,
+                  max_len=max_len)
+  if mode not in MODES:
+    raise ValueError(f'mode must be one of {MODES}, got {mode!r}.')
+  if mode == 'predict' and not causal:
+    raise ValueError('mode=predict decodes left to right: it needs '
+                     'causal=True (this model is bidirectional).')
+  if not 0.0 <= dropout < 1.0:
+    raise ValueError(f'dropout must be in [0, 1), got {dropout!r}.')
+  if pos_type not in (None, 'axial'):
+    raise ValueError(f"pos_type must be None or 'axial', got {pos_type!r}.")
+  if pos_type == 'axial':
+    _check_axial(tuple(pos_axial_shape), tuple(pos_d_axial_embs or ()),
+                 d_model, max_len)
+  if ff_chunk_size < 0:
+    raise ValueError(f'ff_chunk_size must be >= 0, got {ff_chunk_size}.')
+  blocks = [
+      PerformerBlock(d_model, d_ff, d_qk, d_v, n_heads, layer_attention,
+                     causal, dropout, ff_activation, ff_chunk_size, mode)
+      for layer_attention in _attention_types(attention_type, n_layers)]
+  positional_encoding = ct.PositionalEncoder(
+      mode, dropout, max_len, pos_type, tuple(pos_axial_shape),
+      pos_d_axial_embs)
+  return tl.Serial(
+      tl.ShiftRight(mode=mode) if causal else [],
+      tl.Embedding(vocab_size, d_model),
+      tl.Dropout(rate=dropout, shared_axes=[-2], mode=mode),
+      positional_encoding,
+      tl.Dup(),  # the two reversible halves, (b, l, d_model) each
+      tl.ReversibleSerial(blocks),
+      tl.Concatenate(),  # (b, l, 2 * d_model)
+      tl.LayerNorm(),
+      tl.Dropout(rate=dropout, shared_axes=[-2], mode=mode),
+      # ReformerLM's output layer (a plain Dense with Trax's shape checks).
+      tl.SparseDenseWithOptions(vocab_size, d_input=d_model, mode=mode),
+  )

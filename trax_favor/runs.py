@@ -1,0 +1,246 @@
+"""Gin-configured runs: parse configs, train with progress, restore models.
+
+The configs in gin/ bind trax's own `trax.supervised.trainer_lib.train`
+(so `python -m trax.trainer` runs them too); `train` here calls it with:
+
+  progress   a line every log_every steps: step, steps/s, ETA;
+  configs    config.gin (everything parsed) at the start and
+             operative_config.gin (what was used) after the first step;
+  resume     trax's Loop restores the last checkpoint in output_dir (the
+             step, weights, optimizer slots), so rerunning an interrupted
+             command continues it; each checkpoint file is written to a
+             temporary name and renamed, so a kill mid-write leaves the
+             previous file intact;
+  Ctrl-C     saves a checkpoint before exiting.
+
+Eval metrics (loss, bits_per_dim, accuracy) go to the log and, as
+TensorBoard event files, to output_dir/eval; training loss to
+output_dir/train.
+"""
+
+import functools
+import os
+import sys
+import time
+
+import gin
+import jax
+import numpy as np
+from trax import shapes
+from trax.supervised import callbacks
+from trax.supervised import trainer_lib
+
+import trax_favor.configurables  # pylint: disable=unused-import
+from trax_favor.layers import favor_attention
+
+CHECKPOINT = 'model.pkl.gz'
+
+
+class RunError(RuntimeError):
+  """A run cannot start: bad config files, or a checkpoint that does not fit."""
+
+
+def _search_paths(config_file):
+  """The config's folder and its parents: where `include 'gin/...'` resolves."""
+  path = os.path.dirname(os.path.abspath(config_file))
+  paths = []
+  while True:
+    paths.append(path)
+    parent = os.path.dirname(path)
+    if parent == path:
+      return paths
+    path = parent
+
+
+def parse_config(config_files, bindings=()):
+  """Clears gin, then parses config files (in order) and bindings.
+
+  `include` lines inside the files resolve against the current directory and
+  each parent folder of the config files, so `include 'gin/pg19/base.gin'`
+  works from any working directory.
+
+  Raises:
+    RunError: a config file is missing or does not parse.
+  """
+  if not config_files:
+    raise RunError('give at least one --config_file.')
+  gin.clear_config()
+  for config_file in config_files:
+    if not os.path.isfile(config_file):
+      raise RunError(f'config file not found: {config_file}')
+    for path in _search_paths(config_file):
+      gin.add_config_file_search_path(path)
+  try:
+    gin.parse_config_files_and_bindings(list(config_files), list(bindings))
+  except (ValueError, IOError, SyntaxError) as e:
+    raise RunError(f'cannot parse {list(config_files)} with bindings '
+                   f'{list(bindings)}: {e}') from e
+
+
+def configured_model_fn():
+  """The model factory bound as `train.model` (call it with mode=...)."""
+  try:
+    return gin.query_parameter('train.model').scoped_configurable_fn
+  except ValueError as e:
+    raise RunError('the config binds no train.model.') from e
+
+
+def _shapes(tree):
+  """(tree structure, [leaf shapes]) to compare checkpoints with models."""
+  leaves, structure = jax.tree_util.tree_flatten(tree)
+  return structure, [tuple(np.shape(leaf)) for leaf in leaves]
+
+
+def configured_image_size():
+  """The side of the images the config trains on, or None for text."""
+  if 'imagenet64_inputs' not in str(gin.query_parameter('train.inputs')):
+    return None
+  return gin.query_parameter('trax_favor.imagenet64_inputs.image_size')
+
+
+def _log(message):
+  print(message, flush=True)
+
+
+def _format_seconds(seconds):
+  seconds = int(round(seconds))
+  return f'{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}'
+
+
+class _Progress(callbacks.TrainingStepCallback):
+  """Prints step, steps/s and ETA; saves the operative config once."""
+
+  def __init__(self, loop, total_steps, log_every, output_dir, state):
+    super().__init__(loop)
+    self._total = total_steps
+    self._every = log_every
+    self._output_dir = output_dir
+    self._start = None
+    state['loop'] = loop  # for the Ctrl-C checkpoint
+
+  def call_at(self, step):
+    return True
+
+  def on_step_begin(self, step):  # step: 1-based, as trax's logs count
+    if self._start is None:
+      self._start = (None, step)
+
+  def on_step_end(self, step):
+    if self._start[0] is None:  # first step of this process: model is built
+      with open(os.path.join(self._output_dir, 'operative_config.gin'),
+                'w') as f:
+        f.write(gin.operative_config_str())
+      self._start = (time.time(), step)  # the rate excludes compilation
+      _log(f'step {step}/{self._total}: compiled and ran the first step')
+      return
+    if step % self._every and step != self._total:
+      return
+    elapsed = time.time() - self._start[0]
+    rate = (step - self._start[1]) / max(elapsed, 1e-9)
+    eta = (self._total - step) / rate if rate > 0 else float('inf')
+    _log(f'step {step}/{self._total}: {rate:.2f} steps/s, '
+         f'ETA {_format_seconds(eta)}')
+
+
+def train(output_dir, n_devices=None, log_every=10):
+  """Trains the parsed config's model into output_dir (resuming if there).
+
+  Args:
+    output_dir: checkpoints, configs and TensorBoard files go here.
+    n_devices: data-parallel devices (None: all local devices).
+    log_every: print progress every this many steps.
+
+  Returns:
+    The trax Loop after training.
+  """
+  if n_devices is not None:
+    available = jax.local_device_count()
+    if not 0 < n_devices <= available:
+      raise RunError(f'n_devices={n_devices}, but this host has {available} '
+                     'device(s).')
+    gin.bind_parameter('trax.supervised.trainer_lib.num_devices.value',
+                       n_devices)
+  os.makedirs(output_dir, exist_ok=True)
+  with open(os.path.join(output_dir, 'config.gin'), 'w') as f:
+    f.write(gin.config_str())
+  total_steps = gin.query_parameter('train.steps')
+  state = {}
+  progress = functools.partial(_Progress, total_steps=total_steps,
+                               log_every=log_every, output_dir=output_dir,
+                               state=state)
+  if os.path.exists(os.path.join(output_dir, CHECKPOINT)):
+    _log(f'resuming from {os.path.join(output_dir, CHECKPOINT)}')
+  try:
+    loop = trainer_lib.train(output_dir=output_dir, callbacks=[progress])
+  except KeyboardInterrupt:
+    loop = state.get('loop')
+    if loop is not None:
+      loop.save_checkpoint('model')
+      _log(f'interrupted at step {loop.step}: checkpoint saved in '
+           f'{output_dir}; rerun the same command to continue.')
+    raise
+  _log(f'done: step {loop.step}/{total_steps}, checkpoint in {output_dir}')
+  return loop
+
+
+def restore(output_dir, mode='predict', batch_size=1):
+  """The parsed config's model in `mode`, with output_dir's trained weights.
+
+  Weights and the fixed FAVOR projections (model state, see
+  FavorSelfAttention) both come from the checkpoint.
+
+  Args:
+    output_dir: a training run's directory (holding model.pkl.gz).
+    mode: 'eval' or 'predict'.
+    batch_size: predict mode: the batch size of the decoding state.
+
+  Returns:
+    The model, ready to call.
+
+  Raises:
+    RunError: no checkpoint, or one that does not fit the configured model.
+  """
+  path = os.path.join(output_dir, CHECKPOINT)
+  if not os.path.exists(path):
+    raise RunError(f'no checkpoint {path}: train first, or point '
+                   '--output_dir at a training run.')
+  model_fn = configured_model_fn()
+  trained = model_fn(mode='eval')
+  signature = shapes.ShapeDtype((1, 1), np.int32)
+  mismatch = (f'checkpoint {path} does not fit the model of this config '
+              '(was it trained with another config?)')
+  trained.init(signature)
+  expected = _shapes(trained.weights), _shapes(trained.state)
+  try:
+    trained.init_from_file(path, weights_only=False, input_signature=signature)
+  except (ValueError, TypeError, IndexError) as e:
+    raise RunError(f'{mismatch}: {e}') from e
+  found = _shapes(trained.weights), _shapes(trained.state)
+  if found != expected:
+    diffs = [f'{a} vs {b}' for a, b in zip(found[0][1] + found[1][1],
+                                           expected[0][1] + expected[1][1])
+             if a != b]
+    raise RunError(f'{mismatch}: checkpoint/config shapes differ, first '
+                   f'{diffs[:3]}')
+  if mode == 'eval':
+    return trained
+  model = model_fn(mode=mode)
+  model.init(shapes.ShapeDtype((batch_size, 1), np.int32))
+  if (jax.tree_util.tree_structure(model.weights)
+      != jax.tree_util.tree_structure(trained.weights)):
+    raise RunError(f'checkpoint {path} does not fit the {mode}-mode model.')
+  model.weights = trained.weights
+  favor_attention.transfer_projections(trained, model)
+  return model
+
+
+def main_guard(fn):
+  """Runs fn(); a RunError or data error ends the process with its message."""
+  from trax_favor.data import DatasetNotPreparedError  # pylint: disable=g-import-not-at-top
+  try:
+    return fn()
+  except (RunError, DatasetNotPreparedError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  except KeyboardInterrupt:
+    sys.exit(130)

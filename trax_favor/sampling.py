@@ -1,0 +1,117 @@
+"""Decoding from a predict-mode LM: prompt forcing, then sampling.
+
+A predict-mode PerformerLM takes one token per call and carries an O(1)
+state (FAVOR prefix sums), so memory stays constant however many tokens are
+generated. Because the model shifts its inputs right during training, the
+first input is the shift's pad id 0; the output after input t predicts
+token t+1.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from trax_favor.data import streams
+
+START_ID = 0  # what tl.ShiftRight puts in front of a sequence
+
+
+@functools.lru_cache(maxsize=8)
+def _step_fn(model):
+  """jit of one decoding step: (token (b, 1), weights, state, rng) -> ..."""
+  def step(token, weights, state, rng, temperature):
+    logits, state = model.pure_fn(token, weights, state, rng)  # (b, 1, v)
+    log_probs = jax.nn.log_softmax(logits[:, -1].astype(jnp.float32))  # (b, v)
+    sample_rng, _ = jax.random.split(rng)
+    greedy = jnp.argmax(log_probs, axis=-1)
+    sampled = jax.random.categorical(
+        sample_rng, log_probs / jnp.maximum(temperature, 1e-6))
+    next_token = jnp.where(temperature > 0, sampled, greedy)  # (b,)
+    return next_token.astype(jnp.int32), log_probs, state
+  return jax.jit(step)
+
+
+def sample(model, prompt, n_tokens, temperature=1.0, seed=0):
+  """Continues `prompt` by n_tokens tokens, one predict-mode step each.
+
+  Args:
+    model: a predict-mode LM initialized for batch size 1 (its state is
+      advanced in place).
+    prompt: (p,) int token ids (may be empty).
+    n_tokens: how many tokens to generate.
+    temperature: sampling temperature; 0 takes the most likely token.
+    seed: seed of the sampling draws.
+
+  Returns:
+    (generated (n_tokens,) int32, log_probs (p + n_tokens, vocab) float32):
+    log_probs[t] is the model's distribution for token t of prompt +
+    generated, given the tokens before it.
+  """
+  streams.check_positive(n_tokens=n_tokens)
+  if temperature < 0:
+    raise ValueError(f'temperature must be >= 0, got {temperature}.')
+  prompt = np.asarray(prompt, np.int32).reshape(-1)
+  step = _step_fn(model)
+  weights, state = model.weights, model.state
+  rng = jax.random.PRNGKey(seed)
+  token = np.full((1, 1), START_ID, np.int32)
+  generated, log_probs = [], []
+  for t in range(len(prompt) + n_tokens):
+    rng, step_rng = jax.random.split(rng)
+    next_token, step_log_probs, state = step(token, weights, state, step_rng,
+                                             temperature)
+    log_probs.append(np.asarray(step_log_probs[0]))
+    if t < len(prompt):
+      token = prompt[t].reshape(1, 1)
+    else:
+      generated.append(int(next_token[0]))
+      token = np.asarray(next_token).reshape(1, 1)
+  model.state = state
+  return np.array(generated, np.int32), np.stack(log_probs)
+
+
+def complete_text(model, prompt_text, n_bytes, temperature=1.0, seed=0):
+  """Byte-level text continuation: returns the generated text."""
+  generated, _ = sample(model, streams.byte_tokens(prompt_text), n_bytes,
+                        temperature, seed)
+  return generated.astype(np.uint8).tobytes().decode('utf-8',
+                                                       errors='replace')
+
+
+def complete_image(model, image_size, prompt_image=None, prompt_rows=0,
+                   temperature=1.0, seed=0):
+  """Samples an image row by row, keeping the first prompt_rows rows.
+
+  Args:
+    model: predict-mode byte LM over flattened (image_size, image_size, 3)
+      images.
+    image_size: side of the square image.
+    prompt_image: (image_size, image_size, 3) uint8 image whose first rows
+      are kept, or None for an unconditional sample.
+    prompt_rows: number of rows of prompt_image to keep.
+    temperature: sampling temperature.
+    seed: seed of the draws.
+
+  Returns:
+    (image_size, image_size, 3) uint8 image.
+  """
+  n_tokens = image_size * image_size * 3
+  if prompt_image is None:
+    if prompt_rows:
+      raise ValueError('prompt_rows needs a prompt image.')
+    prompt = np.zeros((0,), np.int32)
+  else:
+    prompt_image = np.asarray(prompt_image)
+    if prompt_image.shape != (image_size, image_size, 3):
+      raise ValueError(f'prompt image has shape {prompt_image.shape}, the '
+                       f'model takes ({image_size}, {image_size}, 3).')
+    if not 0 <= prompt_rows < image_size:
+      raise ValueError(f'prompt_rows must be in [0, {image_size}), got '
+                       f'{prompt_rows}.')
+    prompt = prompt_image[:prompt_rows].reshape(-1).astype(np.int32)
+  generated, _ = sample(model, prompt, n_tokens - len(prompt), temperature,
+                        seed)
+  tokens = np.concatenate([prompt, generated])  # (s * s * 3,)
+  return tokens.reshape(image_size, image_size, 3).astype(np.uint8)

@@ -1,0 +1,52 @@
+"""Train a gin-configured model: `python -m trax_favor.train` / `trax-favor-train`.
+
+    python -m trax_favor.train --config_file=gin/offline_default.gin \
+        --output_dir=runs/default
+
+Flags:
+  --config_file  gin file, repeatable (parsed in order)
+  --config       gin binding, repeatable, e.g. --config='train.steps=100'
+  --output_dir   checkpoints, configs, TensorBoard files; rerunning the same
+                 command after an interruption continues from the last
+                 checkpoint
+  --n_devices    data-parallel devices (default: all local devices)
+  --log_every    progress line every this many steps
+
+Several hosts: start the same command on every host after
+`jax.distributed.initialize()` (see README, "Several hosts").
+"""
+
+import argparse
+import sys
+
+
+def parse_args(argv):
+  parser = argparse.ArgumentParser(
+      prog='python -m trax_favor.train',
+      description='Train a gin-configured trax_favor model.')
+  parser.add_argument('--config_file', action='append', required=True,
+                      help='gin config file (repeatable)')
+  parser.add_argument('--config', action='append', default=[],
+                      help="gin binding (repeatable), e.g. 'train.steps=100'")
+  parser.add_argument('--output_dir', required=True,
+                      help='where checkpoints and logs go')
+  parser.add_argument('--n_devices', type=int, default=None,
+                      help='data-parallel devices (default: all)')
+  parser.add_argument('--log_every', type=int, default=10,
+                      help='print progress every this many steps')
+  return parser.parse_args(argv)
+
+
+def main(argv=None):
+  args = parse_args(sys.argv[1:] if argv is None else argv)
+  from trax_favor import runs  # pylint: disable=g-import-not-at-top
+
+  def run():
+    runs.parse_config(args.config_file, args.config)
+    runs.train(args.output_dir, n_devices=args.n_devices,
+               log_every=args.log_every)
+  runs.main_guard(run)
+
+
+if __name__ == '__main__':
+  main()
