@@ -71,7 +71,8 @@ def parse_config(config_files, bindings=()):
     for path in _search_paths(config_file):
       gin.add_config_file_search_path(path)
   try:
-    gin.parse_config_files_and_bindings(list(config_files), list(bindings))
+    gin.parse_config_files_and_bindings(list(config_files), list(bindings),
+                                        finalize_config=False)
   except (ValueError, IOError, SyntaxError) as e:
     raise RunError(f'cannot parse {list(config_files)} with bindings '
                    f'{list(bindings)}: {e}') from e

@@ -1,0 +1,20 @@
+"""Shared test set-up: gin is cleared around each test; XLA compilations are
+cached on disk for the session, so configs that compile the same program
+(e.g. the 6-, 12- and 24-layer configs once shrunk) compile it once."""
+
+import gin
+import jax
+import pytest
+
+
+def pytest_configure(config):
+  cache_dir = config.cache.mkdir('xla_compilation_cache')
+  jax.config.update('jax_compilation_cache_dir', str(cache_dir))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+
+
+@pytest.fixture(autouse=True)
+def _clear_gin():
+  gin.clear_config()
+  yield
+  gin.clear_config()
