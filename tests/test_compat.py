@@ -133,15 +133,20 @@ def _run(cmd, env_extra=None, timeout=600):
 
 
 def test_stock_trax_trainer_cli_trains_a_favor_model(tmp_path):
-  """`python -m trax.trainer` on a gin file that uses trax_favor.
+  """`python -m trax.trainer` on a tiny PG-19 config whose includes resolve
+  from the repo root, with the offline text swapped in for PG-19.
 
   trax/trainer.py fails at import on current jax without the .pth hook (no
   gin line can help); the installed trax_favor.pth applies the fixes first.
   """
+  bindings = ['train.inputs=@trax_favor.local_text_inputs',
+              'trax_favor.local_text_inputs.batch_size=2',
+              'trax_favor.local_text_inputs.sequence_length=256',
+              'train.steps=2', 'train.eval_frequency=2']
   result = _run([sys.executable, '-m', 'trax.trainer',
-                 '--config_file=gin/favor_copy_offline.gin',
-                 '--config=train.steps=2', '--config=train.eval_frequency=2',
-                 f'--output_dir={tmp_path}'])
+                 '--config_file=gin/pg19/performer_tiny.gin',
+                 f'--output_dir={tmp_path}']
+                + [f'--config={b}' for b in bindings])
   assert result.returncode == 0, result.stderr[-3000:]
   assert (tmp_path / 'model.pkl.gz').exists()
   assert 'trax_favor.FavorSelfAttention' in (tmp_path / 'config.gin').read_text()

@@ -96,7 +96,10 @@ def configured_image_size():
   """The side of the images the config trains on, or None for text."""
   if 'imagenet64_inputs' not in str(gin.query_parameter('train.inputs')):
     return None
-  return gin.query_parameter('trax_favor.imagenet64_inputs.image_size')
+  value = gin.query_parameter('trax_favor.imagenet64_inputs.image_size')
+  if isinstance(value, gin.config.ConfigurableReference):  # a %MACRO
+    value = value.scoped_configurable_fn()
+  return value
 
 
 def _log(message):
@@ -148,7 +151,8 @@ def train(output_dir, n_devices=None, log_every=10):
 
   Args:
     output_dir: checkpoints, configs and TensorBoard files go here.
-    n_devices: data-parallel devices (None: all local devices).
+    n_devices: data-parallel devices: None or the number of local devices
+      (trax trains on all of them; the flag checks that assumption).
     log_every: print progress every this many steps.
 
   Returns:
@@ -156,9 +160,12 @@ def train(output_dir, n_devices=None, log_every=10):
   """
   if n_devices is not None:
     available = jax.local_device_count()
-    if not 0 < n_devices <= available:
-      raise RunError(f'n_devices={n_devices}, but this host has {available} '
-                     'device(s).')
+    if n_devices != available:  # trax's Loop uses all devices or fails
+      raise RunError(
+          f'n_devices={n_devices}, but this host has {available} device(s); '
+          "trax's Loop trains on all local devices, so hide the others "
+          '(CUDA_VISIBLE_DEVICES, or XLA_FLAGS=--xla_force_host_platform_'
+          'device_count=N on CPU).')
     gin.bind_parameter('trax.supervised.trainer_lib.num_devices.value',
                        n_devices)
   os.makedirs(output_dir, exist_ok=True)
@@ -207,7 +214,9 @@ def restore(output_dir, mode='predict', batch_size=1):
                    '--output_dir at a training run.')
   model_fn = configured_model_fn()
   trained = model_fn(mode='eval')
-  signature = shapes.ShapeDtype((1, 1), np.int32)
+  image_size = configured_image_size()  # axial positions need whole images
+  length = 1 if image_size is None else image_size * image_size * 3
+  signature = shapes.ShapeDtype((1, length), np.int32)
   mismatch = (f'checkpoint {path} does not fit the model of this config '
               '(was it trained with another config?)')
   trained.init(signature)

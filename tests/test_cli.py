@@ -1,0 +1,183 @@
+"""The training and sampling entry points, as a user runs them: progress,
+resume after kill -9, several devices, sampling (predict == eval), errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import gin
+import matplotlib.image
+import numpy as np
+import pytest
+from trax import shapes
+from trax.supervised import training
+
+import gin_helpers
+from trax_favor import runs
+from trax_favor import sampling
+
+REPO = gin_helpers.REPO
+TEXT_CONFIG = 'gin/offline_default.gin'
+STEPS = 24
+SHRINK = [  # the offline default at a few seconds per run
+    'D_MODEL=32', 'SEQUENCE_LENGTH=64', 'N_LAYERS=1', 'BATCH_SIZE=4',
+    'N_RANDOM_FEATURES=16', f'train.steps={STEPS}',
+    'train.eval_frequency=4', 'train.eval_steps=1',
+    'trax_favor.PerformerLM.d_ff=64', 'trax_favor.PerformerLM.d_qk=16',
+    'trax_favor.PerformerLM.d_v=16', 'trax_favor.PerformerLM.n_heads=2',
+    'trax_favor.FavorSelfAttention.chunk_size=16',
+]
+
+
+def _env(cache_dir, **extra):
+  return dict(os.environ, PYTHONPATH=REPO,
+              JAX_COMPILATION_CACHE_DIR=str(cache_dir), **extra)
+
+
+def _command(module, output_dir, *flags, config=TEXT_CONFIG, bindings=SHRINK):
+  return ([sys.executable, '-u', '-m', module, f'--config_file={config}',
+           f'--output_dir={output_dir}']
+          + [f'--config={b}' for b in bindings] + list(flags))
+
+
+def _run(command, env, timeout=600):
+  return subprocess.run(command, cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=timeout, check=False)
+
+
+@pytest.fixture(name='cache_dir', scope='module')
+def fixture_cache_dir(pytestconfig):
+  return pytestconfig.cache.mkdir('xla_compilation_cache')
+
+
+@pytest.fixture(name='text_run', scope='module')
+def fixture_text_run(tmp_path_factory, cache_dir):
+  """Trains via the CLI, kill -9 mid-run, reruns the same command."""
+  output_dir = tmp_path_factory.mktemp('text_run')
+  command = _command('trax_favor.train', output_dir, '--log_every=2')
+  env = _env(cache_dir)
+  first = subprocess.Popen(command, cwd=REPO, env=env, text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  lines = []
+  for line in first.stdout:  # wait for a checkpoint (step 8), then kill
+    lines.append(line)
+    if line.startswith(('step 10/', 'step 11/', 'step 12/')):
+      first.send_signal(signal.SIGKILL)
+      break
+  first.wait(timeout=60)
+  assert first.returncode == -signal.SIGKILL, ''.join(lines)[-3000:]
+  # What a kill during a checkpoint write leaves behind: a partial temp file.
+  (output_dir / 'model.weights.npy.gz._tmp_').write_bytes(b'\x1f\x8b partial')
+  second = _run(command, env)
+  assert second.returncode == 0, second.stderr[-3000:]
+  return output_dir, ''.join(lines), second.stdout
+
+
+def test_training_resumes_after_kill_9(text_run):
+  output_dir, first, second = text_run
+  assert 'steps/s, ETA' in first
+  assert 'resuming from' in second
+  resumed_at = int(second.split('step ')[1].split('/')[0])
+  assert resumed_at > 1 and (resumed_at - 1) % 4 == 0  # after a checkpoint
+  assert f'done: step {STEPS}/{STEPS}' in second
+  checkpoint = training.unpickle_from_file(str(output_dir / 'model.pkl.gz'),
+                                           gzip=True)
+  assert checkpoint['step'] == STEPS
+  assert 'bits_per_dim' in second
+  for name in ('config.gin', 'operative_config.gin'):
+    assert 'trax_favor.PerformerLM' in (output_dir / name).read_text()
+  for mode in ('train', 'eval'):
+    assert any(f.startswith('events.out.tfevents')
+               for f in os.listdir(output_dir / mode))
+
+
+def test_sampling_in_predict_mode_equals_the_eval_model(text_run):
+  output_dir, _, _ = text_run
+  runs.parse_config([os.path.join(REPO, TEXT_CONFIG)], SHRINK)
+  model = runs.restore(str(output_dir), mode='predict')
+  state_shapes = runs._shapes(model.state)  # pylint: disable=protected-access
+  prompt = np.frombuffer(b'import os\n', np.uint8).astype(np.int32)
+  generated, log_probs = sampling.sample(model, prompt, 14, temperature=1.0,
+                                         seed=3)
+  assert runs._shapes(model.state) == state_shapes  # O(1) in decoded length  # pylint: disable=protected-access
+  sequence = np.concatenate([prompt, generated])[None]  # (1, 24)
+  evaluator = runs.restore(str(output_dir), mode='eval')
+  logits = np.asarray(evaluator(sequence))[0]
+  want = logits - np.log(np.sum(np.exp(logits), -1, keepdims=True))
+  np.testing.assert_allclose(log_probs, want, rtol=1e-4, atol=1e-4)
+
+
+def test_sampling_cli_continues_a_prompt(text_run, cache_dir):
+  output_dir, _, _ = text_run
+  result = _run(_command('trax_favor.sample', output_dir, '--prompt=def ',
+                         '--length=12', '--temperature=0'), _env(cache_dir))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.startswith('def ') and len(result.stdout) >= 12
+
+
+def test_image_completion_to_png(tmp_path, cache_dir):
+  """Tiny ImageNet64 Performer (mocked data), then the sampling CLI."""
+  config = 'gin/imagenet64/performer_tiny.gin'
+  gin_helpers.parse(config, shrink=False)
+  gin.bind_parameter('train.steps', 2)
+  gin.bind_parameter('train.eval_frequency', 2)
+  with gin_helpers.mocked_tfds():
+    runs.train(str(tmp_path / 'run'), log_every=1)
+  prompt = np.random.default_rng(0).integers(0, 256, (8, 8, 3)).astype(
+      np.uint8)
+  matplotlib.image.imsave(tmp_path / 'prompt.png', prompt)
+  result = _run(_command('trax_favor.sample', tmp_path / 'run',
+                         f'--image={tmp_path / "prompt.png"}',
+                         '--prompt_rows=4', f'--png={tmp_path / "out.png"}',
+                         config=config, bindings=[]), _env(cache_dir))
+  assert result.returncode == 0, result.stderr[-3000:]
+  out = np.round(matplotlib.image.imread(tmp_path / 'out.png')[..., :3]
+                 * 255).astype(np.uint8)
+  assert out.shape == (8, 16, 3)  # prompt | completion
+  np.testing.assert_array_equal(out[:, :8], prompt)
+  np.testing.assert_array_equal(out[:4, 8:], prompt[:4])  # rows kept
+
+
+TRAIN_ON_ALL_DEVICES = f"""
+import json, sys
+import jax
+from trax_favor import runs
+runs.parse_config([{TEXT_CONFIG!r}], {SHRINK!r} + ['train.steps=6',
+                  'train.eval_frequency=2'])
+loop = runs.train(sys.argv[1], n_devices=jax.local_device_count())
+print('LOSSES', json.dumps([v for _, v in loop.history.get('eval',
+                                                           'metrics/loss')]))
+"""
+
+
+def test_two_devices_follow_the_one_device_trajectory(tmp_path, cache_dir):
+  losses = {}
+  for n in (1, 2):
+    flags = f'--xla_force_host_platform_device_count={n}'
+    result = _run([sys.executable, '-c', TRAIN_ON_ALL_DEVICES,
+                   str(tmp_path / str(n))], _env(cache_dir, XLA_FLAGS=flags))
+    assert result.returncode == 0, result.stderr[-3000:]
+    losses[n] = json.loads(result.stdout.split('LOSSES ')[1])
+  assert len(losses[1]) == 4  # eval at steps 1, 2, 4, 6
+  # Same data, init and updates; only the order of the gradient sums moves.
+  np.testing.assert_allclose(losses[2], losses[1], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('module, config, bindings, message', [
+    ('trax_favor.train', 'gin/missing.gin', [], 'config file not found'),
+    ('trax_favor.train', 'gin/pg19/performer_tiny.gin',
+     ["trax_favor.pg19_inputs.data_dir='/nonexistent/tfds'"],
+     'download_and_prepare'),
+    ('trax_favor.sample', 'gin/pg19/performer_tiny.gin', [],
+     'does not fit the model of this config'),
+], ids=['missing_config', 'missing_dataset', 'checkpoint_mismatch'])
+def test_errors_are_one_clear_line(module, config, bindings, message,
+                                   text_run, cache_dir):
+  output_dir, _, _ = text_run
+  result = _run(_command(module, output_dir, config=config,
+                         bindings=bindings), _env(cache_dir))
+  assert result.returncode == 2
+  assert message in result.stderr and 'Traceback' not in result.stderr, (
+      result.stderr[-3000:])
