@@ -23,7 +23,7 @@ TEXT_CONFIG = 'gin/offline_default.gin'
 STEPS = 24
 SHRINK = [  # the offline default at a few seconds per run
     'D_MODEL=32', 'SEQUENCE_LENGTH=64', 'N_LAYERS=1', 'BATCH_SIZE=4',
-    'N_RANDOM_FEATURES=16', f'train.steps={STEPS}',
+    'N_RANDOM_FEATURES=16', f'STEPS={STEPS}',  # a macro, as users set it
     'train.eval_frequency=4', 'train.eval_steps=1',
     'trax_favor.PerformerLM.d_ff=64', 'trax_favor.PerformerLM.d_qk=16',
     'trax_favor.PerformerLM.d_v=16', 'trax_favor.PerformerLM.n_heads=2',

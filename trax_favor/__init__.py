@@ -59,5 +59,6 @@ _import_trax_quietly()
 from trax_favor import ops
 from trax_favor.layers import favor_layers
 from trax_favor.layers import FavorSelfAttention
+from trax_favor.layers import IdentityAttention
 from trax_favor.layers import transfer_projections
 from trax_favor.models import PerformerLM

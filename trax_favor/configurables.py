@@ -28,6 +28,7 @@ def _configure(fn):
 
 
 FavorSelfAttention = _configure(layers.FavorSelfAttention)
+IdentityAttention = _configure(layers.IdentityAttention)
 PerformerLM = _configure(models.PerformerLM)
 local_text_inputs = _configure(data.local_text_inputs)
 pg19_inputs = _configure(data.pg19_inputs)

@@ -3,7 +3,12 @@
 The configs in gin/ bind trax's own `trax.supervised.trainer_lib.train`
 (so `python -m trax.trainer` runs them too); `train` here calls it with:
 
-  progress   a line every log_every steps: step, steps/s, ETA;
+  progress   a line every log_every steps: step, steps/s, ETA; the same
+             as JSON lines in output_dir/progress.jsonl, with the training
+             seconds so far (summed over resumed runs, compilation excluded)
+             and the peak memory (device, or process RSS on CPU);
+  evals      eval metrics (loss, bits_per_dim, accuracy) at every eval
+             step in output_dir/eval_history.json, the last one included;
   configs    config.gin (everything parsed) at the start and
              operative_config.gin (what was used) after the first step;
   resume     trax's Loop restores the last checkpoint in output_dir (the
@@ -19,6 +24,7 @@ output_dir/train.
 """
 
 import functools
+import json
 import os
 import sys
 import time
@@ -31,9 +37,12 @@ from trax.supervised import callbacks
 from trax.supervised import trainer_lib
 
 import trax_favor.configurables  # pylint: disable=unused-import
+from trax_favor.experiments import report
 from trax_favor.layers import favor_attention
 
 CHECKPOINT = 'model.pkl.gz'
+PROGRESS = 'progress.jsonl'
+EVAL_HISTORY = 'eval_history.json'
 
 
 class RunError(RuntimeError):
@@ -96,7 +105,12 @@ def configured_image_size():
   """The side of the images the config trains on, or None for text."""
   if 'imagenet64_inputs' not in str(gin.query_parameter('train.inputs')):
     return None
-  value = gin.query_parameter('trax_favor.imagenet64_inputs.image_size')
+  return configured_value('trax_favor.imagenet64_inputs.image_size')
+
+
+def configured_value(binding):
+  """The value bound to `binding`, with a %MACRO resolved to its value."""
+  value = gin.query_parameter(binding)
   if isinstance(value, gin.config.ConfigurableReference):  # a %MACRO
     value = value.scoped_configurable_fn()
   return value
@@ -111,39 +125,101 @@ def _format_seconds(seconds):
   return f'{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}'
 
 
+def read_progress(output_dir):
+  """The records of output_dir/progress.jsonl, the latest one per step.
+
+  A run resumed from a checkpoint repeats the steps after it; their later
+  records win. A line cut short by a kill is skipped.
+  """
+  by_step = {}
+  path = os.path.join(output_dir, PROGRESS)
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        try:
+          record = json.loads(line)
+        except ValueError:
+          continue
+        by_step[record['step']] = record
+  return [by_step[step] for step in sorted(by_step)]
+
+
+def save_eval_history(loop, output_dir):
+  """Writes the loop's eval metrics to output_dir/eval_history.json.
+
+  {metric: [[step, value], ...]}, the last eval included (trax's checkpoint
+  is saved before the eval of its step, so its history lacks that one). A
+  resumed run's evals are merged into the file, not written over it.
+  """
+  history = {metric: dict(points)
+             for metric, points in read_eval_history(output_dir).items()}
+  for metric in loop.history.metrics_for_mode('eval'):
+    points = history.setdefault(metric.split('/', 1)[-1], {})
+    points.update((int(step), float(value))
+                  for step, value in loop.history.get('eval', metric))
+  report.save_json({metric: sorted(points.items())
+                    for metric, points in history.items()},
+                   os.path.join(output_dir, EVAL_HISTORY))
+
+
+def read_eval_history(output_dir):
+  """{metric: [(step, value), ...]} as save_eval_history wrote it."""
+  history = report.load_json(os.path.join(output_dir, EVAL_HISTORY)) or {}
+  return {metric: [tuple(point) for point in points]
+          for metric, points in history.items()}
+
+
 class _Progress(callbacks.TrainingStepCallback):
-  """Prints step, steps/s and ETA; saves the operative config once."""
+  """Prints step, steps/s and ETA, and appends them to progress.jsonl; saves
+  the operative config once."""
 
   def __init__(self, loop, total_steps, log_every, output_dir, state):
     super().__init__(loop)
     self._total = total_steps
     self._every = log_every
     self._output_dir = output_dir
-    self._start = None
+    self._last = None
+    previous = read_progress(output_dir)
+    self._seconds = previous[-1]['seconds'] if previous else 0.0
+    self._evals = []
     state['loop'] = loop  # for the Ctrl-C checkpoint
 
   def call_at(self, step):
     return True
 
   def on_step_begin(self, step):  # step: 1-based, as trax's logs count
-    if self._start is None:
-      self._start = (None, step)
+    if self._last is None:
+      self._last = (None, step)
+    elif self._loop.history.get('eval', 'metrics/loss')[-1:] != self._evals:
+      save_eval_history(self._loop, self._output_dir)  # an eval just ran
+      self._evals = self._loop.history.get('eval', 'metrics/loss')[-1:]
 
   def on_step_end(self, step):
-    if self._start[0] is None:  # first step of this process: model is built
+    if self._last[0] is None:  # first step of this process: model is built
       with open(os.path.join(self._output_dir, 'operative_config.gin'),
                 'w') as f:
         f.write(gin.operative_config_str())
-      self._start = (time.time(), step)  # the rate excludes compilation
+      self._last = (time.time(), step)  # rates exclude compilation
       _log(f'step {step}/{self._total}: compiled and ran the first step')
+      self._record(step, None)
       return
     if step % self._every and step != self._total:
       return
-    elapsed = time.time() - self._start[0]
-    rate = (step - self._start[1]) / max(elapsed, 1e-9)
+    now = time.time()  # the rate over the last interval (evals included)
+    rate = (step - self._last[1]) / max(now - self._last[0], 1e-9)
+    self._seconds += now - self._last[0]
+    self._last = (now, step)
     eta = (self._total - step) / rate if rate > 0 else float('inf')
     _log(f'step {step}/{self._total}: {rate:.2f} steps/s, '
          f'ETA {_format_seconds(eta)}')
+    self._record(step, rate)
+
+  def _record(self, step, rate):
+    record = {'step': step, 'seconds': round(self._seconds, 3),
+              'steps_per_s': rate,
+              'peak_memory_bytes': report.peak_memory_bytes()}
+    with open(os.path.join(self._output_dir, PROGRESS), 'a') as f:
+      f.write(json.dumps(record) + '\n')
 
 
 def train(output_dir, n_devices=None, log_every=10):
@@ -171,7 +247,7 @@ def train(output_dir, n_devices=None, log_every=10):
   os.makedirs(output_dir, exist_ok=True)
   with open(os.path.join(output_dir, 'config.gin'), 'w') as f:
     f.write(gin.config_str())
-  total_steps = gin.query_parameter('train.steps')
+  total_steps = configured_value('train.steps')
   state = {}
   progress = functools.partial(_Progress, total_steps=total_steps,
                                log_every=log_every, output_dir=output_dir,
@@ -187,6 +263,7 @@ def train(output_dir, n_devices=None, log_every=10):
       _log(f'interrupted at step {loop.step}: checkpoint saved in '
            f'{output_dir}; rerun the same command to continue.')
     raise
+  save_eval_history(loop, output_dir)
   _log(f'done: step {loop.step}/{total_steps}, checkpoint in {output_dir}')
   return loop
 

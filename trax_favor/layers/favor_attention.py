@@ -226,24 +226,27 @@ class FavorSelfAttention(base.Layer):
                        f'{(self._n_random_features, self._d_qk)}.')
 
     key_mask = None if mask is None else mask[:, None, :].astype(jnp.bool_)
-    common = dict(feature_map=self._feature_map_name, key_mask=key_mask,
-                  numerical_stabilizer=self._numerical_stabilizer,
-                  attention_dropout=self._attention_dropout, rng=rng_attn)
-    if self._causal:
-      if decode_state is not None:
-        decode_state = self._checked_decode_state(decode_state, x.shape[0])
-      o, final = favor.favor_attention(
-          q, k, v, projection, causal=True, initial_state=decode_state,
-          chunk_size=self._chunk_size, **common)  # (b, h, l, d_v)
-      if self._mode == 'predict':
-        self.state = (projection, tuple(final))
-    else:
-      o = favor.favor_attention(q, k, v, projection, **common)
-
+    o = self.attend(q, k, v, projection, decode_state, key_mask, rng_attn)
     out = jnp.einsum('bhlv,hvd->bld', o, w_o)  # (b, l, d_model)
     if self._output_dropout:
       out = _output_dropout(rng_out, out, self._output_dropout)
     return out
+
+  def attend(self, q, k, v, projection, decode_state, key_mask, rng):
+    """The attention core: q, k (b, h, l, d_qk), v (b, h, l, d_v) -> o."""
+    common = dict(feature_map=self._feature_map_name, key_mask=key_mask,
+                  numerical_stabilizer=self._numerical_stabilizer,
+                  attention_dropout=self._attention_dropout, rng=rng)
+    if not self._causal:
+      return favor.favor_attention(q, k, v, projection, **common)
+    if decode_state is not None:
+      decode_state = self._checked_decode_state(decode_state, q.shape[0])
+    o, final = favor.favor_attention(
+        q, k, v, projection, causal=True, initial_state=decode_state,
+        chunk_size=self._chunk_size, **common)  # (b, h, l, d_v)
+    if self._mode == 'predict':
+      self.state = (projection, tuple(final))
+    return o
 
   def _checked_decode_state(self, decode_state, batch):
     state = favor.CausalState(*decode_state)
@@ -253,6 +256,22 @@ class FavorSelfAttention(base.Layer):
           f'{state.ref.shape[0]}, but the input has batch size {batch}; '
           'init the predict-mode model with the decoding batch size.')
     return state
+
+
+class IdentityAttention(FavorSelfAttention):
+  """FavorSelfAttention with the attention core replaced by o = v.
+
+  Same keywords, weights and projections (q and k are still computed), so a
+  model built with it costs what the FAVOR model costs minus attention: the
+  lower bound that the Performer paper plots as its "X" line. For speed and
+  memory baselines only; it attends to nothing.
+  """
+
+  def attend(self, q, k, v, projection, decode_state, key_mask, rng):
+    del projection, decode_state, key_mask, rng  # no attention
+    # 0 * (...) keeps the q and k projections in the computation, as XLA
+    # does not fold x * 0.0 for floats (x may be NaN or Inf).
+    return v + 0.0 * (q[..., :1] + k[..., :1])  # (b, h, l, d_v)
 
 
 def favor_layers(layer):

@@ -1,0 +1,67 @@
+"""Backward compatibility: exact-attention weights in FAVOR+, fine-tuned.
+
+    python scripts/backward_compat.py --out results/backward_compat_cpu
+
+Trains the offline default's exact-attention twin (runs/exact_default,
+resumable, shared with scripts/approximation.py), loads its weights into
+the FAVOR+ model unchanged, reports accuracy right after the transfer and
+during FAVOR+ fine-tuning (runs/exact_to_favor, resumable). Writes
+<out>.json and <out>.png.
+"""
+
+import argparse
+import sys
+
+from trax_favor.experiments import report
+from trax_favor.experiments import transfer
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--out', default='results/backward_compat_cpu')
+  parser.add_argument('--exact_run', default='runs/exact_default')
+  parser.add_argument('--fine_tune_run', default='runs/exact_to_favor')
+  parser.add_argument('--fine_tune_steps', type=int, default=200)
+  parser.add_argument('--eval_every', type=int, default=20)
+  parser.add_argument('--config', action='append', default=[],
+                      help='extra gin binding for every model (repeatable)')
+  args = parser.parse_args(argv)
+  record = {'machine': report.machine_info(), 'config': vars(args)}
+  loop = transfer.train_exact(args.exact_run, args.config)
+  weights = loop.model.weights
+  exact_history = transfer.runs.read_eval_history(args.exact_run)
+  record['exact_training'] = exact_history
+  batches = transfer.eval_batches(args.config, 4)
+  record['right_after_transfer'] = transfer.gap_by_m(
+      weights, [transfer.config_m(args.config)], batches, args.config)[0]
+  record['fine_tuning'] = transfer.fine_tune(
+      weights, args.fine_tune_run, args.fine_tune_steps, args.eval_every,
+      args.config)
+  report.save_json(record, args.out + '.json')
+  plot(record, args.out + '.png')
+  after = record['right_after_transfer']
+  print(f"exact model accuracy {after['accuracy_exact']:.3f}; right after "
+        f"transfer to FAVOR+ {after['accuracy_favor']:.3f}; fine-tuned: "
+        f"{record['fine_tuning']['accuracy'][-1]}")
+  print(f'wrote {args.out}.json and {args.out}.png')
+
+
+def plot(record, path):
+  plt = report.pyplot()
+  fig, ax = plt.subplots(figsize=(6, 4))
+  steps, acc = zip(*record['exact_training']['accuracy'])
+  ax.plot(steps, acc, 'o-', label='exact attention, from scratch')
+  offset = steps[-1]
+  steps, acc = zip(*record['fine_tuning']['accuracy'])
+  ax.plot([offset + s for s in steps], acc, 'o-',
+          label='FAVOR+ fine-tuning from the exact weights')
+  ax.axhline(record['right_after_transfer']['accuracy_favor'], ls=':',
+             color='gray', label='FAVOR+ right after transfer')
+  ax.set(xlabel='step', ylabel='eval next-byte accuracy')
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+
+
+if __name__ == '__main__':
+  sys.exit(main())

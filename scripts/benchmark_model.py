@@ -1,0 +1,99 @@
+"""Model-level benchmark: reversible training step, depth, decoding.
+
+    python scripts/benchmark_model.py --out results/model_cpu   # CPU widths
+    python scripts/benchmark_model.py --out results/model_gpu \
+        --width_bindings=''                                      # config widths
+
+Writes <out>.json (machine, versions, git SHA) after every measurement and
+<out>.png at the end; rerunning skips what the JSON already holds.
+"""
+
+import argparse
+import sys
+
+from trax_favor.experiments import model_bench
+from trax_favor.experiments import report
+
+# CPU widths: the configs' layout (heads of 64, ff 4x, m=256, LSH chunks of
+# 128) at a quarter of the width and 2 layers.
+CPU_WIDTH = ('D_MODEL=256,D_FF=1024,N_HEADS=4,D_HEAD=64,N_LAYERS=2,'
+             'POS_D_AXIAL_EMBS=(96,96,64)')
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--out', default='results/model_cpu')
+  parser.add_argument('--width_bindings', default=CPU_WIDTH,
+                      help='comma-separated gin macros for every model')
+  parser.add_argument('--pg19_length', type=int, default=8192)
+  parser.add_argument('--exact_max_len', type=int, default=8192)
+  parser.add_argument('--depths', default='6,12,24')
+  parser.add_argument('--depth_length', type=int, default=2048,
+                      help='PG-19 length of the depth sweep')
+  parser.add_argument('--batch', type=int, default=1)
+  parser.add_argument('--steps', type=int, default=3)
+  parser.add_argument('--prefixes', default='128,8192')
+  parser.add_argument('--decode_tokens', type=int, default=32)
+  parser.add_argument('--decode_width', default='256,1024,4,2',
+                      help='d_model,d_ff,n_heads,n_layers of the decoders')
+  args = parser.parse_args(argv)
+  width = [b for b in args.width_bindings.split(',') if b]
+  width = _rejoin_tuples(width)
+  record = report.load_json(args.out + '.json') or {}
+  record.update(machine=report.machine_info(), config=vars(args))
+  record.setdefault('steps', {})
+  record.setdefault('depth', {})
+  record.setdefault('decoding', {})
+
+  def run(table, key, fn, *fn_args):
+    if key in record[table] and 'failed' not in record[table][key]:
+      print(f'{table} {key}: measured earlier, skipping', flush=True)
+      return
+    record[table][key] = result = fn(*fn_args)
+    print(f'{table} {key}: {result}', flush=True)
+    report.save_json(record, args.out + '.json')
+
+  step = lambda family, model, bindings: model_bench.measure_step_in_child(
+      family, model, width + bindings, args.steps, args.batch)
+  for model in model_bench.MODELS:  # ImageNet64: 12288 tokens
+    if model != 'exact' or 12288 <= args.exact_max_len:
+      run('steps', f'imagenet64/{model}', step, 'imagenet64', model, [])
+  pg19 = [f'SEQUENCE_LENGTH={args.pg19_length}',
+          f'LSH_N_BUCKETS={2 * args.pg19_length // 128}']
+  for model in model_bench.MODELS:
+    if model != 'exact' or args.pg19_length <= args.exact_max_len:
+      run('steps', f'pg19_{args.pg19_length}/{model}', step, 'pg19', model,
+          pg19)
+  depth_bindings = [f'SEQUENCE_LENGTH={args.depth_length}',
+                    f'LSH_N_BUCKETS={2 * args.depth_length // 128}']
+  for depth in [int(d) for d in args.depths.split(',')]:
+    for model in ('performer', 'reformer'):
+      run('depth', f'{model}/{depth}', step, 'pg19', model,
+          depth_bindings + [f'N_LAYERS={depth}'])
+  decode_width = tuple(int(v) for v in args.decode_width.split(','))
+  for kind in ('performer', 'transformer'):
+    for prefix in [int(p) for p in args.prefixes.split(',')]:
+      run('decoding', f'{kind}/{prefix}', model_bench.measure_decoding, kind,
+          prefix, args.decode_tokens, decode_width)
+  record['ratios'] = model_bench.ratios(record)
+  report.save_json(record, args.out + '.json')
+  model_bench.plot(record, args.out + '.png')
+  print(report.markdown_table(['ratio', 'value'],
+                              sorted(record['ratios'].items())))
+  print(f'wrote {args.out}.json and {args.out}.png')
+
+
+def _rejoin_tuples(parts):
+  """Splits on commas outside parentheses: 'A=1,B=(2,3)' -> [A=1, B=(2,3)]."""
+  joined, depth = [], 0
+  for part in parts:
+    if depth:
+      joined[-1] += ',' + part
+    else:
+      joined.append(part)
+    depth += part.count('(') - part.count(')')
+  return joined
+
+
+if __name__ == '__main__':
+  sys.exit(main())

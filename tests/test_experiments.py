@@ -1,0 +1,119 @@
+"""The experiment modules behind the scripts: the depth ladder resumes
+instead of starting over, its comparisons pair n with 2n layers, the model
+benchmark's step and decoding measurements, the approximation sweep."""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+import gin_helpers
+from trax_favor import runs
+from trax_favor.experiments import approximation
+from trax_favor.experiments import ladder
+from trax_favor.experiments import model_bench
+
+
+@pytest.fixture(name='in_repo')
+def fixture_in_repo(monkeypatch, pytestconfig):
+  """Configs are given relative to the repo root; children see the repo."""
+  monkeypatch.chdir(gin_helpers.REPO)
+  monkeypatch.setenv('PYTHONPATH', gin_helpers.REPO)
+  monkeypatch.setenv('JAX_COMPILATION_CACHE_DIR', str(
+      pytestconfig.cache.mkdir('xla_compilation_cache')))
+
+
+def test_ladder_resumes_a_partial_ladder_and_reports(tmp_path, in_repo,
+                                                     capsys):
+  del in_repo
+  work, out = str(tmp_path / 'runs'), str(tmp_path / 'ladder')
+  first = ladder.run_ladder('smoke', work, out, stop_after=1)
+  assert list(first['rungs']) == ['pg19_performer_6l']
+  done_dir = os.path.join(work, 'pg19_performer_6l')
+  mtime = os.path.getmtime(os.path.join(done_dir, runs.CHECKPOINT))
+  capsys.readouterr()
+
+  second = ladder.run_ladder('smoke', work, out)
+  printed = capsys.readouterr().out
+  assert '[pg19_performer_6l] done earlier (step 4), skipping' in printed
+  assert '[pg19_reformer_6l] trained in' in printed
+  assert os.path.getmtime(os.path.join(done_dir, runs.CHECKPOINT)) == mtime
+  with open(out + '.json') as f:
+    assert json.load(f)['rungs'].keys() == second['rungs'].keys()
+  for name, rung in second['rungs'].items():
+    assert rung['step'] == 4, name
+    # Evals at steps 1, 2 and 4: the last one too, which trax's checkpoint
+    # history lacks.
+    assert [s for s, _ in rung['eval_loss']] == [1, 2, 4]
+    for (_, loss), (_, bpd) in zip(rung['eval_loss'],
+                                   rung['eval_bits_per_dim']):
+      assert bpd == pytest.approx(loss / math.log(2), rel=1e-5)
+    seconds = rung['train_seconds_at_eval']
+    assert seconds == sorted(seconds) and seconds[-1] > 0
+    assert rung['n_params'] > 0 and rung['peak_memory_bytes'] > 0
+  # 1 layer each (the smoke preset cuts depth): FAVOR+ has separate q and k
+  # projections, LSH shares them: 2 * d_model * d_head more weights.
+  gap = (second['rungs']['pg19_performer_6l']['n_params'] -
+         second['rungs']['pg19_reformer_6l']['n_params'])
+  assert gap == 16 * 8 * 2
+  table = open(out + '.md').read()
+  assert 'pg19_performer_6l' in table and 'pg19_reformer_6l' in table
+  assert os.path.getsize(out + '.png') > 0
+
+
+def _rung(attention, depth, bits_per_dim):
+  return {'attention': attention, 'depth': depth,
+          'eval_bits_per_dim': [(1, 8.0), (100, bits_per_dim)]}
+
+
+def test_ladder_compares_n_performer_layers_with_2n_reformer_layers():
+  rungs = {f'{a}_{d}': _rung(a, d, bpd) for a, d, bpd in [
+      ('performer', 6, 3.00), ('reformer', 6, 3.10),
+      ('performer', 12, 2.95), ('reformer', 12, 2.90),
+      ('performer', 24, 2.80), ('reformer', 24, 2.85)]}
+  found = ladder.compare(rungs)
+  assert [(c['performer_layers'], c['reformer_layers']) for c in found] == [
+      (6, 12), (12, 24)]
+  assert found[0]['gap_bits_per_dim'] == pytest.approx(3.00 - 2.90)
+  assert not found[0]['matches']  # 0.10 bits/dim worse
+  assert found[1]['gap_bits_per_dim'] == pytest.approx(2.95 - 2.85)
+  rungs['reformer_24'] = _rung('reformer', 24, 2.94)
+  assert ladder.compare(rungs)[1]['matches']  # 0.01 <= MATCH_TOLERANCE
+
+
+def test_model_bench_step_is_trax_reversible_training(in_repo):
+  del in_repo
+  bindings = ['D_MODEL=16', 'D_FF=32', 'N_HEADS=2', 'D_HEAD=8', 'N_LAYERS=1',
+              'SEQUENCE_LENGTH=64', 'N_RANDOM_FEATURES=8',
+              'LSH_CHUNK_LEN=16', 'LSH_N_BUCKETS=8']
+  results = {model: model_bench.measure_step('pg19', model, bindings, 2, 2)
+             for model in ('performer', 'identity')}
+  for result in results.values():
+    assert result['length'] == 64 and result['n_layers'] == 1
+    # Two steps of Adam from a uniform-ish start: the loss is near log(256).
+    assert abs(result['loss'] - math.log(256)) < 0.5
+    assert result['seconds'] > 0 and result['model_peak_bytes'] > 0
+  # The identity baseline keeps FAVOR+'s weights (only the core differs).
+  assert results['identity']['n_params'] == results['performer']['n_params']
+
+
+def test_decoding_state_is_constant_for_performer_and_grows_for_transformer():
+  width = (16, 32, 2, 1)  # d_model, d_ff, n_heads, n_layers
+  performer = [model_bench.measure_decoding('performer', p, 4, width)
+               for p in (8, 64)]
+  transformer = [model_bench.measure_decoding('transformer', p, 4, width)
+                 for p in (8, 64)]
+  assert performer[0]['state_bytes'] == performer[1]['state_bytes']
+  assert transformer[1]['state_bytes'] > transformer[0]['state_bytes']
+
+
+def test_approximation_error_falls_with_m():
+  rows = approximation.attention_sweep([8, 128], [0.5],
+                                       feature_maps=('softmax',), length=128,
+                                       n_seeds=4)
+  error = {(r['projection'], r['m']): r['error'] for r in rows}
+  for projection in ('orthogonal', 'iid'):  # orthogonal < iid: test_ops_*
+    assert error[(projection, 128)] < 0.5 * error[(projection, 8)], error
+  assert all(np.isfinite(r['error_std']) for r in rows)

@@ -1,0 +1,264 @@
+"""Model-level speed and memory: a full reversible training step, and decoding.
+
+Training step: the models come from the gin configs (the family's
+`performer_6l.gin`, with the attention part swapped for the baselines):
+
+  performer  FAVOR+ (attention/favor.gin)
+  identity   the same layer with o = v (attention/identity.gin): the lower
+             bound, the Performer paper's "X" line
+  reformer   the LSH twin (reformer_6l.gin)
+  exact      tl.SelfAttention over the whole sequence (attention/exact.gin),
+             only where it fits (--exact_max_len)
+
+One step is Trax's memory-efficient reversible trainer
+(`ReversibleSerialTrainer.one_step`: forward, then backward block by block,
+recomputing activations from the reversible outputs, then Adam), the step a
+Loop with `use_memory_efficient_trainer=True` takes. Each measurement runs
+in its own process: its time is the median step after a compiled warm-up,
+its memory the peak during the timed steps (device peak on accelerators;
+on CPU the resident set's high-water mark, restarted after the warm-up so
+that XLA compilation does not count) minus what the process held before
+building the model: weights, optimizer slots, activations, temporaries.
+
+Decoding: seconds per generated token after a prefix of 128 and of 8192
+tokens, the PerformerLM (O(1) FAVOR state) against trax's TransformerLM in
+predict mode (a key/value cache as long as the sequence).
+"""
+
+import json
+import subprocess
+import sys
+import time
+
+import gin
+import jax
+import numpy as np
+from trax import layers as tl
+from trax import models as trax_models
+from trax import optimizers
+from trax import shapes
+from trax.optimizers import trainer as trax_trainer
+
+from trax_favor import runs
+from trax_favor import sampling
+from trax_favor.experiments import report
+
+MODELS = {  # name -> (config files, after the family's <attention>_6l.gin)
+    'performer': ('performer', []),
+    'identity': ('performer', ['gin/attention/identity.gin']),
+    'reformer': ('reformer', []),
+    'exact': ('performer', ['gin/attention/exact.gin']),
+}
+
+
+def _status_bytes(field):
+  """A memory field of /proc/self/status (Linux), in bytes."""
+  with open('/proc/self/status') as f:
+    for line in f:
+      if line.startswith(field + ':'):
+        return int(line.split()[1]) * 1024
+  raise ValueError(f'no {field} in /proc/self/status')
+
+
+def _reset_peak_rss():
+  """Restarts the peak resident set count (VmHWM), so that compilation
+  before this point does not count."""
+  with open('/proc/self/clear_refs', 'w') as f:
+    f.write('5')
+
+
+def _step_peak_bytes():
+  """Peak memory since _reset_peak_rss: the device's if it reports one."""
+  stats = jax.devices()[0].memory_stats() or {}
+  if 'peak_bytes_in_use' in stats:
+    return int(stats['peak_bytes_in_use'])
+  return _status_bytes('VmHWM')
+
+
+def measure_step(family, model, bindings, steps, batch):
+  """Times the reversible trainer's step for one model; runs in-process."""
+  attention, extra_files = MODELS[model]
+  files = [f'gin/{family}/{attention}_6l.gin'] + extra_files
+  runs.parse_config(files, bindings)
+  length = runs.configured_value('trax_favor.PerformerLM.max_len')
+  n_layers = runs.configured_value('trax_favor.PerformerLM.n_layers')
+  before = _status_bytes('VmRSS')
+  lm = runs.configured_model_fn()(mode='train')
+  tokens = np.random.default_rng(0).integers(0, 256, (batch, length),
+                                             dtype=np.int32)
+  data = (tokens, tokens, np.ones(tokens.shape, np.float32))  # (b, l) each
+  blocks, loss_layer = trax_trainer.extract_reversible_blocks(
+      [lm, tl.WeightedCategoryCrossEntropy()])
+  trax_trainer.init_reversible_blocks(blocks, loss_layer,
+                                      shapes.signature(data),
+                                      jax.random.PRNGKey(0))
+  n_params = sum(int(np.size(w)) for w in jax.tree_util.tree_leaves(
+      [lm.weights]))
+  trainer = trax_trainer.ReversibleSerialTrainer(blocks, loss_layer,
+                                                 optimizers.Adam)
+  times = []
+  for i in range(steps + 2):  # two warm-up steps compile everything
+    if i == 2:
+      _reset_peak_rss()
+    start = time.perf_counter()
+    loss, _ = trainer.one_step(data, jax.random.PRNGKey(i))
+    jax.block_until_ready(loss)
+    times.append(time.perf_counter() - start)
+  peak = _step_peak_bytes()
+  return {'model': model, 'length': int(length), 'n_layers': int(n_layers),
+          'batch': batch, 'n_params': n_params,
+          'seconds': float(np.median(times[2:])),
+          'steps_per_s': float(1.0 / np.median(times[2:])),
+          'peak_bytes': int(peak), 'model_peak_bytes': int(peak - before),
+          'loss': float(loss)}
+
+
+def measure_step_in_child(family, model, bindings, steps, batch):
+  """measure_step in a fresh process, so that its peak memory is its own."""
+  args = json.dumps([family, model, list(bindings), steps, batch])
+  result = subprocess.run(
+      [sys.executable, '-m', 'trax_favor.experiments.model_bench', args],
+      capture_output=True, text=True, check=False)
+  lines = [l for l in result.stdout.splitlines() if l.startswith('{')]
+  if result.returncode or not lines:
+    return {'model': model, 'failed': (result.stderr or result.stdout)
+            .strip().splitlines()[-1:]}
+  return json.loads(lines[-1])
+
+
+def _lm_decoder(kind, length, width):
+  """A predict-mode LM of `kind` ('performer' or 'transformer'), batch 1.
+
+  width: (d_model, d_ff, n_heads, n_layers); the Performer uses
+  FavorSelfAttention's defaults (FAVOR+, m=256).
+  """
+  d_model, d_ff, n_heads, n_layers = width
+  if kind == 'performer':
+    from trax_favor.models import PerformerLM  # pylint: disable=g-import-not-at-top
+    return PerformerLM(256, d_model=d_model, d_ff=d_ff, d_qk=d_model // n_heads,
+                       d_v=d_model // n_heads, n_layers=n_layers,
+                       n_heads=n_heads, dropout=0.0, max_len=length,
+                       mode='predict')
+  # TransformerLM's CausalAttention keeps a key/value cache of
+  # max_inference_length (2048 by default) whatever max_len is: size it to
+  # the sequence, as a user decoding that far must.
+  with gin.unlock_config():
+    gin.bind_parameter('trax.layers.CausalAttention.max_inference_length',
+                       length)
+  try:
+    return trax_models.TransformerLM(256, d_model=d_model, d_ff=d_ff,
+                                     n_layers=n_layers, n_heads=n_heads,
+                                     dropout=0.0, max_len=length,
+                                     mode='predict')
+  finally:
+    gin.clear_config()
+
+
+def measure_decoding(kind, prefix, n_tokens, width):
+  """Seconds per generated token after a prefix of `prefix` tokens."""
+  model = _lm_decoder(kind, prefix + n_tokens + 1, width)
+  model.init(shapes.ShapeDtype((1, 1), np.int32), rng=jax.random.PRNGKey(0))
+  prompt = np.random.default_rng(0).integers(1, 256, (1, prefix),
+                                             dtype=np.int32)
+  fill = jax.jit(model.pure_fn)  # the prefix in one predict-mode call
+  _, state = fill(prompt, model.weights, model.state, jax.random.PRNGKey(0))
+  step = sampling._step_fn(model)  # pylint: disable=protected-access
+  token = prompt[:, -1:]
+  times = []
+  for i in range(n_tokens):
+    start = time.perf_counter()
+    token, _, state = step(token.reshape(1, 1), model.weights, state,
+                           jax.random.PRNGKey(i), 0.0)
+    jax.block_until_ready(token)
+    times.append(time.perf_counter() - start)
+  state_bytes = sum(int(np.size(s)) * np.dtype(s.dtype).itemsize
+                    for s in jax.tree_util.tree_leaves(state))
+  return {'kind': kind, 'prefix': prefix,
+          'seconds_per_token': float(np.median(times[2:])),
+          'state_bytes': state_bytes}
+
+
+def _child_main(arg):
+  family, model, bindings, steps, batch = json.loads(arg)
+  print(json.dumps(measure_step(family, model, bindings, steps, batch)),
+        flush=True)
+
+
+if __name__ == '__main__':
+  import trax_favor  # pylint: disable=g-import-not-at-top,unused-import
+  _child_main(sys.argv[1])
+
+
+def _ratio(table, a, b, field):
+  if a in table and b in table and field in table[a] and field in table[b]:
+    return table[a][field] / table[b][field]
+  return None
+
+
+def ratios(record):
+  """The ratios the README quotes, from whatever the record holds."""
+  found = {}
+  steps, depth, decoding = (record.get('steps', {}), record.get('depth', {}),
+                            record.get('decoding', {}))
+  for family in sorted({key.split('/')[0] for key in steps}):
+    p, i, r = (f'{family}/performer', f'{family}/identity',
+               f'{family}/reformer')
+    found[f'{family}: performer / identity time'] = _ratio(
+        steps, p, i, 'seconds')
+    found[f'{family}: performer / reformer time'] = _ratio(
+        steps, p, r, 'seconds')
+    found[f'{family}: performer / reformer memory'] = _ratio(
+        steps, p, r, 'model_peak_bytes')
+  depths = sorted({int(key.split('/')[1]) for key in depth})
+  if len(depths) > 1:
+    for model in ('performer', 'reformer'):
+      found[f'depth {depths[-1]} / {depths[0]}: {model} memory'] = _ratio(
+          depth, f'{model}/{depths[-1]}', f'{model}/{depths[0]}',
+          'model_peak_bytes')
+      found[f'depth {depths[-1]} / {depths[0]}: {model} time'] = _ratio(
+          depth, f'{model}/{depths[-1]}', f'{model}/{depths[0]}', 'seconds')
+  prefixes = sorted({int(key.split('/')[1]) for key in decoding})
+  if len(prefixes) > 1:
+    lo, hi = prefixes[0], prefixes[-1]
+    for kind in ('performer', 'transformer'):
+      found[f'decode {kind}: per-token time at prefix {hi} / {lo}'] = _ratio(
+          decoding, f'{kind}/{hi}', f'{kind}/{lo}', 'seconds_per_token')
+    found[f'decode at prefix {hi}: transformer / performer time'] = _ratio(
+        decoding, f'transformer/{hi}', f'performer/{hi}', 'seconds_per_token')
+  return {k: v for k, v in found.items() if v is not None}
+
+
+def plot(record, path):
+  """Bars of step time and memory per model; memory and time vs depth;
+  decoding time per token vs prefix."""
+  plt = report.pyplot()
+  fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+  steps = {k: v for k, v in record.get('steps', {}).items()
+           if 'seconds' in v}
+  names = sorted(steps)
+  axes[0].barh(names, [steps[n]['seconds'] for n in names])
+  axes[0].set(xlabel='seconds per reversible training step',
+              title='training step')
+  for model in ('performer', 'reformer'):
+    points = sorted((int(k.split('/')[1]), v['model_peak_bytes'] / 2**20)
+                    for k, v in record.get('depth', {}).items()
+                    if k.startswith(model + '/') and 'seconds' in v)
+    if points:
+      axes[1].plot(*zip(*points), 'o-', label=model)
+  axes[1].set(xlabel='layers', ylabel='step peak MiB over the process',
+              title='memory against depth')
+  axes[1].legend()
+  for kind in ('performer', 'transformer'):
+    points = sorted((int(k.split('/')[1]), v['seconds_per_token'] * 1e3)
+                    for k, v in record.get('decoding', {}).items()
+                    if k.startswith(kind + '/') and 'seconds_per_token' in v)
+    if points:
+      axes[2].semilogx(*zip(*points), 'o-', label=kind)
+  axes[2].set(xlabel='prefix length', ylabel='ms per generated token',
+              title='decoding')
+  axes[2].legend()
+  fig.suptitle(f"{record['machine']['platform']} "
+               f"({record['machine']['cpu_count']} cpus)", fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)

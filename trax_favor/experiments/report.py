@@ -1,0 +1,108 @@
+"""What every experiment and benchmark writes: machine, versions, git SHA,
+JSON saved after each measurement, Markdown tables, and timing helpers.
+
+Each result file is rewritten whole after every measurement (to a temporary
+name, then renamed), so an interrupted run keeps everything measured so far
+and a rerun can skip it.
+"""
+
+from importlib import metadata
+import json
+import os
+import platform
+import resource
+import subprocess
+import time
+
+import jax
+import numpy as np
+
+import trax_favor
+
+
+def git_sha():
+  try:
+    return subprocess.run(
+        ['git', 'rev-parse', 'HEAD'], capture_output=True, text=True,
+        check=True, cwd=os.path.dirname(os.path.abspath(__file__))
+    ).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return 'unknown'
+
+
+def machine_info():
+  """Platform, CPU count, devices and the versions that shape the numbers."""
+  return {
+      'platform': platform.platform(), 'python': platform.python_version(),
+      'cpu_count': os.cpu_count(), 'jax': jax.__version__,
+      'jaxlib': jax.lib.__version__, 'trax': metadata.version('trax'),
+      'trax_favor': trax_favor.__version__,
+      'devices': [str(d) for d in jax.devices()], 'git_sha': git_sha(),
+  }
+
+
+def load_json(path):
+  """The record at path, or None if there is none yet."""
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def save_json(record, path):
+  """Writes record to path atomically (temp file, then rename)."""
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  tmp = path + '._tmp_'
+  with open(tmp, 'w') as f:
+    json.dump(record, f, indent=1)
+  os.replace(tmp, path)
+
+
+def markdown_table(header, rows):
+  """A GitHub Markdown table; floats get 4 significant digits."""
+  def cell(value):
+    if isinstance(value, float):
+      return f'{value:.4g}'
+    return '' if value is None else str(value)
+  lines = ['| ' + ' | '.join(header) + ' |',
+           '|' + '---|' * len(header)]
+  lines += ['| ' + ' | '.join(cell(v) for v in row) + ' |' for row in rows]
+  return '\n'.join(lines) + '\n'
+
+
+def compile_and_time(fn, *fn_args, repeats=3):
+  """Compiles jit(fn) once; returns (median seconds, XLA-planned peak bytes).
+
+  The peak is what XLA plans for arguments, outputs and temporaries of the
+  compiled program (None where the backend does not say): a device-independent
+  memory figure, the same on every run.
+  """
+  compiled = jax.jit(fn).lower(*fn_args).compile()
+  jax.block_until_ready(compiled(*fn_args))  # warm-up
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(compiled(*fn_args))
+    times.append(time.perf_counter() - start)
+  stats = compiled.memory_analysis()
+  peak = None if stats is None else int(
+      stats.temp_size_in_bytes + stats.argument_size_in_bytes +
+      stats.output_size_in_bytes)
+  return float(np.median(times)), peak
+
+
+def peak_memory_bytes():
+  """The device's peak allocation if it reports one, else this process's
+  peak resident set size (CPU)."""
+  stats = jax.devices()[0].memory_stats() or {}
+  if 'peak_bytes_in_use' in stats:
+    return int(stats['peak_bytes_in_use'])
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def pyplot():
+  """matplotlib.pyplot on the file-only Agg backend."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
