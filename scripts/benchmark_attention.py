@@ -16,12 +16,8 @@ features. Writes JSON (machine, versions, git SHA) and a PNG plot.
 """
 
 import argparse
-from importlib import metadata
-import json
 import os
-import platform
 import resource
-import subprocess
 import sys
 import time
 
@@ -34,50 +30,7 @@ from trax import layers as tl
 from trax import shapes
 
 from trax_favor import ops
-
-
-def _git_sha():
-  try:
-    return subprocess.run(['git', 'rev-parse', 'HEAD'], capture_output=True,
-                          text=True, check=True,
-                          cwd=os.path.dirname(__file__)).stdout.strip()
-  except (OSError, subprocess.CalledProcessError):
-    return 'unknown'
-
-
-def machine_info():
-  return {
-      'platform': platform.platform(), 'python': platform.python_version(),
-      'cpu_count': os.cpu_count(), 'jax': jax.__version__,
-      'jaxlib': jax.lib.__version__, 'trax': metadata.version('trax'),
-      'trax_favor': trax_favor.__version__, 'devices': [
-          str(d) for d in jax.devices()], 'git_sha': _git_sha(),
-  }
-
-
-class IdentityAttention(tl.Layer):
-  """Projections of tl.SelfAttention with o = v: the FLOP floor of a layer."""
-
-  def __init__(self, n_heads, d_qk, d_v):
-    super().__init__()
-    self._h, self._d_qk, self._d_v = n_heads, d_qk, d_v
-
-  def init_weights_and_state(self, input_signature):
-    d = input_signature.shape[-1]
-    rngs = jax.random.split(self.rng, 4)
-    shape = lambda k: (self._h, d, k)
-    self.weights = (jax.random.normal(rngs[0], shape(self._d_qk)) * 0.02,
-                    jax.random.normal(rngs[1], shape(self._d_qk)) * 0.02,
-                    jax.random.normal(rngs[2], shape(self._d_v)) * 0.02,
-                    jax.random.normal(rngs[3], (self._h, self._d_v, d)) * 0.02)
-
-  def forward(self, x):
-    w_q, w_k, w_v, w_o = self.weights
-    q = jnp.einsum('bld,hdk->bhlk', x, w_q)  # (b, h, l, d_qk)
-    k = jnp.einsum('bld,hdk->bhlk', x, w_k)
-    v = jnp.einsum('bld,hdv->bhlv', x, w_v)  # (b, h, l, d_v)
-    o = v + 0.0 * (q[..., :1] + k[..., :1])  # keep q, k live
-    return jnp.einsum('bhlv,hvd->bld', o, w_o)
+from trax_favor.experiments import report
 
 
 def _layers(args, length):
@@ -89,7 +42,8 @@ def _layers(args, length):
       'favor_causal': lambda: trax_favor.FavorSelfAttention(
           n_heads=h, d_qk=d_head, d_v=d_head, causal=True,
           n_random_features=m, chunk_size=args.chunk_size),
-      'identity': lambda: IdentityAttention(h, d_head, d_head),
+      'identity': lambda: trax_favor.IdentityAttention(
+          n_heads=h, d_qk=d_head, d_v=d_head, n_random_features=m),
       'trax_causal_favor': lambda: tl.CausalFavor(args.d_model, n_heads=h),
   }
   if length <= args.exact_max_len:
@@ -102,22 +56,6 @@ def _layers(args, length):
   return made
 
 
-def compile_and_time(fn, *fn_args, repeats):
-  """Compiles fn once; returns (median seconds, XLA-planned peak bytes)."""
-  compiled = jax.jit(fn).lower(*fn_args).compile()
-  jax.block_until_ready(compiled(*fn_args))  # warm-up
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(compiled(*fn_args))
-    times.append(time.perf_counter() - start)
-  stats = compiled.memory_analysis()
-  peak = None if stats is None else int(
-      stats.temp_size_in_bytes + stats.argument_size_in_bytes +
-      stats.output_size_in_bytes)
-  return float(np.median(times)), peak
-
-
 def bench_layer(layer, x, repeats):
   layer.init(shapes.signature(x), rng=jax.random.PRNGKey(0))
   weights, state, rng = layer.weights, layer.state, jax.random.PRNGKey(1)
@@ -125,7 +63,7 @@ def bench_layer(layer, x, repeats):
   def loss(w, x):
     return jnp.sum(layer.pure_fn(x, w, state, rng)[0])
 
-  return compile_and_time(jax.value_and_grad(loss, argnums=(0, 1)), weights,
+  return report.compile_and_time(jax.value_and_grad(loss, argnums=(0, 1)), weights,
                           x, repeats=repeats)
 
 
@@ -145,7 +83,7 @@ def bench_cores(args, length):
   for name, fn in (('core_ours_relu', ours), ('core_trax_relu', theirs)):
     step = jax.value_and_grad(lambda q, k, v, f=fn: jnp.sum(f(q, k, v)),
                               argnums=(0, 1, 2))
-    result[name] = compile_and_time(step, q, k, v, repeats=args.repeats)[0]
+    result[name] = report.compile_and_time(step, q, k, v, repeats=args.repeats)[0]
   return result
 
 
@@ -167,12 +105,11 @@ def main(argv=None):
   os.makedirs(os.path.dirname(args.out) or '.', exist_ok=True)
   lengths = [int(s) for s in args.lengths.split(',') if s]
   extra = [int(s) for s in args.favor_extra_lengths.split(',') if s]
-  record = {'machine': machine_info(), 'config': vars(args), 'layers': {},
+  record = {'machine': report.machine_info(), 'config': vars(args), 'layers': {},
             'cores': {}}
 
   def save():
-    with open(args.out + '.json', 'w') as f:
-      json.dump(record, f, indent=1)
+    report.save_json(record, args.out + '.json')
 
   for length in lengths + extra:
     x = jnp.asarray(np.random.default_rng(length).standard_normal(
@@ -208,9 +145,7 @@ def main(argv=None):
 
 
 def plot(record, path):
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = report.pyplot()
   fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4))
   for name, by_len in record['layers'].items():
     ls = sorted(by_len, key=int)

@@ -11,7 +11,6 @@ import gin
 import matplotlib.image
 import numpy as np
 import pytest
-from trax import shapes
 from trax.supervised import training
 
 import gin_helpers

@@ -87,6 +87,15 @@ def parse_config(config_files, bindings=()):
                    f'{list(bindings)}: {e}') from e
 
 
+def add_config_flags(parser, output_dir_help):
+  """--config_file (repeatable), --config (repeatable), --output_dir."""
+  parser.add_argument('--config_file', action='append', required=True,
+                      help='gin config file (repeatable, parsed in order)')
+  parser.add_argument('--config', action='append', default=[],
+                      help="gin binding (repeatable), e.g. 'train.steps=100'")
+  parser.add_argument('--output_dir', required=True, help=output_dir_help)
+
+
 def configured_model_fn():
   """The model factory bound as `train.model` (call it with mode=...)."""
   try:

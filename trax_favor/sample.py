@@ -18,17 +18,16 @@ state per sequence.
 import argparse
 import sys
 
+from trax_favor import runs
+
 
 def parse_args(argv):
   parser = argparse.ArgumentParser(
       prog='python -m trax_favor.sample',
       description='Sample from a trained trax_favor model (predict mode).')
-  parser.add_argument('--config_file', action='append', required=True,
-                      help='the gin config(s) the run was trained with')
-  parser.add_argument('--config', action='append', default=[],
-                      help='gin binding (repeatable), as for training')
-  parser.add_argument('--output_dir', required=True,
-                      help='the training run directory (its checkpoint)')
+  runs.add_config_flags(parser, 'the training run directory (its checkpoint);'
+                         ' give the config files and bindings it was '
+                         'trained with')
   parser.add_argument('--prompt', default='', help='text: prompt to continue')
   parser.add_argument('--length', type=int, default=256,
                       help='text: bytes to generate')
@@ -55,7 +54,6 @@ def _read_png(path, image_size):
 
 def main(argv=None):
   args = parse_args(sys.argv[1:] if argv is None else argv)
-  from trax_favor import runs  # pylint: disable=g-import-not-at-top
   from trax_favor import sampling  # pylint: disable=g-import-not-at-top
 
   def run():

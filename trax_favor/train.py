@@ -19,17 +19,14 @@ Several hosts: start the same command on every host after
 import argparse
 import sys
 
+from trax_favor import runs
+
 
 def parse_args(argv):
   parser = argparse.ArgumentParser(
       prog='python -m trax_favor.train',
       description='Train a gin-configured trax_favor model.')
-  parser.add_argument('--config_file', action='append', required=True,
-                      help='gin config file (repeatable)')
-  parser.add_argument('--config', action='append', default=[],
-                      help="gin binding (repeatable), e.g. 'train.steps=100'")
-  parser.add_argument('--output_dir', required=True,
-                      help='where checkpoints and logs go')
+  runs.add_config_flags(parser, 'where checkpoints and logs go')
   parser.add_argument('--n_devices', type=int, default=None,
                       help='data-parallel devices (default: all)')
   parser.add_argument('--log_every', type=int, default=10,
@@ -39,7 +36,6 @@ def parse_args(argv):
 
 def main(argv=None):
   args = parse_args(sys.argv[1:] if argv is None else argv)
-  from trax_favor import runs  # pylint: disable=g-import-not-at-top
 
   def run():
     runs.parse_config(args.config_file, args.config)

@@ -239,19 +239,19 @@ def plot(record, path):
   axes[0].barh(names, [steps[n]['seconds'] for n in names])
   axes[0].set(xlabel='seconds per reversible training step',
               title='training step')
+  def series(table, name, field, scale):  # [(x, field * scale)] of `name`
+    return sorted((int(k.split('/')[1]), v[field] * scale)
+                  for k, v in record.get(table, {}).items()
+                  if k.startswith(name + '/') and field in v)
   for model in ('performer', 'reformer'):
-    points = sorted((int(k.split('/')[1]), v['model_peak_bytes'] / 2**20)
-                    for k, v in record.get('depth', {}).items()
-                    if k.startswith(model + '/') and 'seconds' in v)
+    points = series('depth', model, 'model_peak_bytes', 2**-20)
     if points:
       axes[1].plot(*zip(*points), 'o-', label=model)
   axes[1].set(xlabel='layers', ylabel='step peak MiB over the process',
               title='memory against depth')
   axes[1].legend()
   for kind in ('performer', 'transformer'):
-    points = sorted((int(k.split('/')[1]), v['seconds_per_token'] * 1e3)
-                    for k, v in record.get('decoding', {}).items()
-                    if k.startswith(kind + '/') and 'seconds_per_token' in v)
+    points = series('decoding', kind, 'seconds_per_token', 1e3)
     if points:
       axes[2].semilogx(*zip(*points), 'o-', label=kind)
   axes[2].set(xlabel='prefix length', ylabel='ms per generated token',

@@ -69,24 +69,31 @@ def build(bindings, batch):
   return model
 
 
-def gap_by_m(exact_weights, ms, batches, bindings=()):
-  """For each m: the FAVOR+ model with the exact weights vs the exact one."""
+def gap_by_m(exact_weights, ms, batches, bindings=(), favor_weights=None):
+  """For each m: the FAVOR+ model with the exact weights (or favor_weights,
+  e.g. fine-tuned ones) vs the exact model, on the same batches."""
   exact = build(EXACT + list(bindings), batches[0])
   exact.weights = exact_weights
   rows = []
   for m in ms:
     favor_model = build(list(bindings) + [f'N_RANDOM_FEATURES={m}'],
                         batches[0])
-    favor_model.weights = exact_weights  # unchanged: same weight tree
+    favor_model.weights = (exact_weights if favor_weights is None
+                           else favor_weights)  # the same weight tree
     rows.append(dict(m=m, **compare(exact, favor_model, batches)))
     print(f'm={m}: {rows[-1]}', flush=True)
   return rows
 
 
 def fine_tune(exact_weights, output_dir, steps, eval_every, bindings=()):
-  """Fine-tunes the FAVOR+ model from the exact weights; eval accuracy log.
+  """Fine-tunes the FAVOR+ model from the exact weights.
 
   Resumable: the Loop restores its checkpoint from output_dir.
+
+  Returns:
+    (eval history {metric: [(step, value)]}, the fine-tuned weights). The
+    Loop's evals read consecutive eval windows, a different stretch of text
+    at each eval; `compare` on fixed batches is the like-for-like measure.
   """
   runs.parse_config([CONFIG], list(bindings) + [f'STEPS={steps}'])
   inputs = gin.query_parameter('train.inputs').scoped_configurable_fn()
@@ -109,7 +116,7 @@ def fine_tune(exact_weights, output_dir, steps, eval_every, bindings=()):
                        eval_at=lambda step: step == 1 or step % eval_every == 0)
   loop.run(steps - loop.step)
   runs.save_eval_history(loop, output_dir)
-  return runs.read_eval_history(output_dir)
+  return runs.read_eval_history(output_dir), loop.model.weights
 
 
 
