@@ -1,11 +1,13 @@
 """The experiment modules behind the scripts: the depth ladder resumes
 instead of starting over, its comparisons pair n with 2n layers, the model
-benchmark's step and decoding measurements, the approximation sweep."""
+benchmark's step and decoding measurements, the approximation sweep, the
+exact-to-FAVOR+ transfer."""
 
 import json
 import math
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -14,6 +16,7 @@ from trax_favor import runs
 from trax_favor.experiments import approximation
 from trax_favor.experiments import ladder
 from trax_favor.experiments import model_bench
+from trax_favor.experiments import transfer
 
 
 @pytest.fixture(name='in_repo')
@@ -117,3 +120,32 @@ def test_approximation_error_falls_with_m():
   for projection in ('orthogonal', 'iid'):  # orthogonal < iid: test_ops_*
     assert error[(projection, 128)] < 0.5 * error[(projection, 8)], error
   assert all(np.isfinite(r['error_std']) for r in rows)
+
+
+TINY_TEXT = [  # the offline default at a few seconds per run
+    'D_MODEL=16', 'SEQUENCE_LENGTH=32', 'N_LAYERS=1', 'BATCH_SIZE=2',
+    'STEPS=4', 'train.eval_frequency=2', 'train.eval_steps=1',
+    'trax_favor.PerformerLM.d_ff=32', 'trax_favor.PerformerLM.d_qk=8',
+    'trax_favor.PerformerLM.d_v=8', 'trax_favor.PerformerLM.n_heads=2',
+    'trax_favor.FavorSelfAttention.chunk_size=8']
+
+
+def test_transfer_measures_the_gap_and_fine_tunes_resumably(tmp_path, in_repo):
+  del in_repo
+  loop = transfer.train_exact(str(tmp_path / 'exact'), TINY_TEXT)
+  weights = loop.model.weights
+  batches = transfer.eval_batches(TINY_TEXT, 2)
+  rows = transfer.gap_by_m(weights, [4, 1024], batches, TINY_TEXT)
+  # One exact model for every m; FAVOR+ loads its weights unchanged and
+  # comes closer to it with more features.
+  assert rows[0]['accuracy_exact'] == rows[1]['accuracy_exact']
+  assert 0 < rows[1]['mean_kl'] < rows[0]['mean_kl']
+  history, tuned = transfer.fine_tune(weights, str(tmp_path / 'tune'), 4, 2,
+                                      TINY_TEXT)
+  assert [s for s, _ in history['accuracy']] == [1, 2, 4]
+  again, tuned_again = transfer.fine_tune(weights, str(tmp_path / 'tune'), 4,
+                                          2, TINY_TEXT)  # resumed: no steps
+  assert again == history
+  for a, b in zip(jax.tree_util.tree_leaves(tuned),
+                  jax.tree_util.tree_leaves(tuned_again)):
+    np.testing.assert_array_equal(a, b)
