@@ -43,7 +43,7 @@ def _layers(args, length):
           n_heads=h, d_qk=d_head, d_v=d_head, causal=True,
           n_random_features=m, chunk_size=args.chunk_size),
       'identity': lambda: trax_favor.IdentityAttention(
-          n_heads=h, d_qk=d_head, d_v=d_head, n_random_features=m),
+          n_heads=h, d_qk=d_head, d_v=d_head),
       'trax_causal_favor': lambda: tl.CausalFavor(args.d_model, n_heads=h),
   }
   if length <= args.exact_max_len:

@@ -3,7 +3,7 @@
 import jax
 import numpy as np
 import pytest
-import trax_favor  # pylint: disable=unused-import  (applies trax fixes)
+import trax_favor  # (importing it applies the trax fixes)
 from trax import layers as tl
 from trax import shapes
 
@@ -195,3 +195,29 @@ def test_bad_inputs_raise_clear_errors():
     pr(_x(batch=3, length=1))
   with pytest.raises(tl.LayerError, match='batch, length, d_model'):
     FavorSelfAttention().init(shapes.ShapeDtype((4, 16)))
+
+
+def test_identity_attention_outputs_projected_values_and_rejects_options():
+  """o = v through the layer's own weights; dropout used; FAVOR options
+  rejected."""
+  x = _x()
+  favor = _init(FavorSelfAttention(n_heads=2, d_qk=8, d_v=8), x)
+  identity = _init(trax_favor.IdentityAttention(n_heads=2, d_qk=8, d_v=8), x)
+  identity.weights = favor.weights  # the same weight tree
+  w_q, w_k, w_v, w_o = identity.weights
+  del w_q, w_k
+  expected = np.einsum('bld,hdv,hvD->blD', x, w_v, w_o)  # o = v per head
+  np.testing.assert_allclose(identity(x), expected, rtol=1e-5, atol=1e-5)
+  dropped = _init(trax_favor.IdentityAttention(
+      n_heads=2, d_qk=8, d_v=8, attention_dropout=0.5), x)
+  dropped.weights = favor.weights
+  # Dropping half the entries of o = v changes the train-mode output ...
+  assert np.max(np.abs(dropped(x) - expected)) > 1e-3
+  evaluated = _init(trax_favor.IdentityAttention(
+      n_heads=2, d_qk=8, d_v=8, attention_dropout=0.5, mode='eval'), x)
+  evaluated.weights = favor.weights  # ... and nothing in eval mode.
+  np.testing.assert_allclose(evaluated(x), expected, rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match='attention_dropout'):
+    trax_favor.IdentityAttention(attention_dropout=1.0)
+  with pytest.raises(TypeError, match='n_random_features'):
+    trax_favor.IdentityAttention(n_random_features=64)  # pylint: disable=unexpected-keyword-arg

@@ -190,7 +190,7 @@ class _Progress(callbacks.TrainingStepCallback):
     self._last = None
     previous = read_progress(output_dir)
     self._seconds = previous[-1]['seconds'] if previous else 0.0
-    self._evals = []
+    self._n_evals = 0
     state['loop'] = loop  # for the Ctrl-C checkpoint
 
   def call_at(self, step):
@@ -199,9 +199,11 @@ class _Progress(callbacks.TrainingStepCallback):
   def on_step_begin(self, step):  # step: 1-based, as trax's logs count
     if self._last is None:
       self._last = (None, step)
-    elif self._loop.history.get('eval', 'metrics/loss')[-1:] != self._evals:
-      save_eval_history(self._loop, self._output_dir)  # an eval just ran
-      self._evals = self._loop.history.get('eval', 'metrics/loss')[-1:]
+    else:
+      n_evals = len(self._loop.history.get('eval', 'metrics/loss'))
+      if n_evals != self._n_evals:  # an eval ran after the last step
+        save_eval_history(self._loop, self._output_dir)
+        self._n_evals = n_evals
 
   def on_step_end(self, step):
     if self._last[0] is None:  # first step of this process: model is built

@@ -74,10 +74,11 @@ def rungs(preset):
           for depth in spec['depths'] for attention in ATTENTIONS]
 
 
-def _steps(bindings, config_file):
-  """train.steps of the config with the bindings applied (parsed here)."""
+def _schedule(bindings, config_file):
+  """(train.steps, train.eval_frequency) of the config with the bindings."""
   runs.parse_config([config_file], bindings)
-  return runs.configured_value('train.steps')
+  return (runs.configured_value('train.steps'),
+          runs.configured_value('train.eval_frequency'))
 
 
 def _checkpoint(rung_dir):
@@ -156,7 +157,7 @@ def run_ladder(preset, work_dir, out, extra_bindings=(), stop_after=None):
     rung_bindings = bindings + [
         f'N_LAYERS={n}' for n in [PRESETS[preset].get('n_layers', {}).get(
             depth)] if n]
-    steps = _steps(rung_bindings, config_file)
+    steps, eval_frequency = _schedule(rung_bindings, config_file)
     checkpoint = _checkpoint(rung_dir)
     if checkpoint is not None and checkpoint['step'] >= steps:
       print(f'[{name}] done earlier (step {checkpoint["step"]}), skipping',
@@ -165,8 +166,7 @@ def run_ladder(preset, work_dir, out, extra_bindings=(), stop_after=None):
       continue
     else:
       start = time.time()
-      log_every = runs.configured_value('train.eval_frequency')
-      _train_rung(config_file, rung_bindings, rung_dir, log_every, name)
+      _train_rung(config_file, rung_bindings, rung_dir, eval_frequency, name)
       trained += 1
       print(f'[{name}] trained in {time.time() - start:.0f}s', flush=True)
     record['rungs'][name] = dict(collect(rung_dir), config=config_file,

@@ -42,6 +42,7 @@ from trax.optimizers import trainer as trax_trainer
 from trax_favor import runs
 from trax_favor import sampling
 from trax_favor.experiments import report
+from trax_favor.models import performer
 
 MODELS = {  # name -> (config files, after the family's <attention>_6l.gin)
     'performer': ('performer', []),
@@ -51,30 +52,6 @@ MODELS = {  # name -> (config files, after the family's <attention>_6l.gin)
 }
 
 
-def _status_bytes(field):
-  """A memory field of /proc/self/status (Linux), in bytes."""
-  with open('/proc/self/status') as f:
-    for line in f:
-      if line.startswith(field + ':'):
-        return int(line.split()[1]) * 1024
-  raise ValueError(f'no {field} in /proc/self/status')
-
-
-def _reset_peak_rss():
-  """Restarts the peak resident set count (VmHWM), so that compilation
-  before this point does not count."""
-  with open('/proc/self/clear_refs', 'w') as f:
-    f.write('5')
-
-
-def _step_peak_bytes():
-  """Peak memory since _reset_peak_rss: the device's if it reports one."""
-  stats = jax.devices()[0].memory_stats() or {}
-  if 'peak_bytes_in_use' in stats:
-    return int(stats['peak_bytes_in_use'])
-  return _status_bytes('VmHWM')
-
-
 def measure_step(family, model, bindings, steps, batch):
   """Times the reversible trainer's step for one model; runs in-process."""
   attention, extra_files = MODELS[model]
@@ -82,7 +59,7 @@ def measure_step(family, model, bindings, steps, batch):
   runs.parse_config(files, bindings)
   length = runs.configured_value('trax_favor.PerformerLM.max_len')
   n_layers = runs.configured_value('trax_favor.PerformerLM.n_layers')
-  before = _status_bytes('VmRSS')
+  before = report.process_memory_bytes('VmRSS')
   lm = runs.configured_model_fn()(mode='train')
   tokens = np.random.default_rng(0).integers(0, 256, (batch, length),
                                              dtype=np.int32)
@@ -99,12 +76,12 @@ def measure_step(family, model, bindings, steps, batch):
   times = []
   for i in range(steps + 2):  # two warm-up steps compile everything
     if i == 2:
-      _reset_peak_rss()
+      report.reset_peak_memory()
     start = time.perf_counter()
     loss, _ = trainer.one_step(data, jax.random.PRNGKey(i))
     jax.block_until_ready(loss)
     times.append(time.perf_counter() - start)
-  peak = _step_peak_bytes()
+  peak = report.peak_memory_bytes()
   return {'model': model, 'length': int(length), 'n_layers': int(n_layers),
           'batch': batch, 'n_params': n_params,
           'seconds': float(np.median(times[2:])),
@@ -134,11 +111,10 @@ def _lm_decoder(kind, length, width):
   """
   d_model, d_ff, n_heads, n_layers = width
   if kind == 'performer':
-    from trax_favor.models import PerformerLM  # pylint: disable=g-import-not-at-top
-    return PerformerLM(256, d_model=d_model, d_ff=d_ff, d_qk=d_model // n_heads,
-                       d_v=d_model // n_heads, n_layers=n_layers,
-                       n_heads=n_heads, dropout=0.0, max_len=length,
-                       mode='predict')
+    return performer.PerformerLM(
+        256, d_model=d_model, d_ff=d_ff, d_qk=d_model // n_heads,
+        d_v=d_model // n_heads, n_layers=n_layers, n_heads=n_heads,
+        dropout=0.0, max_len=length, mode='predict')
   # TransformerLM's CausalAttention keeps a key/value cache of
   # max_inference_length (2048 by default) whatever max_len is: size it to
   # the sequence, as a user decoding that far must.

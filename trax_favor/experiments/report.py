@@ -91,12 +91,30 @@ def compile_and_time(fn, *fn_args, repeats=3):
   return float(np.median(times)), peak
 
 
+def process_memory_bytes(field):
+  """A memory field of /proc/self/status (Linux), e.g. VmRSS, in bytes."""
+  with open('/proc/self/status') as f:
+    for line in f:
+      if line.startswith(field + ':'):
+        return int(line.split()[1]) * 1024
+  raise ValueError(f'no {field} in /proc/self/status')
+
+
+def reset_peak_memory():
+  """Restarts the resident set's high-water mark (VmHWM), so that what ran
+  before (e.g. XLA compilation) no longer counts in peak_memory_bytes."""
+  with open('/proc/self/clear_refs', 'w') as f:
+    f.write('5')
+
+
 def peak_memory_bytes():
   """The device's peak allocation if it reports one, else this process's
-  peak resident set size (CPU)."""
+  peak resident set size (CPU; since the last reset_peak_memory on Linux)."""
   stats = jax.devices()[0].memory_stats() or {}
   if 'peak_bytes_in_use' in stats:
     return int(stats['peak_bytes_in_use'])
+  if os.path.exists('/proc/self/status'):
+    return process_memory_bytes('VmHWM')
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 

@@ -31,11 +31,15 @@ def train_exact(output_dir, bindings=()):
   return runs.train(output_dir, log_every=50)
 
 
+def _configured(binding):
+  """Calls the configurable bound to `binding` (e.g. train.inputs)."""
+  return gin.query_parameter(binding).scoped_configurable_fn()
+
+
 def eval_batches(bindings, n_batches):
   """n_batches of (inputs, targets, weights) from the config's eval stream."""
   runs.parse_config([CONFIG], list(bindings))
-  inputs = gin.query_parameter('train.inputs').scoped_configurable_fn()
-  stream = inputs.eval_stream(1)
+  stream = _configured('train.inputs').eval_stream(1)
   return [next(stream) for _ in range(n_batches)]
 
 
@@ -96,18 +100,18 @@ def fine_tune(exact_weights, output_dir, steps, eval_every, bindings=()):
     at each eval; `compare` on fixed batches is the like-for-like measure.
   """
   runs.parse_config([CONFIG], list(bindings) + [f'STEPS={steps}'])
-  inputs = gin.query_parameter('train.inputs').scoped_configurable_fn()
+  inputs = _configured('train.inputs')
   model = runs.configured_model_fn()(mode='train')
   eval_model = runs.configured_model_fn()(mode='eval')
   batch = next(inputs.train_stream(1))
   model.init(shapes.signature(batch), rng=jax.random.PRNGKey(2))
   model.weights = exact_weights
-  lr = gin.query_parameter('train.lr_schedule_fn').scoped_configurable_fn()
   metrics = streams.lm_metrics()
   train_task = training.TrainTask(
       inputs.train_stream(1), tl.WeightedCategoryCrossEntropy(),
-      gin.query_parameter('train.optimizer').scoped_configurable_fn(),
-      lr_schedule=lr, n_steps_per_checkpoint=eval_every)
+      _configured('train.optimizer'),
+      lr_schedule=_configured('train.lr_schedule_fn'),
+      n_steps_per_checkpoint=eval_every)
   eval_task = training.EvalTask(
       inputs.eval_stream(1), list(metrics.values()),
       metric_names=list(metrics), n_eval_batches=4)
@@ -117,7 +121,6 @@ def fine_tune(exact_weights, output_dir, steps, eval_every, bindings=()):
   loop.run(steps - loop.step)
   runs.save_eval_history(loop, output_dir)
   return runs.read_eval_history(output_dir), loop.model.weights
-
 
 
 def config_m(bindings=()):

@@ -264,14 +264,30 @@ class IdentityAttention(FavorSelfAttention):
   Same keywords, weights and projections (q and k are still computed), so a
   model built with it costs what the FAVOR model costs minus attention: the
   lower bound that the Performer paper plots as its "X" line. For speed and
-  memory baselines only; it attends to nothing.
+  memory baselines only; it attends to nothing, so it takes only the
+  keywords ReformerLM passes (and share_qk), not FAVOR's feature options.
+  attention_dropout (train mode) drops entries of o = v, the same kind of
+  per-entry mask FAVOR+ draws over its key features.
   """
 
+  def __init__(self, n_heads=2, d_qk=64, d_v=64, share_qk=False,
+               causal=False, masked=False, output_dropout=0.0,
+               attention_dropout=0.0, mode='train'):
+    super().__init__(n_heads=n_heads, d_qk=d_qk, d_v=d_v, share_qk=share_qk,
+                     causal=causal, masked=masked,
+                     output_dropout=output_dropout,
+                     attention_dropout=attention_dropout, mode=mode)
+
   def attend(self, q, k, v, projection, decode_state, key_mask, rng):
-    del projection, decode_state, key_mask, rng  # no attention
+    del projection, decode_state, key_mask  # no attention
     # 0 * (...) keeps the q and k projections in the computation, as XLA
     # does not fold x * 0.0 for floats (x may be NaN or Inf).
-    return v + 0.0 * (q[..., :1] + k[..., :1])  # (b, h, l, d_v)
+    o = v + 0.0 * (q[..., :1] + k[..., :1])  # (b, h, l, d_v)
+    rate = self._attention_dropout  # 0 outside train mode
+    if rate:
+      keep = jax.random.bernoulli(rng, 1.0 - rate, o.shape)
+      o = jnp.where(keep, o / (1.0 - rate), 0.0)
+    return o
 
 
 def favor_layers(layer):
