@@ -176,6 +176,7 @@ def test_masked_inputs_ignore_padding():
     (dict(d_qk=0), 'd_qk'),
     (dict(chunk_size=0, causal=True), 'chunk_size'),
     (dict(chunk_size=64, causal=False), 'chunk_size'),
+    (dict(block_size=0), 'block_size'),
     (dict(numerical_stabilizer=-1.0), 'numerical_stabilizer'),
     (dict(numerical_stabilizer=1e-3, feature_map='softmax_trig'),
      'numerical_stabilizer'),

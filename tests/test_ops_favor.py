@@ -4,6 +4,8 @@ Tolerances: float32 identities (same math, different summation order) hold to
 1e-5 relative / 1e-5 absolute on outputs of order 1; gradients to 1e-4.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -139,16 +141,19 @@ def test_gradient_flows_through_carried_state():
                              rtol=GRAD_TOL, atol=GRAD_TOL)
 
 
+@pytest.mark.parametrize('block_size', [None, 32], ids=['whole', 'blocks'])
 @pytest.mark.parametrize('t', [0, 17, 40])
-def test_future_tokens_never_change_past_outputs(t):
+def test_future_tokens_never_change_past_outputs(t, block_size):
   """Even huge future logits (which would underflow a global stabilizer)."""
   q, k, v = _qkv(5, length=48, d=16)
   w = ops.draw_projection(jax.random.PRNGKey(6), 32, 16)
-  out, _ = ops.favor_attention(q, k, v, w, causal=True, chunk_size=16)
+  run = lambda *a: ops.favor_attention(*a, w, causal=True, chunk_size=16,
+                                       block_size=block_size)
+  out, _ = run(q, k, v)
   k2 = k.at[..., t:, :].set(30.0 * _normal(9, k[..., t:, :].shape))
   q2 = q.at[..., t:, :].multiply(-3.0)
   v2 = v.at[..., t:, :].set(1e3)
-  out2, _ = ops.favor_attention(q2, k2, v2, w, causal=True, chunk_size=16)
+  out2, _ = run(q2, k2, v2)
   np.testing.assert_allclose(out2[..., :t, :], out[..., :t, :], rtol=1e-6,
                              atol=1e-7)
   assert not np.allclose(out2[..., t:, :], out[..., t:, :])
@@ -197,18 +202,20 @@ def test_bidirectional_matches_masked_reference():
         rtol=1e-4, atol=1e-4, err_msg=name)
 
 
+@pytest.mark.parametrize('block_size', [None, 16], ids=['whole', 'blocks'])
 @pytest.mark.parametrize('causal', [False, True], ids=['bidir', 'causal'])
-def test_large_logits_stay_finite_and_convex(causal):
+def test_large_logits_stay_finite_and_convex(causal, block_size):
   q, k, v = _qkv(9, length=64, d=16, scale=60.0)  # logits in the thousands
   w = ops.draw_projection(jax.random.PRNGKey(4), 64, 16)
-  out = ops.favor_attention(q, k, v, w, causal=causal, chunk_size=16)
+  out = ops.favor_attention(q, k, v, w, causal=causal, chunk_size=16,
+                            block_size=block_size)
   out = out[0] if causal else out
   assert np.all(np.isfinite(out))
   # Outputs are convex combinations of values (positive features).
   assert np.all(out <= v.max(axis=-2, keepdims=True) + 1e-4)
   assert np.all(out >= v.min(axis=-2, keepdims=True) - 1e-4)
   grads = jax.grad(lambda q: jnp.sum(ops.favor_attention(
-      q, k, v, w, causal=False)))(q)
+      q, k, v, w, causal=False, block_size=block_size)))(q)
   assert np.all(np.isfinite(grads))
 
 
@@ -251,3 +258,93 @@ def test_bad_arguments_raise_clear_errors():
   with pytest.raises(ValueError, match='initial_state'):
     ops.favor_attention(q, k, v, w, initial_state=ops.empty_state((2, 3), 8,
                                                                   10))
+  with pytest.raises(ValueError, match='block_size'):
+    ops.favor_attention(q, k, v, w, block_size=0)
+  with pytest.raises(ValueError, match='v the shape'):
+    ops.favor_attention(q, k, v[..., :5, :], w)
+
+
+# -- length blocks (ops/attention.py): same numbers as features at full length
+
+BLOCK_CASES = [  # (length, block, chunk): blocks not dividing l, odd chunks
+    pytest.param(77, 16, 7, id='L77-b16-c7'),
+    pytest.param(64, 32, 16, id='L64-b32-c16'),
+    pytest.param(40, 512, 16, id='one-block'),
+]
+
+
+@pytest.mark.parametrize('feature_map', ['softmax', 'relu'])
+@pytest.mark.parametrize('causal', [False, True], ids=['bidir', 'causal'])
+@pytest.mark.parametrize('length,block,chunk', BLOCK_CASES)
+def test_blocks_match_full_length_features(length, block, chunk, causal,
+                                           feature_map):
+  """Outputs, gradients w.r.t. q, k, v and final state, with a key mask."""
+  q, k, v = _qkv(13, length=length)
+  w = ops.draw_projection(jax.random.PRNGKey(5), 19, 12)
+  mask = jnp.asarray(np.random.default_rng(3).random((2, 1, length)) < 0.8)
+  cot = _normal(14, v.shape)
+
+  def run(q, k, v, block_size):
+    out = ops.favor_attention(q, k, v, w, feature_map=feature_map,
+                              causal=causal, key_mask=mask, chunk_size=chunk,
+                              block_size=block_size)
+    return out if causal else (out, None)
+
+  def loss(block_size):
+    return lambda q, k, v: jnp.sum(run(q, k, v, block_size)[0] * cot)
+
+  (out_b, state_b), (out_f, state_f) = run(q, k, v, block), run(q, k, v, None)
+  np.testing.assert_allclose(out_b, out_f, rtol=RTOL, atol=ATOL)
+  if causal:
+    for a, b in zip(state_b, state_f):
+      np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL)
+  for name, a, b in zip('qkv', jax.grad(loss(block), (0, 1, 2))(q, k, v),
+                        jax.grad(loss(None), (0, 1, 2))(q, k, v)):
+    np.testing.assert_allclose(a, b, rtol=GRAD_TOL, atol=GRAD_TOL,
+                               err_msg=name)
+
+
+def test_blocks_chain_state_across_calls():
+  q, k, v = _qkv(15, length=70)
+  w = ops.draw_projection(jax.random.PRNGKey(6), 21, 12)
+  run = functools.partial(ops.favor_attention, projection=w, causal=True,
+                          chunk_size=8, block_size=16)
+  whole, whole_state = run(q, k, v)
+  first, state = run(q[..., :37, :], k[..., :37, :], v[..., :37, :])
+  second, final = run(q[..., 37:, :], k[..., 37:, :], v[..., 37:, :],
+                      initial_state=state)
+  np.testing.assert_allclose(jnp.concatenate([first, second], axis=-2), whole,
+                             rtol=RTOL, atol=ATOL)
+  for a, b in zip(final, whole_state):
+    np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize('causal', [False, True], ids=['bidir', 'causal'])
+def test_blocked_dropout_gradient_matches_finite_differences(causal):
+  """The backward pass recomputes each block's dropout mask identically.
+
+  A mask redrawn differently in the recompute would give a gradient of some
+  other function; a central difference (float32, step 1e-2) of the function
+  itself checks it, to 2% of the directional derivative.
+  """
+  q, k, v = _qkv(16, batch=(1, 2), length=50, d=8, d_v=4)
+  w = ops.draw_projection(jax.random.PRNGKey(7), 16, 8)
+  rng = jax.random.PRNGKey(8)
+  cot = _normal(17, v.shape)
+
+  def loss(k):
+    out = ops.favor_attention(q, k, v, w, causal=causal, chunk_size=8,
+                              block_size=16, attention_dropout=0.3, rng=rng)
+    return jnp.sum((out[0] if causal else out) * cot)
+
+  direction = _normal(18, k.shape)
+  analytic = jnp.sum(jax.grad(loss)(k) * direction)
+  step = 1e-2
+  numeric = (loss(k + step * direction) - loss(k - step * direction)) / (
+      2 * step)
+  np.testing.assert_allclose(analytic, numeric, rtol=2e-2)
+  ones = ops.favor_attention(q, k, jnp.ones_like(v), w, causal=causal,
+                             chunk_size=8, block_size=16,
+                             attention_dropout=0.3, rng=rng)
+  ones = ones[0] if causal else ones
+  np.testing.assert_allclose(ones, 1.0, rtol=1e-5)  # rows stay averages

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from trax_favor.ops import favor
+from trax_favor.ops import attention
 from trax_favor.ops import random_features
 from trax_favor.ops import reference
 
@@ -37,7 +37,7 @@ def attention_error(m, projection, feature_map, scale, length=512, d=64,
     k = scale * jax.random.normal(rng_k, (length, d))
     v = jnp.eye(length)  # (l, l): outputs are attention matrices
     w = random_features.draw_projection(rng_p, m, d, projection)  # (m, d)
-    approx = favor.favor_attention(q, k, v, w, feature_map=feature_map,
+    approx = attention.favor_attention(q, k, v, w, feature_map=feature_map,
                                    causal=causal, numerical_stabilizer=0.0)
     if causal:
       approx = approx[0]

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 from trax.layers import base
 
+from trax_favor.ops import attention
 from trax_favor.ops import favor
 from trax_favor.ops import feature_maps
 from trax_favor.ops import random_features
@@ -58,10 +59,10 @@ class FavorSelfAttention(base.Layer):
 
   Dropout semantics (train mode only):
     attention_dropout: each entry of the key features phi(K) (b, h, l, m) is
-      dropped with this probability (see `ops.favor_attention`): rows stay
-      normalized averages of values and the kernel estimate stays unbiased;
-      the linear-attention analogue of dropping attention weights, without an
-      (l, l) matrix.
+      dropped with this probability (see `ops.attention.favor_attention`):
+      rows stay normalized averages of values and the kernel estimate stays
+      unbiased; the linear-attention analogue of dropping attention weights,
+      without an (l, l) matrix.
     output_dropout: dropout on the layer output (b, l, d_model) with the mask
       shared along the length axis, as tl.SelfAttention does.
   """
@@ -71,7 +72,7 @@ class FavorSelfAttention(base.Layer):
                attention_dropout=0.0, mode='train', n_random_features=256,
                feature_map='softmax', projection='orthogonal',
                projection_scaling='norm', redraw='fixed',
-               numerical_stabilizer=None, chunk_size=None):
+               numerical_stabilizer=None, chunk_size=None, block_size=512):
     """Builds the layer.
 
     Args:
@@ -99,6 +100,10 @@ class FavorSelfAttention(base.Layer):
         (None: 1e-6). Setting it for a signed map (softmax_trig) is an error.
       chunk_size: causal only: tokens per chunk of the chunked causal form
         (None: 128); setting it with causal=False is an error.
+      block_size: inputs longer than this many tokens are attended in blocks
+        whose features are recomputed in the backward pass, so no (length,
+        n_random_features) tensor is ever stored (see ops/attention.py);
+        None computes features at full length (more memory, no recompute).
     """
     super().__init__(n_in=(2 if masked else 1), n_out=1)
     _positive_int('n_heads', n_heads)
@@ -109,6 +114,8 @@ class FavorSelfAttention(base.Layer):
                        f'chunk_size={chunk_size!r} with causal=False.')
     chunk_size = 128 if chunk_size is None else chunk_size
     _positive_int('chunk_size', chunk_size)
+    if block_size is not None:
+      _positive_int('block_size', block_size)
     _rate('output_dropout', output_dropout)
     _rate('attention_dropout', attention_dropout)
     if mode not in MODES:
@@ -144,6 +151,7 @@ class FavorSelfAttention(base.Layer):
     self._redraw = redraw if training else 'fixed'
     self._numerical_stabilizer = float(numerical_stabilizer)
     self._chunk_size = chunk_size
+    self._block_size = block_size
 
   # -- initialization ---------------------------------------------------------
 
@@ -236,12 +244,13 @@ class FavorSelfAttention(base.Layer):
     """The attention core: q, k (b, h, l, d_qk), v (b, h, l, d_v) -> o."""
     common = dict(feature_map=self._feature_map_name, key_mask=key_mask,
                   numerical_stabilizer=self._numerical_stabilizer,
-                  attention_dropout=self._attention_dropout, rng=rng)
+                  attention_dropout=self._attention_dropout, rng=rng,
+                  block_size=self._block_size)
     if not self._causal:
-      return favor.favor_attention(q, k, v, projection, **common)
+      return attention.favor_attention(q, k, v, projection, **common)
     if decode_state is not None:
       decode_state = self._checked_decode_state(decode_state, q.shape[0])
-    o, final = favor.favor_attention(
+    o, final = attention.favor_attention(
         q, k, v, projection, causal=True, initial_state=decode_state,
         chunk_size=self._chunk_size, **common)  # (b, h, l, d_v)
     if self._mode == 'predict':

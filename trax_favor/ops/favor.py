@@ -41,7 +41,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from trax_favor.ops import feature_maps
 
 # Reference log-scale of an empty sum and log-scale of a masked key: finite, so
 # that differences of two of them are 0 and never NaN; exp(NEG - x) == 0.
@@ -87,6 +86,37 @@ def mask_keys(k_feat, k_log_scale, key_mask):
           jnp.where(key_mask, k_log_scale, NEG))
 
 
+def key_sums(k_feat, k_log_scale, v, key_mask=None):
+  """Sums over all keys of K'^T V and K', as a state relative to their max.
+
+  Args:
+    k_feat: (..., l, m) key features; k_log_scale: (..., l); v: (..., l, v).
+    key_mask: optional bool broadcastable to (..., l); False removes a key.
+
+  Returns:
+    CausalState (kv (..., m, v), z (..., m), ref (...,)): the sums of every
+    key, the form `combine_sums` adds up and `read_out` reads.
+  """
+  k_feat, s = mask_keys(k_feat, k_log_scale, key_mask)
+  ref = jax.lax.stop_gradient(jnp.max(s, axis=-1))  # (...,)
+  k_scaled = k_feat * jnp.exp(s - ref[..., None])[..., None]  # (..., l, m)
+  kv = jnp.einsum('...lm,...lv->...mv', k_scaled, v.astype(jnp.float32))
+  return CausalState(kv, jnp.sum(k_scaled, axis=-2), ref)
+
+
+def combine_sums(a, b):
+  """The sum of two CausalStates (each relative to its own reference)."""
+  return CausalState(*_combine(a, b))
+
+
+def read_out(q_feat, sums, dtype):
+  """Outputs Q'((K')^T V) / Q'((K')^T 1) (..., l, v) from key sums."""
+  q_feat = q_feat.astype(jnp.float32)
+  num = jnp.einsum('...lm,...mv->...lv', q_feat, sums.kv)  # (..., l, v)
+  den = jnp.einsum('...lm,...m->...l', q_feat, sums.z)  # (..., l)
+  return safe_divide(num, den).astype(dtype)
+
+
 @jax.jit
 def bidirectional_favor(q_feat, k_feat, k_log_scale, v, key_mask=None):
   """Non-causal FAVOR attention.
@@ -102,15 +132,7 @@ def bidirectional_favor(q_feat, k_feat, k_log_scale, v, key_mask=None):
   Returns:
     (..., l, v) outputs in v's dtype.
   """
-  k_feat, s = mask_keys(k_feat, k_log_scale, key_mask)
-  ref = jax.lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True))  # (..., 1)
-  k_scaled = k_feat * jnp.exp(s - ref)[..., None]  # (..., l, m)
-  q_feat = q_feat.astype(jnp.float32)
-  kv = jnp.einsum('...lm,...lv->...mv', k_scaled, v.astype(jnp.float32))
-  z = jnp.sum(k_scaled, axis=-2)  # (..., m)
-  num = jnp.einsum('...lm,...mv->...lv', q_feat, kv)  # Q'((K')^T V)
-  den = jnp.einsum('...lm,...m->...l', q_feat, z)  # Q'((K')^T 1_L)
-  return safe_divide(num, den).astype(v.dtype)
+  return read_out(q_feat, key_sums(k_feat, k_log_scale, v, key_mask), v.dtype)
 
 
 def _combine(a, b):
@@ -178,23 +200,32 @@ def _causal_favor(q_feat, k_feat, k_log_scale, v, initial_state, key_mask,
   run_max = jax.lax.cummax(s_ref, axis=s_ref.ndim - 1)  # (..., n, c)
   chunk_max = run_max[..., -1]  # (..., n)
 
+  # Values with a column of ones: one product gives numerator (first d_v
+  # columns) and denominator (last column); the state's kv and z travel
+  # together as kv1 = [kv, z].
+  vc1 = jnp.concatenate([vc, jnp.ones_like(vc[..., :1])], axis=-1)
+  # (..., n, c, v+1)
+
   # Per-chunk sums relative to the chunk maximum, then exclusive prefixes.
   k_loc = kc * jnp.exp(sc - chunk_max[..., None])[..., None]  # (..., n, c, m)
-  kv_loc = jnp.einsum('...ncm,...ncv->...nmv', k_loc, vc)  # (..., n, m, v)
-  z_loc = jnp.sum(k_loc, axis=-2)  # (..., n, m)
+  kv1_loc = jnp.einsum('...ncm,...ncv->...nmv', k_loc, vc1)  # (..., n, m, v+1)
   axis = len(batch)  # the chunk axis
-  local = tuple(jnp.moveaxis(x, axis, 0) for x in (
-      kv_loc, z_loc, chunk_max))  # chunk axis first, for the scan
+  local = (jnp.moveaxis(kv1_loc, axis, 0),
+           jnp.moveaxis(chunk_max, axis, 0))  # chunk axis first, for the scan
 
   def add_chunk(prefix, chunk):
-    return _combine(prefix, chunk), prefix  # emit the state before the chunk
+    (kv1_a, r_a), (kv1_b, r_b) = prefix, chunk
+    r = jnp.maximum(r_a, r_b)
+    kv1 = (kv1_a * jnp.exp(r_a - r)[..., None, None] +
+           kv1_b * jnp.exp(r_b - r)[..., None, None])
+    return (kv1, r), prefix  # emit the state before the chunk
 
-  init = (initial_state.kv, initial_state.z,
-          jax.lax.stop_gradient(initial_state.ref))
-  final, before = jax.lax.scan(add_chunk, init, local)
-  final = CausalState(*final)
-  kv_pre, z_pre, r_pre = (jnp.moveaxis(x, 0, axis) for x in before)
-  # State before each chunk: (..., n, m, v), (..., n, m), (..., n).
+  init = (jnp.concatenate([initial_state.kv, initial_state.z[..., None]], -1),
+          jax.lax.stop_gradient(initial_state.ref))  # (..., m, v+1), (...,)
+  (kv1_final, r_final), before = jax.lax.scan(add_chunk, init, local)
+  final = CausalState(kv1_final[..., :d_v], kv1_final[..., d_v], r_final)
+  kv1_pre, r_pre = (jnp.moveaxis(x, 0, axis) for x in before)
+  # State before each chunk: (..., n, m, v+1), (..., n).
 
   # Reference of query t: the largest key log-scale at positions <= t.
   q_ref = jnp.maximum(run_max, r_pre[..., None])  # (..., n, c)
@@ -204,55 +235,13 @@ def _causal_favor(q_feat, k_feat, k_log_scale, v, initial_state, key_mask,
   exponent = jnp.where(causal_mask, sc[..., None, :] - q_ref[..., :, None],
                        NEG)  # (..., n, c_q, c_k), <= 0 where kept
   weights = jnp.einsum('...ncm,...nkm->...nck', qc, kc) * jnp.exp(exponent)
-  num = jnp.einsum('...nck,...nkv->...ncv', weights, vc)
-  den = jnp.sum(weights, axis=-1)  # (..., n, c)
+  num1 = jnp.einsum('...nck,...nkv->...ncv', weights, vc1)  # (..., n, c, v+1)
 
   # Across chunks: the prefix state, rescaled from its ref to the query's ref.
   carry = jnp.exp(r_pre[..., None] - q_ref)  # (..., n, c), <= 1
-  num = num + jnp.einsum('...ncm,...nmv->...ncv', qc, kv_pre) * carry[..., None]
-  den = den + jnp.einsum('...ncm,...nm->...nc', qc, z_pre) * carry
+  num1 = num1 + jnp.einsum('...ncm,...nmv->...ncv', qc, kv1_pre) * carry[
+      ..., None]
 
-  out = safe_divide(num, den).reshape(*batch, n * c, d_v)  # (..., l+pad, v)
+  out = safe_divide(num1[..., :d_v], num1[..., d_v])  # (..., n, c, v)
+  out = out.reshape(*batch, n * c, d_v)  # (..., l+pad, v)
   return out[..., :length, :].astype(v.dtype), final
-
-
-def favor_attention(q, k, v, projection, feature_map='softmax', causal=False,
-                    key_mask=None, initial_state=None, chunk_size=128,
-                    numerical_stabilizer=1e-6, attention_dropout=0.0,
-                    rng=None):
-  """FAVOR attention from per-head queries, keys and values.
-
-  Args:
-    q, k: (..., l, d) queries and keys (one head per leading index).
-    v: (..., l, v) values.
-    projection: (m, d) random projection (see `random_features`).
-    feature_map: a name registered in `feature_maps.FEATURE_MAPS`.
-    causal: prefix attention (chunked, with state) instead of bidirectional.
-    key_mask: optional bool broadcastable to (..., l); False removes a key.
-    initial_state: causal only: CausalState of the preceding tokens.
-    chunk_size: causal only: tokens per chunk.
-    numerical_stabilizer: positive floor added to non-negative features.
-    attention_dropout: rate at which entries of the key features phi(K) are
-      dropped (survivors scaled by 1/(1-rate)). The same phi(K) feeds
-      numerator and denominator, so rows stay normalized averages of values,
-      and phi(q).phi(k) stays unbiased over the dropout masks.
-    rng: PRNG key for attention_dropout.
-
-  Returns:
-    Outputs (..., l, v); with causal=True, (outputs, final CausalState).
-  """
-  q_feat, _ = feature_maps.feature_map(feature_map, q, projection,
-                                       numerical_stabilizer)
-  k_feat, k_log_scale = feature_maps.feature_map(feature_map, k, projection,
-                                                 numerical_stabilizer)
-  if attention_dropout:
-    if rng is None:
-      raise ValueError('attention_dropout > 0 needs an rng.')
-    keep = jax.random.bernoulli(rng, 1.0 - attention_dropout, k_feat.shape)
-    k_feat = jnp.where(keep, k_feat / (1.0 - attention_dropout), 0.0)
-  if causal:
-    return causal_favor(q_feat, k_feat, k_log_scale, v, initial_state,
-                        key_mask, chunk_size)
-  if initial_state is not None:
-    raise ValueError('initial_state is only meaningful with causal=True.')
-  return bidirectional_favor(q_feat, k_feat, k_log_scale, v, key_mask)
