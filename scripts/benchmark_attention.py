@@ -3,6 +3,8 @@
 Compares, in one run, layers with the same d_model / heads:
   favor_bidir     FavorSelfAttention(causal=False), FAVOR+ (softmax features)
   favor_causal    FavorSelfAttention(causal=True)
+  favor_*_unblocked  the same with block_size=None: features at full length
+                  (what length blocks save, up to --unblocked_max_len)
   identity        the same four projections, attention replaced by identity
                   (o = v): the lower bound
   exact           tl.SelfAttention (dense softmax), up to --exact_max_len
@@ -10,7 +12,8 @@ Compares, in one run, layers with the same d_model / heads:
   lsh             tl.LSHSelfAttention, up to --lsh_max_len
 and the attention cores alone (features to outputs, no projections): our
 causal FAVOR with the ReLU kernel vs trax's CausalFavorAttention, same
-features. Writes JSON (machine, versions, git SHA) and a PNG plot.
+features (ours given no log-scales, as the layer does for ReLU, and its
+default chunk for ReLU). Writes JSON (machine, versions, git SHA) and a PNG plot.
 
     python scripts/benchmark_attention.py --out results/attention_cpu
 """
@@ -42,10 +45,18 @@ def _layers(args, length):
       'favor_causal': lambda: trax_favor.FavorSelfAttention(
           n_heads=h, d_qk=d_head, d_v=d_head, causal=True,
           n_random_features=m, chunk_size=args.chunk_size),
+      'favor_bidir_unblocked': lambda: trax_favor.FavorSelfAttention(
+          n_heads=h, d_qk=d_head, d_v=d_head, n_random_features=m,
+          block_size=None),
+      'favor_causal_unblocked': lambda: trax_favor.FavorSelfAttention(
+          n_heads=h, d_qk=d_head, d_v=d_head, causal=True,
+          n_random_features=m, chunk_size=args.chunk_size, block_size=None),
       'identity': lambda: trax_favor.IdentityAttention(
           n_heads=h, d_qk=d_head, d_v=d_head),
       'trax_causal_favor': lambda: tl.CausalFavor(args.d_model, n_heads=h),
   }
+  if length > args.unblocked_max_len:
+    del made['favor_bidir_unblocked'], made['favor_causal_unblocked']
   if length <= args.exact_max_len:
     made['exact'] = lambda: tl.SelfAttention(n_heads=h, d_qk=d_head,
                                              d_v=d_head)
@@ -75,9 +86,10 @@ def bench_cores(args, length):
   k, v = q * 0.5, q[..., ::-1]
   trax_core = tl.CausalFavorAttention()
   trax_core.init(shapes.signature((q, k, v)))
+  chunk = args.chunk_size or ops.attention.default_chunk_size('relu')
   ours = lambda q, k, v: ops.favor.causal_favor(
-      jax.nn.relu(q) + 1e-3, jax.nn.relu(k) + 1e-3,
-      jnp.zeros(k.shape[:-1]), v, chunk_size=args.chunk_size)[0]
+      jax.nn.relu(q) + 1e-3, jax.nn.relu(k) + 1e-3, None, v,
+      chunk_size=chunk)[0]
   theirs = lambda q, k, v: trax_core.pure_fn((q, k, v), (), (), None)[0]
   result = {}
   for name, fn in (('core_ours_relu', ours), ('core_trax_relu', theirs)):
@@ -96,7 +108,9 @@ def main(argv=None):
   parser.add_argument('--d_model', type=int, default=512)
   parser.add_argument('--n_heads', type=int, default=8)
   parser.add_argument('--n_random_features', type=int, default=256)
-  parser.add_argument('--chunk_size', type=int, default=128)
+  parser.add_argument('--chunk_size', type=int, default=None,
+                      help='causal chunk (default: the layer default)')
+  parser.add_argument('--unblocked_max_len', type=int, default=16384)
   parser.add_argument('--batch', type=int, default=1)
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--exact_max_len', type=int, default=8192)

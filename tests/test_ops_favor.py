@@ -264,6 +264,38 @@ def test_bad_arguments_raise_clear_errors():
     ops.favor_attention(q, k, v[..., :5, :], w)
 
 
+@pytest.mark.parametrize('feature_map', ['relu', 'elu'])
+def test_shared_log_scale_path_matches_masked_reference(feature_map):
+  """Maps with one log-scale for all keys skip the stabilizer (None)."""
+  q, k, v = _qkv(19, length=45)
+  qf, kf, ls = _features(feature_map, q, k, 17)
+  np.testing.assert_array_equal(ls, ls.reshape(-1)[0])  # one constant
+  assert ops.FEATURE_MAPS[feature_map].shared_log_scale
+  mask = jnp.asarray(np.random.default_rng(4).random((2, 1, 45)) < 0.8)
+  cot = _normal(20, v.shape)
+  for causal in (False, True):
+    def fast(qf, kf, v, causal=causal):
+      if causal:
+        first, state = favor.causal_favor(qf[..., :29, :], kf[..., :29, :],
+                                          None, v[..., :29, :],
+                                          key_mask=mask[..., :29],
+                                          chunk_size=8)
+        second, _ = favor.causal_favor(qf[..., 29:, :], kf[..., 29:, :], None,
+                                       v[..., 29:, :], initial_state=state,
+                                       key_mask=mask[..., 29:], chunk_size=8)
+        return jnp.concatenate([first, second], axis=-2)
+      return favor.bidirectional_favor(qf, kf, None, v, mask)
+
+    slow = lambda qf, kf, v, causal=causal: reference.masked_linear_attention(
+        qf, kf, ls, v, causal, mask)
+    np.testing.assert_allclose(fast(qf, kf, v), slow(qf, kf, v), rtol=RTOL,
+                               atol=ATOL)
+    grad = lambda fn: jax.grad(lambda *a: jnp.sum(fn(*a) * cot),
+                               (0, 1, 2))(qf, kf, v)
+    for a, b in zip(grad(fast), grad(slow)):
+      np.testing.assert_allclose(a, b, rtol=GRAD_TOL, atol=GRAD_TOL)
+
+
 # -- length blocks (ops/attention.py): same numbers as features at full length
 
 BLOCK_CASES = [  # (length, block, chunk): blocks not dividing l, odd chunks

@@ -99,7 +99,9 @@ class FavorSelfAttention(base.Layer):
         relative to each vector's largest feature; keeps denominators > 0
         (None: 1e-6). Setting it for a signed map (softmax_trig) is an error.
       chunk_size: causal only: tokens per chunk of the chunked causal form
-        (None: 128); setting it with causal=False is an error.
+        (None: 128, or 64 for relu/elu, see
+        ops.attention.default_chunk_size); setting it with causal=False is an
+        error.
       block_size: inputs longer than this many tokens are attended in blocks
         whose features are recomputed in the backward pass, so no (length,
         n_random_features) tensor is ever stored (see ops/attention.py);
@@ -112,8 +114,8 @@ class FavorSelfAttention(base.Layer):
     if chunk_size is not None and not causal:
       raise ValueError('chunk_size applies to causal attention only; got '
                        f'chunk_size={chunk_size!r} with causal=False.')
-    chunk_size = 128 if chunk_size is None else chunk_size
-    _positive_int('chunk_size', chunk_size)
+    if chunk_size is not None:
+      _positive_int('chunk_size', chunk_size)
     if block_size is not None:
       _positive_int('block_size', block_size)
     _rate('output_dropout', output_dropout)

@@ -21,6 +21,10 @@ past outputs round or underflow (a global maximum would leak the future).
 Every exponent formed is <= 0, so nothing overflows; all references are under
 stop_gradient (they cancel mathematically), all accumulation is float32.
 
+Feature maps whose log-scale is one constant for every key (ReLU, elu+1:
+bounded activations) pass k_log_scale=None: none of the above is computed,
+and the sums are plain (reference 0).
+
 Causal state. `CausalState(kv, z, ref)` holds the prefix sums of K'^T V (m, v)
 and K' (m,) relative to `ref`: O(1) in the sequence length. `causal_favor`
 takes an initial state and returns the final one, so a sequence can be split
@@ -78,19 +82,24 @@ def safe_divide(num, den):
 def mask_keys(k_feat, k_log_scale, key_mask):
   """Zeroes masked keys' features and sets their log-scales to NEG."""
   k_feat = k_feat.astype(jnp.float32)
-  k_log_scale = k_log_scale.astype(jnp.float32)
+  if k_log_scale is not None:
+    k_log_scale = k_log_scale.astype(jnp.float32)
   if key_mask is None:
     return k_feat, k_log_scale
-  key_mask = jnp.broadcast_to(key_mask, k_log_scale.shape)
-  return (k_feat * key_mask[..., None].astype(jnp.float32),
-          jnp.where(key_mask, k_log_scale, NEG))
+  key_mask = jnp.broadcast_to(key_mask, k_feat.shape[:-1])
+  k_feat = k_feat * key_mask[..., None].astype(jnp.float32)
+  if k_log_scale is None:
+    return k_feat, None
+  return k_feat, jnp.where(key_mask, k_log_scale, NEG)
 
 
 def key_sums(k_feat, k_log_scale, v, key_mask=None):
   """Sums over all keys of K'^T V and K', as a state relative to their max.
 
   Args:
-    k_feat: (..., l, m) key features; k_log_scale: (..., l); v: (..., l, v).
+    k_feat: (..., l, m) key features; k_log_scale: (..., l), or None when
+      every key has the same log-scale (taken as 0).
+    v: (..., l, v) values.
     key_mask: optional bool broadcastable to (..., l); False removes a key.
 
   Returns:
@@ -98,8 +107,12 @@ def key_sums(k_feat, k_log_scale, v, key_mask=None):
     key, the form `combine_sums` adds up and `read_out` reads.
   """
   k_feat, s = mask_keys(k_feat, k_log_scale, key_mask)
-  ref = jax.lax.stop_gradient(jnp.max(s, axis=-1))  # (...,)
-  k_scaled = k_feat * jnp.exp(s - ref[..., None])[..., None]  # (..., l, m)
+  if s is None:
+    ref = jnp.zeros(k_feat.shape[:-2], jnp.float32)
+    k_scaled = k_feat
+  else:
+    ref = jax.lax.stop_gradient(jnp.max(s, axis=-1))  # (...,)
+    k_scaled = k_feat * jnp.exp(s - ref[..., None])[..., None]  # (..., l, m)
   kv = jnp.einsum('...lm,...lv->...mv', k_scaled, v.astype(jnp.float32))
   return CausalState(kv, jnp.sum(k_scaled, axis=-2), ref)
 
@@ -124,7 +137,7 @@ def bidirectional_favor(q_feat, k_feat, k_log_scale, v, key_mask=None):
   Args:
     q_feat: (..., l, m) query features (their log-scales cancel: not needed).
     k_feat: (..., l, m) key features.
-    k_log_scale: (..., l) key log-scales.
+    k_log_scale: (..., l) key log-scales, or None when all keys share one.
     v: (..., l, v) values.
     key_mask: optional bool array broadcastable to (..., l); False marks a
       padded key, which is removed from numerator and denominator.
@@ -153,7 +166,9 @@ def causal_favor(q_feat, k_feat, k_log_scale, v, initial_state=None,
   Args:
     q_feat: (..., l, m) query features.
     k_feat: (..., l, m) key features.
-    k_log_scale: (..., l) key log-scales.
+    k_log_scale: (..., l) key log-scales, or None when all keys share one
+      (bounded feature maps): then no stabilizer is computed and states are
+      relative to reference 0.
     v: (..., l, v) values.
     initial_state: a CausalState for the tokens before this call, or None for
       the start of the sequence.
@@ -190,28 +205,35 @@ def _causal_favor(q_feat, k_feat, k_log_scale, v, initial_state, key_mask,
     q_feat = jnp.pad(q_feat, pad_width + [(0, 0)])
     k_feat = jnp.pad(k_feat, pad_width + [(0, 0)])  # padded keys: no features
     vf = jnp.pad(vf, pad_width + [(0, 0)])
-    s = jnp.pad(s, pad_width, constant_values=NEG)
+    if s is not None:
+      s = jnp.pad(s, pad_width, constant_values=NEG)
   qc = q_feat.reshape(*batch, n, c, m)  # (..., n, c, m)
   kc = k_feat.reshape(*batch, n, c, m)  # (..., n, c, m)
   vc = vf.reshape(*batch, n, c, d_v)  # (..., n, c, v)
-  sc = s.reshape(*batch, n, c)  # (..., n, c)
-
-  s_ref = jax.lax.stop_gradient(sc)
-  run_max = jax.lax.cummax(s_ref, axis=s_ref.ndim - 1)  # (..., n, c)
-  chunk_max = run_max[..., -1]  # (..., n)
-
   # Values with a column of ones: one product gives numerator (first d_v
   # columns) and denominator (last column); the state's kv and z travel
   # together as kv1 = [kv, z].
   vc1 = jnp.concatenate([vc, jnp.ones_like(vc[..., :1])], axis=-1)
   # (..., n, c, v+1)
+  init = (jnp.concatenate([initial_state.kv, initial_state.z[..., None]], -1),
+          jax.lax.stop_gradient(initial_state.ref))  # (..., m, v+1), (...,)
+  if s is None:
+    num1, final = _chunks_shared_scale(qc, kc, vc1, init)
+  else:
+    num1, final = _chunks_stabilized(qc, kc, vc1, s.reshape(*batch, n, c),
+                                     init)
+  out = safe_divide(num1[..., :d_v], num1[..., d_v])  # (..., n, c, v)
+  out = out.reshape(*batch, n * c, d_v)  # (..., l+pad, v)
+  kv1_final, r_final = final
+  return out[..., :length, :].astype(v.dtype), CausalState(
+      kv1_final[..., :d_v], kv1_final[..., d_v], r_final)
 
-  # Per-chunk sums relative to the chunk maximum, then exclusive prefixes.
-  k_loc = kc * jnp.exp(sc - chunk_max[..., None])[..., None]  # (..., n, c, m)
-  kv1_loc = jnp.einsum('...ncm,...ncv->...nmv', k_loc, vc1)  # (..., n, m, v+1)
-  axis = len(batch)  # the chunk axis
+
+def _exclusive_prefixes(kv1_loc, r_loc, init):
+  """States before each chunk from per-chunk sums (chunk axis -3 / -1)."""
+  axis = r_loc.ndim - 1  # the chunk axis
   local = (jnp.moveaxis(kv1_loc, axis, 0),
-           jnp.moveaxis(chunk_max, axis, 0))  # chunk axis first, for the scan
+           jnp.moveaxis(r_loc, axis, 0))  # chunk axis first, for the scan
 
   def add_chunk(prefix, chunk):
     (kv1_a, r_a), (kv1_b, r_b) = prefix, chunk
@@ -220,12 +242,22 @@ def _causal_favor(q_feat, k_feat, k_log_scale, v, initial_state, key_mask,
            kv1_b * jnp.exp(r_b - r)[..., None, None])
     return (kv1, r), prefix  # emit the state before the chunk
 
-  init = (jnp.concatenate([initial_state.kv, initial_state.z[..., None]], -1),
-          jax.lax.stop_gradient(initial_state.ref))  # (..., m, v+1), (...,)
-  (kv1_final, r_final), before = jax.lax.scan(add_chunk, init, local)
-  final = CausalState(kv1_final[..., :d_v], kv1_final[..., d_v], r_final)
+  final, before = jax.lax.scan(add_chunk, init, local)
   kv1_pre, r_pre = (jnp.moveaxis(x, 0, axis) for x in before)
-  # State before each chunk: (..., n, m, v+1), (..., n).
+  return kv1_pre, r_pre, final  # (..., n, m, v+1), (..., n), final state
+
+
+def _chunks_stabilized(qc, kc, vc1, sc, init):
+  """Chunked causal sums with per-key log-scales sc (..., n, c)."""
+  c = sc.shape[-1]
+  s_ref = jax.lax.stop_gradient(sc)
+  run_max = jax.lax.cummax(s_ref, axis=s_ref.ndim - 1)  # (..., n, c)
+  chunk_max = run_max[..., -1]  # (..., n)
+
+  # Per-chunk sums relative to the chunk maximum, then exclusive prefixes.
+  k_loc = kc * jnp.exp(sc - chunk_max[..., None])[..., None]  # (..., n, c, m)
+  kv1_loc = jnp.einsum('...ncm,...ncv->...nmv', k_loc, vc1)  # (..., n, m, v+1)
+  kv1_pre, r_pre, final = _exclusive_prefixes(kv1_loc, chunk_max, init)
 
   # Reference of query t: the largest key log-scale at positions <= t.
   q_ref = jnp.maximum(run_max, r_pre[..., None])  # (..., n, c)
@@ -241,7 +273,24 @@ def _causal_favor(q_feat, k_feat, k_log_scale, v, initial_state, key_mask,
   carry = jnp.exp(r_pre[..., None] - q_ref)  # (..., n, c), <= 1
   num1 = num1 + jnp.einsum('...ncm,...nmv->...ncv', qc, kv1_pre) * carry[
       ..., None]
+  return num1, final
 
-  out = safe_divide(num1[..., :d_v], num1[..., d_v])  # (..., n, c, v)
-  out = out.reshape(*batch, n * c, d_v)  # (..., l+pad, v)
-  return out[..., :length, :].astype(v.dtype), final
+
+def _chunks_shared_scale(qc, kc, vc1, init):
+  """Chunked causal sums when every key has log-scale 0 (no stabilizer).
+
+  The carried state is brought to reference 0 first (from an empty state's
+  NEG, or a state of earlier calls of this kind); the final ref is 0.
+  """
+  c = qc.shape[-2]
+  kv1_init = init[0] * jnp.exp(jnp.minimum(init[1], 0.0))[..., None, None]
+  kv1_loc = jnp.einsum('...ncm,...ncv->...nmv', kc, vc1)  # (..., n, m, v+1)
+  zeros = jnp.zeros(kv1_loc.shape[:-2], jnp.float32)  # (..., n)
+  kv1_pre, _, final = _exclusive_prefixes(kv1_loc, zeros,
+                                          (kv1_init, jnp.zeros_like(init[1])))
+  causal_mask = jnp.tril(jnp.ones((c, c), jnp.bool_))
+  weights = jnp.where(causal_mask, jnp.einsum('...ncm,...nkm->...nck', qc, kc),
+                      0.0)  # (..., n, c_q, c_k)
+  num1 = (jnp.einsum('...nck,...nkv->...ncv', weights, vc1) +
+          jnp.einsum('...ncm,...nmv->...ncv', qc, kv1_pre))  # (..., n, c, v+1)
+  return num1, final

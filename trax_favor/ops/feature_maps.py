@@ -50,11 +50,15 @@ class FeatureMap:
     features_per_row: m_out / m (2 for trigonometric maps).
     non_negative: whether features are >= 0, so denominators are > 0.
     estimates_softmax: whether phi(q).phi(k) estimates exp(q.k/sqrt(d)).
+    shared_log_scale: whether log_scale is one constant for every vector
+      (bounded activations): attention then needs no stabilizer, and is
+      given None instead of the log-scales (the constant cancels).
   """
   fn: Callable
   features_per_row: int = 1
   non_negative: bool = True
   estimates_softmax: bool = False
+  shared_log_scale: bool = False
 
 
 def _half_sq_norm(x):
@@ -104,8 +108,9 @@ FEATURE_MAPS = {
     'softmax': FeatureMap(_softmax_positive, estimates_softmax=True),
     'softmax_trig': FeatureMap(_softmax_trig, features_per_row=2,
                                non_negative=False, estimates_softmax=True),
-    'relu': FeatureMap(_generalized(jax.nn.relu)),
-    'elu': FeatureMap(_generalized(lambda u: jax.nn.elu(u) + 1.0)),
+    'relu': FeatureMap(_generalized(jax.nn.relu), shared_log_scale=True),
+    'elu': FeatureMap(_generalized(lambda u: jax.nn.elu(u) + 1.0),
+                      shared_log_scale=True),
     'exp': FeatureMap(_exp_kernel),
 }
 
