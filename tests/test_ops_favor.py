@@ -219,11 +219,13 @@ def test_large_logits_stay_finite_and_convex(causal, block_size):
   assert np.all(np.isfinite(grads))
 
 
+@pytest.mark.parametrize('block_size', [None, 64], ids=['whole', 'blocks'])
 @pytest.mark.parametrize('causal', [False, True], ids=['bidir', 'causal'])
-def test_bfloat16_inputs_accumulate_in_float32(causal):
+def test_bfloat16_inputs_accumulate_in_float32(causal, block_size):
   q, k, v = _qkv(10, length=256, d=16, d_v=16)
   w = ops.draw_projection(jax.random.PRNGKey(4), 64, 16)
-  run = lambda *a: ops.favor_attention(*a, w, causal=causal, chunk_size=32)
+  run = lambda *a: ops.favor_attention(*a, w, causal=causal, chunk_size=32,
+                                       block_size=block_size)
   out32 = run(q, k, v)
   out16 = run(q.astype(jnp.bfloat16), k.astype(jnp.bfloat16),
               v.astype(jnp.bfloat16))
@@ -258,6 +260,8 @@ def test_bad_arguments_raise_clear_errors():
   with pytest.raises(ValueError, match='initial_state'):
     ops.favor_attention(q, k, v, w, initial_state=ops.empty_state((2, 3), 8,
                                                                   10))
+  with pytest.raises(ValueError, match='key_mask of shape'):
+    ops.favor_attention(q, k, v, w, key_mask=jnp.ones((5,), jnp.bool_))
   with pytest.raises(ValueError, match='block_size'):
     ops.favor_attention(q, k, v, w, block_size=0)
   with pytest.raises(ValueError, match='v the shape'):

@@ -30,6 +30,11 @@ and K' (m,) relative to `ref`: O(1) in the sequence length. `causal_favor`
 takes an initial state and returns the final one, so a sequence can be split
 anywhere (predict-mode decoding feeds one token at a time).
 
+Building blocks. `key_sums` gives the sums of a set of keys as a state,
+`combine_sums` adds two states, `read_out` gives queries' outputs from a
+state: `ops/attention.py` assembles bidirectional FAVOR over length blocks
+from them.
+
 Chunked parallel form. The sequence is cut into chunks of c tokens. Within a
 chunk, queries see keys through a masked (c, c) product of features; across
 chunks, through the prefix state at the chunk start. The per-chunk sums are
@@ -148,15 +153,21 @@ def bidirectional_favor(q_feat, k_feat, k_log_scale, v, key_mask=None):
   return read_out(q_feat, key_sums(k_feat, k_log_scale, v, key_mask), v.dtype)
 
 
-def _combine(a, b):
-  """Associative sum of two (kv, z, ref) partial sums, earlier one first."""
-  kv_a, z_a, r_a = a
-  kv_b, z_b, r_b = b
+def _add_relative(x_a, r_a, x_b, r_b):
+  """x_a e^r_a + x_b e^r_b as (sum relative to r, r), r = max(r_a, r_b).
+
+  x_a, x_b: (..., *trailing) sums; r_a, r_b: (...,) their references.
+  """
   r = jnp.maximum(r_a, r_b)
-  w_a = jnp.exp(r_a - r)
-  w_b = jnp.exp(r_b - r)
-  return (kv_a * w_a[..., None, None] + kv_b * w_b[..., None, None],
-          z_a * w_a[..., None] + z_b * w_b[..., None], r)
+  expand = (slice(None),) * r.ndim + (None,) * (x_a.ndim - r.ndim)
+  return x_a * jnp.exp(r_a - r)[expand] + x_b * jnp.exp(r_b - r)[expand], r
+
+
+def _combine(a, b):
+  """Sum of two (kv, z, ref) partial sums, earlier one first."""
+  kv, r = _add_relative(a[0], a[2], b[0], b[2])
+  z, _ = _add_relative(a[1], a[2], b[1], b[2])
+  return kv, z, r
 
 
 def causal_favor(q_feat, k_feat, k_log_scale, v, initial_state=None,
@@ -235,12 +246,8 @@ def _exclusive_prefixes(kv1_loc, r_loc, init):
   local = (jnp.moveaxis(kv1_loc, axis, 0),
            jnp.moveaxis(r_loc, axis, 0))  # chunk axis first, for the scan
 
-  def add_chunk(prefix, chunk):
-    (kv1_a, r_a), (kv1_b, r_b) = prefix, chunk
-    r = jnp.maximum(r_a, r_b)
-    kv1 = (kv1_a * jnp.exp(r_a - r)[..., None, None] +
-           kv1_b * jnp.exp(r_b - r)[..., None, None])
-    return (kv1, r), prefix  # emit the state before the chunk
+  def add_chunk(prefix, chunk):  # emit the state before the chunk
+    return _add_relative(*prefix, *chunk), prefix
 
   final, before = jax.lax.scan(add_chunk, init, local)
   kv1_pre, r_pre = (jnp.moveaxis(x, 0, axis) for x in before)
