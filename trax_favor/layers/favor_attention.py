@@ -32,11 +32,6 @@ MODES = ('train', 'eval', 'predict')
 REDRAW_POLICIES = ('fixed', 'step')
 
 
-def _positive_int(name, value):
-  if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-    raise ValueError(f'{name} must be a positive int, got {value!r}.')
-
-
 def _rate(name, value):
   if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
     raise ValueError(f'{name} must be a float in [0, 1), got {value!r}.')
@@ -108,16 +103,16 @@ class FavorSelfAttention(base.Layer):
         None computes features at full length (more memory, no recompute).
     """
     super().__init__(n_in=(2 if masked else 1), n_out=1)
-    _positive_int('n_heads', n_heads)
-    _positive_int('d_qk', d_qk)
-    _positive_int('d_v', d_v)
+    favor.check_positive_int('n_heads', n_heads)
+    favor.check_positive_int('d_qk', d_qk)
+    favor.check_positive_int('d_v', d_v)
     if chunk_size is not None and not causal:
       raise ValueError('chunk_size applies to causal attention only; got '
                        f'chunk_size={chunk_size!r} with causal=False.')
     if chunk_size is not None:
-      _positive_int('chunk_size', chunk_size)
+      favor.check_positive_int('chunk_size', chunk_size)
     if block_size is not None:
-      _positive_int('block_size', block_size)
+      favor.check_positive_int('block_size', block_size)
     _rate('output_dropout', output_dropout)
     _rate('attention_dropout', attention_dropout)
     if mode not in MODES:

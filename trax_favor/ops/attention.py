@@ -36,13 +36,6 @@ from trax_favor.ops import favor
 from trax_favor.ops import feature_maps
 
 
-def _check_positive_int(name, value, allow_none=False):
-  if allow_none and value is None:
-    return
-  if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-    raise ValueError(f'{name} must be a positive int, got {value!r}.')
-
-
 def default_chunk_size(feature_map):
   """Causal chunk length used when none is given (measured on CPU at l=4096).
 
@@ -87,8 +80,9 @@ def favor_attention(q, k, v, projection, feature_map='softmax', causal=False,
   feature_maps.get_feature_map(feature_map)
   if chunk_size is None:
     chunk_size = default_chunk_size(feature_map)
-  _check_positive_int('chunk_size', chunk_size)
-  _check_positive_int('block_size', block_size, allow_none=True)
+  favor.check_positive_int('chunk_size', chunk_size)
+  if block_size is not None:
+    favor.check_positive_int('block_size', block_size)
   if q.shape != k.shape or q.shape[:-1] != v.shape[:-1]:
     raise ValueError(f'q and k must have one shape (..., l, d) and v the shape '
                      f'(..., l, d_v); got q {q.shape}, k {k.shape}, '
@@ -124,12 +118,12 @@ def _favor_attention(q, k, v, projection, key_mask, initial_state, rng,
   def query_features(x):
     return feature_maps.feature_map(feature_map, x, projection, eps)[0]
 
-  shared_scale = feature_maps.get_feature_map(feature_map).shared_log_scale
+  fmap = feature_maps.get_feature_map(feature_map)
 
   def key_features(x, block_index):
     k_feat, k_log_scale = feature_maps.feature_map(feature_map, x, projection,
                                                    eps)
-    if shared_scale:  # one constant for all keys: no stabilizer needed
+    if fmap.shared_log_scale:  # one constant for all keys: no stabilizer needed
       k_log_scale = None
     if rate:  # one dropout mask per block, redrawn alike when recomputed
       keep = jax.random.bernoulli(jax.random.fold_in(rng, block_index),
@@ -162,8 +156,7 @@ def _favor_attention(q, k, v, projection, key_mask, initial_state, rng,
   qb, kb, vb = blocks(q), blocks(k), blocks(v)
   mb = None if key_mask is None else blocks(key_mask[..., None])[..., 0]
   index = jnp.arange(n)
-  m_out = (projection.shape[0] *
-           feature_maps.get_feature_map(feature_map).features_per_row)
+  m_out = projection.shape[0] * fmap.features_per_row
   empty = favor.empty_state(batch, m_out, v.shape[-1])
   remat = functools.partial(jax.checkpoint, prevent_cse=False)
 

@@ -77,6 +77,12 @@ def empty_state(batch_shape, n_features, d_v):
       ref=jnp.full(batch_shape, NEG, jnp.float32))
 
 
+def check_positive_int(name, value):
+  """Raises ValueError naming `name` unless value is an int > 0 (not bool)."""
+  if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    raise ValueError(f'{name} must be a positive int, got {value!r}.')
+
+
 def safe_divide(num, den):
   """num / den; rows whose denominator is 0 (all keys masked) give 0."""
   ok = den != 0.0
@@ -189,9 +195,7 @@ def causal_favor(q_feat, k_feat, k_log_scale, v, initial_state=None,
   Returns:
     (outputs (..., l, v) in v's dtype, final CausalState).
   """
-  if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or (
-      chunk_size <= 0):
-    raise ValueError(f'chunk_size must be a positive int, got {chunk_size!r}.')
+  check_positive_int('chunk_size', chunk_size)
   return _causal_favor(q_feat, k_feat, k_log_scale, v, initial_state, key_mask,
                        chunk_size)
 
