@@ -3,6 +3,9 @@
     python scripts/benchmark_model.py --out results/model_cpu   # CPU widths
     python scripts/benchmark_model.py --out results/model_gpu \
         --width_bindings=''                                      # config widths
+    python scripts/benchmark_model.py --out results/model_cpu_full_width \
+        --width_bindings=N_LAYERS=2 --pg19_length=0 --depths= --prefixes= \
+        --steps=5                  # config widths on CPU: ImageNet64, 2 layers
 
 Writes <out>.json (machine, versions, git SHA) after every measurement and
 <out>.png at the end; rerunning skips what the JSON already holds.
@@ -25,7 +28,8 @@ def main(argv=None):
   parser.add_argument('--out', default='results/model_cpu')
   parser.add_argument('--width_bindings', default=CPU_WIDTH,
                       help='comma-separated gin macros for every model')
-  parser.add_argument('--pg19_length', type=int, default=8192)
+  parser.add_argument('--pg19_length', type=int, default=8192,
+                      help='PG-19 step length (0: no PG-19 steps)')
   parser.add_argument('--exact_max_len', type=int, default=8192)
   parser.add_argument('--depths', default='6,12,24')
   parser.add_argument('--depth_length', type=int, default=2048,
@@ -60,19 +64,19 @@ def main(argv=None):
       run('steps', f'imagenet64/{model}', step, 'imagenet64', model, [])
   pg19 = [f'SEQUENCE_LENGTH={args.pg19_length}',
           f'LSH_N_BUCKETS={2 * args.pg19_length // 128}']
-  for model in model_bench.MODELS:
+  for model in model_bench.MODELS if args.pg19_length else ():
     if model != 'exact' or args.pg19_length <= args.exact_max_len:
       run('steps', f'pg19_{args.pg19_length}/{model}', step, 'pg19', model,
           pg19)
   depth_bindings = [f'SEQUENCE_LENGTH={args.depth_length}',
                     f'LSH_N_BUCKETS={2 * args.depth_length // 128}']
-  for depth in [int(d) for d in args.depths.split(',')]:
+  for depth in _ints(args.depths):
     for model in ('performer', 'reformer'):
       run('depth', f'{model}/{depth}', step, 'pg19', model,
           depth_bindings + [f'N_LAYERS={depth}'])
   decode_width = tuple(int(v) for v in args.decode_width.split(','))
   for kind in ('performer', 'transformer'):
-    for prefix in [int(p) for p in args.prefixes.split(',')]:
+    for prefix in _ints(args.prefixes):
       run('decoding', f'{kind}/{prefix}', model_bench.measure_decoding, kind,
           prefix, args.decode_tokens, decode_width)
   record['ratios'] = model_bench.ratios(record)
@@ -81,6 +85,11 @@ def main(argv=None):
   print(report.markdown_table(['ratio', 'value'],
                               sorted(record['ratios'].items())))
   print(f'wrote {args.out}.json and {args.out}.png')
+
+
+def _ints(text):
+  """'6,12,24' -> [6, 12, 24]; '' -> [] (the section is skipped)."""
+  return [int(part) for part in text.split(',') if part]
 
 
 def _rejoin_tuples(parts):
