@@ -41,7 +41,8 @@ setuptools.setup(
         'numpy',
         'matplotlib',
     ],
-    extras_require={'test': ['pytest', 'pytest-xdist', 'nbclient', 'nbformat', 'ipykernel']},
+    extras_require={'test': ['pytest', 'pytest-xdist', 'nbclient', 'nbformat',
+                             'ipykernel']},
     entry_points={'console_scripts': [
         'trax-favor-train = trax_favor.train:main',
         'trax-favor-sample = trax_favor.sample:main',
