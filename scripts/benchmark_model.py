@@ -6,6 +6,10 @@
     python scripts/benchmark_model.py --out results/model_cpu_full_width \
         --width_bindings=N_LAYERS=2 --pg19_length=0 --depths= --prefixes= \
         --steps=5                  # config widths on CPU: ImageNet64, 2 layers
+    python scripts/benchmark_model.py --out results/model_cpu_full_width \
+        --width_bindings=N_LAYERS=2 --pg19_length=0 --depths= --prefixes= \
+        --interleave=performer,identity,reformer --steps=3
+                        # then the three models' steps alternating, one process
 
 Writes <out>.json (machine, versions, git SHA) after every measurement and
 <out>.png at the end; rerunning skips what the JSON already holds.
@@ -34,6 +38,9 @@ def main(argv=None):
   parser.add_argument('--depths', default='6,12,24')
   parser.add_argument('--depth_length', type=int, default=2048,
                       help='PG-19 length of the depth sweep')
+  parser.add_argument('--interleave', default='',
+                      help='ImageNet64 models also timed in one process, their '
+                      'steps alternating (steadier ratios on a shared host)')
   parser.add_argument('--batch', type=int, default=1)
   parser.add_argument('--steps', type=int, default=3)
   parser.add_argument('--prefixes', default='128,8192')
@@ -48,6 +55,7 @@ def main(argv=None):
   record.setdefault('steps', {})
   record.setdefault('depth', {})
   record.setdefault('decoding', {})
+  record.setdefault('interleaved', {})
 
   def run(table, key, fn, *fn_args):
     if key in record[table] and 'failed' not in record[table][key]:
@@ -62,6 +70,15 @@ def main(argv=None):
   for model in model_bench.MODELS:  # ImageNet64: 12288 tokens
     if model != 'exact' or 12288 <= args.exact_max_len:
       run('steps', f'imagenet64/{model}', step, 'imagenet64', model, [])
+  interleave = [m for m in args.interleave.split(',') if m]
+  if interleave and not all(f'imagenet64/{m}' in record['interleaved']
+                            for m in interleave):
+    result = step('imagenet64', interleave, [])
+    if 'failed' in result:
+      print(f'interleaved: {result}', flush=True)
+    else:
+      for m, r in result.items():
+        run('interleaved', f'imagenet64/{m}', lambda r=r: r)
   pg19 = [f'SEQUENCE_LENGTH={args.pg19_length}',
           f'LSH_N_BUCKETS={2 * args.pg19_length // 128}']
   for model in model_bench.MODELS if args.pg19_length else ():

@@ -100,6 +100,13 @@ def test_model_bench_step_is_trax_reversible_training(in_repo):
     assert result['seconds'] > 0 and result['model_peak_bytes'] > 0
   # The identity baseline keeps FAVOR+'s weights (only the core differs).
   assert results['identity']['n_params'] == results['performer']['n_params']
+  # The same two models with their steps alternating in one process.
+  both = model_bench.measure_steps_interleaved(
+      'pg19', ['performer', 'identity'], bindings, 3, 2)
+  for model, result in both.items():
+    assert result['n_params'] == results[model]['n_params']
+    assert len(result['step_seconds']) == 3
+    assert result['seconds'] == np.median(result['step_seconds']) > 0
 
 
 def test_decoding_state_is_constant_for_performer_and_grows_for_transformer():

@@ -19,6 +19,8 @@ its memory the peak during the timed steps (device peak on accelerators;
 on CPU the resident set's high-water mark, restarted after the warm-up so
 that XLA compilation does not count) minus what the process held before
 building the model: weights, optimizer slots, activations, temporaries.
+`measure_steps_interleaved` also times several models in one process, one
+step of each in turn, for time ratios that drift less on a shared host.
 
 Decoding: seconds per generated token after a prefix of 128 and of 8192
 tokens, the PerformerLM (O(1) FAVOR state) against trax's TransformerLM in
@@ -52,14 +54,13 @@ MODELS = {  # name -> (config files, after the family's <attention>_6l.gin)
 }
 
 
-def measure_step(family, model, bindings, steps, batch):
-  """Times the reversible trainer's step for one model; runs in-process."""
+def _reversible_trainer(family, model, bindings, batch):
+  """Trax's ReversibleSerialTrainer for one config'd model, with a batch."""
   attention, extra_files = MODELS[model]
   files = [f'gin/{family}/{attention}_6l.gin'] + extra_files
   runs.parse_config(files, bindings)
   length = runs.configured_value('trax_favor.PerformerLM.max_len')
   n_layers = runs.configured_value('trax_favor.PerformerLM.n_layers')
-  before = report.process_memory_bytes('VmRSS')
   lm = runs.configured_model_fn()(mode='train')
   tokens = np.random.default_rng(0).integers(0, 256, (batch, length),
                                              dtype=np.int32)
@@ -73,25 +74,58 @@ def measure_step(family, model, bindings, steps, batch):
       [lm.weights]))
   trainer = trax_trainer.ReversibleSerialTrainer(blocks, loss_layer,
                                                  optimizers.Adam)
+  info = {'model': model, 'length': int(length), 'n_layers': int(n_layers),
+          'batch': batch, 'n_params': n_params}
+  return trainer, data, info
+
+
+def _timed_step(trainer, data, i):
+  start = time.perf_counter()
+  loss, _ = trainer.one_step(data, jax.random.PRNGKey(i))
+  jax.block_until_ready(loss)
+  return time.perf_counter() - start, float(loss)
+
+
+def measure_step(family, model, bindings, steps, batch):
+  """Times the reversible trainer's step for one model; runs in-process."""
+  before = report.process_memory_bytes('VmRSS')
+  trainer, data, info = _reversible_trainer(family, model, bindings, batch)
   times = []
   for i in range(steps + 2):  # two warm-up steps compile everything
     if i == 2:
       report.reset_peak_memory()
-    start = time.perf_counter()
-    loss, _ = trainer.one_step(data, jax.random.PRNGKey(i))
-    jax.block_until_ready(loss)
-    times.append(time.perf_counter() - start)
+    seconds, loss = _timed_step(trainer, data, i)
+    times.append(seconds)
   peak = report.peak_memory_bytes()
-  return {'model': model, 'length': int(length), 'n_layers': int(n_layers),
-          'batch': batch, 'n_params': n_params,
-          'seconds': float(np.median(times[2:])),
-          'steps_per_s': float(1.0 / np.median(times[2:])),
-          'peak_bytes': int(peak), 'model_peak_bytes': int(peak - before),
-          'loss': float(loss)}
+  return dict(info, seconds=float(np.median(times[2:])),
+              steps_per_s=float(1.0 / np.median(times[2:])),
+              peak_bytes=int(peak), model_peak_bytes=int(peak - before),
+              loss=loss)
+
+
+def measure_steps_interleaved(family, models, bindings, steps, batch):
+  """Step times of several models in one process, their steps alternating.
+
+  On a shared host whose speed drifts between runs, the ratio of two
+  models' medians from alternating steps is steadier than one from separate
+  runs. No memory figure (the models share the process).
+  """
+  built = {model: _reversible_trainer(family, model, bindings, batch)
+           for model in models}
+  times = {model: [] for model in models}
+  for i in range(steps + 2):  # two warm-up rounds compile everything
+    for model, (trainer, data, _) in built.items():
+      times[model].append(_timed_step(trainer, data, i)[0])
+  return {model: dict(built[model][2], seconds=float(np.median(ts[2:])),
+                      step_seconds=ts[2:])
+          for model, ts in times.items()}
 
 
 def measure_step_in_child(family, model, bindings, steps, batch):
-  """measure_step in a fresh process, so that its peak memory is its own."""
+  """measure_step in a fresh process, so that its peak memory is its own.
+
+  model: a name in MODELS, or a list of them: measure_steps_interleaved.
+  """
   args = json.dumps([family, model, list(bindings), steps, batch])
   result = subprocess.run(
       [sys.executable, '-m', 'trax_favor.experiments.model_bench', args],
@@ -156,7 +190,9 @@ def measure_decoding(kind, prefix, n_tokens, width):
 
 def _child_main(arg):
   family, model, bindings, steps, batch = json.loads(arg)
-  print(json.dumps(measure_step(family, model, bindings, steps, batch)),
+  measure = measure_steps_interleaved if isinstance(model, list) else (
+      measure_step)
+  print(json.dumps(measure(family, model, bindings, steps, batch)),
         flush=True)
 
 
@@ -176,15 +212,17 @@ def ratios(record):
   found = {}
   steps, depth, decoding = (record.get('steps', {}), record.get('depth', {}),
                             record.get('decoding', {}))
-  for family in sorted({key.split('/')[0] for key in steps}):
-    p, i, r = (f'{family}/performer', f'{family}/identity',
-               f'{family}/reformer')
-    found[f'{family}: performer / identity time'] = _ratio(
-        steps, p, i, 'seconds')
-    found[f'{family}: performer / reformer time'] = _ratio(
-        steps, p, r, 'seconds')
-    found[f'{family}: performer / reformer memory'] = _ratio(
-        steps, p, r, 'model_peak_bytes')
+  interleaved = record.get('interleaved', {})
+  for table, tag in ((steps, ''), (interleaved, ' (interleaved)')):
+    for family in sorted({key.split('/')[0] for key in table}):
+      p, i, r = (f'{family}/performer', f'{family}/identity',
+                 f'{family}/reformer')
+      found[f'{family}{tag}: performer / identity time'] = _ratio(
+          table, p, i, 'seconds')
+      found[f'{family}{tag}: performer / reformer time'] = _ratio(
+          table, p, r, 'seconds')
+      found[f'{family}{tag}: performer / reformer memory'] = _ratio(
+          table, p, r, 'model_peak_bytes')
   depths = sorted({int(key.split('/')[1]) for key in depth})
   if len(depths) > 1:
     for model in ('performer', 'reformer'):
