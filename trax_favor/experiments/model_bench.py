@@ -87,7 +87,13 @@ def _timed_step(trainer, data, i):
 
 
 def measure_step(family, model, bindings, steps, batch):
-  """Times the reversible trainer's step for one model; runs in-process."""
+  """Times the reversible trainer's step for one model; runs in-process.
+
+  model_peak_bytes (peak during the timed steps less the resident set before
+  the model was built) means what it says only in a fresh process, as
+  measure_step_in_child runs it: in a long-lived one, memory freed by earlier
+  work can leave the peak below that starting point.
+  """
   before = report.process_memory_bytes('VmRSS')
   trainer, data, info = _reversible_trainer(family, model, bindings, batch)
   times = []
