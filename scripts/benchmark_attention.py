@@ -13,7 +13,16 @@ Compares, in one run, layers with the same d_model / heads:
 and the attention cores alone (features to outputs, no projections): our
 causal FAVOR with the ReLU kernel vs trax's CausalFavorAttention, same
 features (ours given no log-scales, as the layer does for ReLU, and its
-default chunk for ReLU). Writes JSON (machine, versions, git SHA) and a PNG plot.
+default chunk for ReLU).
+
+At each length every layer is compiled first, then the layers are timed in
+turn, one call each per round (--repeats rounds; medians): on a shared host
+whose speed drifts, ratios from alternating calls are steadier than from
+separate runs. The matrix products the layers are made of are also timed
+alone (GFLOP/s, `product_steps`), which gives what the ratios would be if
+FAVOR's products ran at those rates and everything else were free
+(`floors`): bidirectional FAVOR+ over identity, and the most trax's core
+could take over ours. Writes JSON (machine, versions, git SHA) and a PNG.
 
     python scripts/benchmark_attention.py --out results/attention_cpu
 """
@@ -67,36 +76,131 @@ def _layers(args, length):
   return made
 
 
-def bench_layer(layer, x, repeats):
+def layer_step(layer, x):
+  """(fn, args): forward+backward of `layer` on x (w.r.t. weights and x)."""
   layer.init(shapes.signature(x), rng=jax.random.PRNGKey(0))
   weights, state, rng = layer.weights, layer.state, jax.random.PRNGKey(1)
 
   def loss(w, x):
     return jnp.sum(layer.pure_fn(x, w, state, rng)[0])
 
-  return report.compile_and_time(jax.value_and_grad(loss, argnums=(0, 1)), weights,
-                          x, repeats=repeats)
+  return jax.value_and_grad(loss, argnums=(0, 1)), (weights, x)
 
 
-def bench_cores(args, length):
-  """ReLU-kernel causal attention cores, features to outputs, same inputs."""
+def core_steps(args, length):
+  """ReLU-kernel causal attention cores, features to outputs, same inputs.
+
+  Returns {name: (fn, args)}: forward+backward w.r.t. q, k and v.
+  """
   h, d_head = args.n_heads, args.d_model // args.n_heads
   rng = np.random.default_rng(0)
   q = jnp.asarray(rng.standard_normal((h, length, d_head)), jnp.float32)
   k, v = q * 0.5, q[..., ::-1]
   trax_core = tl.CausalFavorAttention()
   trax_core.init(shapes.signature((q, k, v)))
-  chunk = args.chunk_size or ops.attention.default_chunk_size('relu')
   ours = lambda q, k, v: ops.favor.causal_favor(
       jax.nn.relu(q) + 1e-3, jax.nn.relu(k) + 1e-3, None, v,
-      chunk_size=chunk)[0]
+      chunk_size=core_chunk(args))[0]
   theirs = lambda q, k, v: trax_core.pure_fn((q, k, v), (), (), None)[0]
-  result = {}
-  for name, fn in (('core_ours_relu', ours), ('core_trax_relu', theirs)):
-    step = jax.value_and_grad(lambda q, k, v, f=fn: jnp.sum(f(q, k, v)),
-                              argnums=(0, 1, 2))
-    result[name] = report.compile_and_time(step, q, k, v, repeats=args.repeats)[0]
-  return result
+  return {name: (jax.value_and_grad(lambda q, k, v, f=fn: jnp.sum(f(q, k, v)),
+                                    argnums=(0, 1, 2)), (q, k, v))
+          for name, fn in (('core_ours_relu', ours),
+                           ('core_trax_relu', theirs))}
+
+
+def core_chunk(args):
+  return args.chunk_size or ops.attention.default_chunk_size('relu')
+
+
+BLOCK = 512  # FavorSelfAttention's default block_size
+
+
+def product_steps(args, length):
+  """The matrix products the layers are made of, forward only, alone.
+
+  Returns {name: (fn, args, flops)}:
+    projection  (b l, d_model) by (d_model, d_model): the four projections
+    features    per head (l, d_head) by (d_head, m): feature maps
+    key_sums    per head and length block, (m, block) by (block, d_head)
+    read_out    per head and length block, (block, m) by (m, d_head)
+    chunk       per head and chunk, (c, d_head) by (d_head, c): the causal
+                ReLU core's products (m = d_head; its others are the same
+                size or close: c by c by d_head + 1, d_head by c by d_head + 1)
+  """
+  h, d_head, m = args.n_heads, args.d_model // args.n_heads, (
+      args.n_random_features)
+  rows, c = args.batch * length, core_chunk(args)
+  n_blocks, n_chunks = max(1, rows // BLOCK), max(1, rows // c)
+  rng = np.random.default_rng(1)
+  a = lambda *shape: jnp.asarray(rng.standard_normal(shape), jnp.float32)
+  return {
+      'projection': (jnp.matmul, (a(rows, args.d_model),
+                                  a(args.d_model, args.d_model)),
+                     2 * rows * args.d_model ** 2),
+      'features': (lambda x, w: jnp.einsum('hld,md->hlm', x, w),
+                   (a(h, rows, d_head), a(m, d_head)), 2 * h * rows * d_head * m),
+      'key_sums': (lambda k, v: jnp.einsum('nhlm,nhlv->nhmv', k, v),
+                   (a(n_blocks, h, BLOCK, m), a(n_blocks, h, BLOCK, d_head)),
+                   2 * h * n_blocks * BLOCK * m * d_head),
+      'read_out': (lambda q, kv: jnp.einsum('nhlm,hmv->nhlv', q, kv),
+                   (a(n_blocks, h, BLOCK, m), a(h, m, d_head)),
+                   2 * h * n_blocks * BLOCK * m * d_head),
+      'chunk': (lambda q, k: jnp.einsum('hncm,hnkm->hnck', q, k),
+                (a(h, n_chunks, c, d_head), a(h, n_chunks, c, d_head)),
+                2 * h * n_chunks * c * c * d_head),
+  }
+
+
+def bidir_floor(args, length, rates, identity_seconds):
+  """Bidirectional FAVOR+ over the identity layer, were its products as fast
+  as measured alone (GFLOP/s in `rates`) and everything else free.
+
+  Forward and backward take 12 products of h l d_head m multiply-adds each:
+  query and key features (forward, recomputed in the backward pass of the
+  length blocks, and their input gradients: 6), key sums and read-out
+  (forward and two gradients each: 6). The identity layer's measured time
+  stands for the projections.
+  """
+  h, d_head, m = args.n_heads, args.d_model // args.n_heads, (
+      args.n_random_features)
+  unit = 2.0 * h * args.batch * length * d_head * m  # flops of one product
+  favor_seconds = unit * (6 / rates['features'] + 3 / rates['key_sums'] +
+                          3 / rates['read_out']) / 1e9
+  return (identity_seconds + favor_seconds) / identity_seconds
+
+
+def core_floor_seconds(args, length, chunk_rate):
+  """Our ReLU core's products (forward and backward) at the chunk rate.
+
+  Per token and head the forward pass does c d + c (d + 1) + 2 d (d + 1)
+  multiply-adds (ReLU features with m = d = d_head, chunk c: within-chunk
+  scores and their product with values and a column of ones; chunk sums and
+  their read-out); the backward pass twice that.
+  """
+  h, d, c = args.n_heads, args.d_model // args.n_heads, core_chunk(args)
+  macs = h * length * (c * d + c * (d + 1) + 2 * d * (d + 1))
+  return 3 * 2.0 * macs / (chunk_rate * 1e9)
+
+
+def time_all(steps, rounds, label):
+  """Compiles each of {name: (fn, args)}, then times them interleaved.
+
+  Returns {name: (median seconds, XLA-planned peak bytes)}; a step that fails
+  to compile or run is reported and left out.
+  """
+  runs, peaks = {}, {}
+  for name, (fn, fn_args) in steps.items():
+    start = time.time()
+    try:
+      run, peaks[name] = report.compile_step(fn, *fn_args)
+    except Exception as e:  # pylint: disable=broad-except
+      print(f'{label} {name}: failed: {type(e).__name__}: {e}'[:300],
+            flush=True)
+      continue
+    runs[name] = lambda i, run=run: run()
+    print(f'{label} {name}: compiled ({time.time() - start:.0f}s)', flush=True)
+  times = report.time_interleaved(runs, rounds)
+  return {name: (float(np.median(t)), peaks[name]) for name, t in times.items()}
 
 
 def main(argv=None):
@@ -112,45 +216,64 @@ def main(argv=None):
                       help='causal chunk (default: the layer default)')
   parser.add_argument('--unblocked_max_len', type=int, default=16384)
   parser.add_argument('--batch', type=int, default=1)
-  parser.add_argument('--repeats', type=int, default=3)
+  parser.add_argument('--repeats', type=int, default=5,
+                      help='timed rounds (each times every layer once)')
   parser.add_argument('--exact_max_len', type=int, default=8192)
   parser.add_argument('--lsh_max_len', type=int, default=16384)
+  parser.add_argument('--core_max_len', type=int, default=8192)
   args = parser.parse_args(argv)
   os.makedirs(os.path.dirname(args.out) or '.', exist_ok=True)
   lengths = [int(s) for s in args.lengths.split(',') if s]
   extra = [int(s) for s in args.favor_extra_lengths.split(',') if s]
-  record = {'machine': report.machine_info(), 'config': vars(args), 'layers': {},
-            'cores': {}}
+  record = {'machine': report.machine_info(), 'config': vars(args),
+            'layers': {}, 'cores': {}, 'product_gflops': {}, 'floors': {}}
 
   def save():
     report.save_json(record, args.out + '.json')
 
   for length in lengths + extra:
+    label = f'L={length:6d}'
     x = jnp.asarray(np.random.default_rng(length).standard_normal(
         (args.batch, length, args.d_model)), jnp.float32)
-    layers = _layers(args, length)
+    made = _layers(args, length)
     if length in extra:
-      layers = {k: v for k, v in layers.items() if k.startswith(
+      made = {k: v for k, v in made.items() if k.startswith(
           ('favor', 'identity'))}
-    for name, make in layers.items():
-      start = time.time()
-      try:
-        seconds, peak = bench_layer(make(), x, args.repeats)
-      except Exception as e:  # pylint: disable=broad-except
-        print(f'L={length} {name}: failed: {type(e).__name__}: {e}'[:300],
-              flush=True)
-        continue
+    steps = {name: layer_step(make(), x) for name, make in made.items()}
+    for name, (seconds, peak) in time_all(steps, args.repeats, label).items():
       record['layers'].setdefault(name, {})[length] = {
           'seconds': seconds, 'peak_bytes': peak}
-      print(f'L={length:6d} {name:18s} {seconds * 1e3:10.1f} ms  peak '
-            f'{(peak or 0) / 2**20:8.1f} MiB  ({time.time() - start:.0f}s)',
-            flush=True)
-      save()
-    if length in lengths and length <= 8192:
-      for name, seconds in bench_cores(args, length).items():
+      print(f'{label} {name:22s} {seconds * 1e3:10.1f} ms  peak '
+            f'{(peak or 0) / 2**20:8.1f} MiB', flush=True)
+    save()
+    if length in extra:
+      continue
+    products = product_steps(args, length)
+    timed = time_all({n: p[:2] for n, p in products.items()},
+                     2 * args.repeats, label)
+    rates = {n: products[n][2] / timed[n][0] / 1e9 for n in timed}
+    record['product_gflops'][length] = rates
+    print(f'{label} GFLOP/s ' + ', '.join(f'{n} {r:.1f}'
+                                          for n, r in rates.items()),
+          flush=True)
+    floors = record['floors'].setdefault(length, {})
+    identity = record['layers'].get('identity', {}).get(length)
+    if identity and len(rates) == len(products):
+      floors['bidir_over_identity'] = bidir_floor(args, length, rates,
+                                                  identity['seconds'])
+    if length <= args.core_max_len:
+      for name, (seconds, _) in time_all(core_steps(args, length),
+                                         args.repeats, label).items():
         record['cores'].setdefault(name, {})[length] = seconds
-        print(f'L={length:6d} {name:18s} {seconds * 1e3:10.1f} ms', flush=True)
-      save()
+        print(f'{label} {name:22s} {seconds * 1e3:10.1f} ms', flush=True)
+      trax_core = record['cores'].get('core_trax_relu', {}).get(length)
+      if trax_core and 'chunk' in rates:
+        floors['core_ours_relu_seconds'] = core_floor_seconds(
+            args, length, rates['chunk'])
+        floors['core_trax_over_ours_max'] = (
+            trax_core / floors['core_ours_relu_seconds'])
+    print(f'{label} floors {floors}', flush=True)
+    save()
   record['peak_rss_mib'] = resource.getrusage(
       resource.RUSAGE_SELF).ru_maxrss / 1024
   save()

@@ -27,6 +27,7 @@ tokens, the PerformerLM (O(1) FAVOR state) against trax's TransformerLM in
 predict mode (a key/value cache as long as the sequence).
 """
 
+import functools
 import json
 import subprocess
 import sys
@@ -118,12 +119,12 @@ def measure_steps_interleaved(family, models, bindings, steps, batch):
   """
   built = {model: _reversible_trainer(family, model, bindings, batch)
            for model in models}
-  times = {model: [] for model in models}
-  for i in range(steps + 2):  # two warm-up rounds compile everything
-    for model, (trainer, data, _) in built.items():
-      times[model].append(_timed_step(trainer, data, i)[0])
-  return {model: dict(built[model][2], seconds=float(np.median(ts[2:])),
-                      step_seconds=ts[2:])
+  step_fns = {model: functools.partial(_timed_step, trainer, data)
+              for model, (trainer, data, _) in built.items()}
+  report.time_interleaved(step_fns, 2)  # warm-up rounds compile everything
+  times = report.time_interleaved(step_fns, steps)
+  return {model: dict(built[model][2], seconds=float(np.median(ts)),
+                      step_seconds=ts)
           for model, ts in times.items()}
 
 

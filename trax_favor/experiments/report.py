@@ -70,25 +70,41 @@ def markdown_table(header, rows):
   return '\n'.join(lines) + '\n'
 
 
-def compile_and_time(fn, *fn_args, repeats=3):
-  """Compiles jit(fn) once; returns (median seconds, XLA-planned peak bytes).
+def compile_step(fn, *fn_args):
+  """Compiles jit(fn) for fn_args and runs it once (the warm-up).
 
-  The peak is what XLA plans for arguments, outputs and temporaries of the
-  compiled program (None where the backend does not say): a device-independent
-  memory figure, the same on every run.
+  Returns (run, peak): run() calls the compiled program on fn_args and waits
+  for its result; peak is what XLA plans for arguments, outputs and
+  temporaries of the program (None where the backend does not say): a
+  device-independent memory figure, the same on every run.
   """
   compiled = jax.jit(fn).lower(*fn_args).compile()
-  jax.block_until_ready(compiled(*fn_args))  # warm-up
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(compiled(*fn_args))
-    times.append(time.perf_counter() - start)
+
+  def run():
+    return jax.block_until_ready(compiled(*fn_args))
+
+  run()
   stats = compiled.memory_analysis()
   peak = None if stats is None else int(
       stats.temp_size_in_bytes + stats.argument_size_in_bytes +
       stats.output_size_in_bytes)
-  return float(np.median(times)), peak
+  return run, peak
+
+
+def time_interleaved(runs, rounds):
+  """Seconds of each call of `runs` ({name: run(i)}), the names in turn.
+
+  Round i calls every run once, with i. On a shared host whose speed drifts
+  (steal time), ratios of medians taken this way are steadier than ratios
+  of separate timing runs. Returns {name: [seconds per round]}.
+  """
+  times = {name: [] for name in runs}
+  for i in range(rounds):
+    for name, run in runs.items():
+      start = time.perf_counter()
+      run(i)
+      times[name].append(time.perf_counter() - start)
+  return times
 
 
 def process_memory_bytes(field):
