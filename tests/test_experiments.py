@@ -16,6 +16,7 @@ from trax_favor import runs
 from trax_favor.experiments import approximation
 from trax_favor.experiments import ladder
 from trax_favor.experiments import model_bench
+from trax_favor.experiments import report
 from trax_favor.experiments import transfer
 
 
@@ -115,6 +116,21 @@ def test_model_bench_step_is_trax_reversible_training(in_repo):
     assert result['n_params'] == results[model]['n_params']
     assert len(result['step_seconds']) == 3
     assert result['seconds'] == np.median(result['step_seconds']) > 0
+
+
+def test_benchmark_timing_interleaves_compiled_steps():
+  x = jax.numpy.arange(12.0).reshape(3, 4)
+  run, peak = report.compile_step(lambda x: (x @ x.T).sum(axis=0), x)
+  np.testing.assert_allclose(run(), (x @ x.T).sum(axis=0))
+  assert peak >= x.nbytes  # the argument is part of the planned peak
+  calls = []
+  times = report.time_interleaved(
+      {name: (lambda i, name=name: calls.append((i, name))) for name in 'ab'},
+      3)
+  # One call of each per round, in turn: drift hits both sides alike.
+  assert calls == [(0, 'a'), (0, 'b'), (1, 'a'), (1, 'b'), (2, 'a'),
+                   (2, 'b')]
+  assert [len(t) for t in times.values()] == [3, 3]
 
 
 def test_decoding_state_is_constant_for_performer_and_grows_for_transformer():
