@@ -119,33 +119,37 @@ BLOCK = 512  # FavorSelfAttention's default block_size
 def product_steps(args, length):
   """The matrix products the layers are made of, forward only, alone.
 
+  FAVOR's are timed on the shapes one length block (BLOCK tokens, what one
+  step of the layer's scan over blocks sees) gives them; their flops are
+  per block.
+
   Returns {name: (fn, args, flops)}:
     projection  (b l, d_model) by (d_model, d_model): the four projections
-    features    per head (l, d_head) by (d_head, m): feature maps
-    key_sums    per head and length block, (m, block) by (block, d_head)
-    read_out    per head and length block, (block, m) by (m, d_head)
-    chunk       per head and chunk, (c, d_head) by (d_head, c): the causal
-                ReLU core's products (m = d_head; its others are the same
-                size or close: c by c by d_head + 1, d_head by c by d_head + 1)
+    features    per head, (block, d_head) by (d_head, m): feature maps
+    key_sums    per head, (m, block) by (block, d_head)
+    read_out    per head, (block, m) by (m, d_head)
+    chunk       per head and chunk over the whole length, (c, d_head) by
+                (d_head, c): the causal ReLU core's products (m = d_head; its
+                others are the same size or close: c by c by d_head + 1,
+                d_head by c by d_head + 1)
   """
   h, d_head, m = args.n_heads, args.d_model // args.n_heads, (
       args.n_random_features)
-  rows, c = args.batch * length, core_chunk(args)
-  n_blocks, n_chunks = max(1, rows // BLOCK), max(1, rows // c)
+  rows, c, b = args.batch * length, core_chunk(args), args.batch
+  n_chunks = max(1, length // c)
+  per_block = 2 * b * h * BLOCK * d_head * m
   rng = np.random.default_rng(1)
   a = lambda *shape: jnp.asarray(rng.standard_normal(shape), jnp.float32)
   return {
       'projection': (jnp.matmul, (a(rows, args.d_model),
                                   a(args.d_model, args.d_model)),
                      2 * rows * args.d_model ** 2),
-      'features': (lambda x, w: jnp.einsum('hld,md->hlm', x, w),
-                   (a(h, rows, d_head), a(m, d_head)), 2 * h * rows * d_head * m),
-      'key_sums': (lambda k, v: jnp.einsum('nhlm,nhlv->nhmv', k, v),
-                   (a(n_blocks, h, BLOCK, m), a(n_blocks, h, BLOCK, d_head)),
-                   2 * h * n_blocks * BLOCK * m * d_head),
-      'read_out': (lambda q, kv: jnp.einsum('nhlm,nhmv->nhlv', q, kv),
-                   (a(n_blocks, h, BLOCK, m), a(n_blocks, h, m, d_head)),
-                   2 * h * n_blocks * BLOCK * m * d_head),
+      'features': (lambda x, w: jnp.einsum('bhld,md->bhlm', x, w),
+                   (a(b, h, BLOCK, d_head), a(m, d_head)), per_block),
+      'key_sums': (lambda k, v: jnp.einsum('bhlm,bhlv->bhmv', k, v),
+                   (a(b, h, BLOCK, m), a(b, h, BLOCK, d_head)), per_block),
+      'read_out': (lambda q, kv: jnp.einsum('bhlm,bhmv->bhlv', q, kv),
+                   (a(b, h, BLOCK, m), a(b, h, m, d_head)), per_block),
       'chunk': (lambda q, k: jnp.einsum('hncm,hnkm->hnck', q, k),
                 (a(h, n_chunks, c, d_head), a(h, n_chunks, c, d_head)),
                 2 * h * n_chunks * c * c * d_head),
