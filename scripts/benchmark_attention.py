@@ -191,7 +191,8 @@ def time_all(steps, rounds, label, statistic=np.median):
   """Compiles each of {name: (fn, args)}, then times them interleaved.
 
   Returns {name: (statistic of the seconds per round, XLA-planned peak
-  bytes)}; a step that fails to compile or run is reported and left out.
+  bytes, the seconds per round)}; a step that fails to compile or run is
+  reported and left out.
   """
   runs, peaks = {}, {}
   for name, (fn, fn_args) in steps.items():
@@ -205,8 +206,26 @@ def time_all(steps, rounds, label, statistic=np.median):
     runs[name] = lambda i, run=run: run()
     print(f'{label} {name}: compiled ({time.time() - start:.0f}s)', flush=True)
   times = report.time_interleaved(runs, rounds)
-  return {name: (float(statistic(t)), peaks[name])
+  return {name: (float(statistic(t)), peaks[name], t)
           for name, t in times.items()}
+
+
+# Ratios of two timed steps, as the median over rounds of the ratio within a
+# round (the pair ran back to back, so a slow spell of the host hits both).
+PAIRED = {
+    'bidir_over_identity': ('favor_bidir', 'identity'),
+    'causal_over_bidir': ('favor_causal', 'favor_bidir'),
+    'trax_causal_favor_over_causal': ('trax_causal_favor', 'favor_causal'),
+    'lsh_over_causal': ('lsh', 'favor_causal'),
+    'exact_over_bidir': ('exact', 'favor_bidir'),
+    'core_trax_over_ours': ('core_trax_relu', 'core_ours_relu'),
+}
+
+
+def paired_ratios(timed):
+  """The PAIRED ratios whose two steps are both in timed (time_all's)."""
+  return {name: float(np.median(np.divide(timed[a][2], timed[b][2])))
+          for name, (a, b) in PAIRED.items() if a in timed and b in timed}
 
 
 def main(argv=None):
@@ -222,7 +241,7 @@ def main(argv=None):
                       help='causal chunk (default: the layer default)')
   parser.add_argument('--unblocked_max_len', type=int, default=16384)
   parser.add_argument('--batch', type=int, default=1)
-  parser.add_argument('--repeats', type=int, default=5,
+  parser.add_argument('--repeats', type=int, default=7,
                       help='timed rounds (each times every layer once)')
   parser.add_argument('--exact_max_len', type=int, default=8192)
   parser.add_argument('--lsh_max_len', type=int, default=16384)
@@ -234,7 +253,8 @@ def main(argv=None):
   lengths = [int(s) for s in args.lengths.split(',') if s]
   extra = [int(s) for s in args.favor_extra_lengths.split(',') if s]
   record = {'machine': report.machine_info(), 'config': vars(args),
-            'layers': {}, 'cores': {}, 'product_gflops': {}, 'floors': {}}
+            'layers': {}, 'cores': {}, 'paired': {}, 'product_gflops': {},
+            'floors': {}}
 
   def save():
     report.save_json(record, args.out + '.json')
@@ -248,9 +268,12 @@ def main(argv=None):
       made = {k: v for k, v in made.items() if k.startswith(
           ('favor', 'identity'))}
     steps = {name: layer_step(make(), x) for name, make in made.items()}
-    for name, (seconds, peak) in time_all(steps, args.repeats, label).items():
+    timed = time_all(steps, args.repeats, label)
+    paired = record['paired'].setdefault(length, {})
+    paired.update(paired_ratios(timed))
+    for name, (seconds, peak, rounds) in timed.items():
       record['layers'].setdefault(name, {})[length] = {
-          'seconds': seconds, 'peak_bytes': peak}
+          'seconds': seconds, 'peak_bytes': peak, 'round_seconds': rounds}
       print(f'{label} {name:22s} {seconds * 1e3:10.1f} ms  peak '
             f'{(peak or 0) / 2**20:8.1f} MiB', flush=True)
     save()
@@ -260,9 +283,9 @@ def main(argv=None):
     # Each product takes milliseconds, where steal time on a shared host
     # swings medians 3x: the fastest of many rounds is its rate (so the
     # floors below err low, the ceiling high).
-    timed = time_all({n: p[:2] for n, p in products.items()},
-                     args.product_rounds, label, statistic=np.min)
-    rates = {n: products[n][2] / timed[n][0] / 1e9 for n in timed}
+    fastest = time_all({n: p[:2] for n, p in products.items()},
+                       args.product_rounds, label, statistic=np.min)
+    rates = {n: products[n][2] / fastest[n][0] / 1e9 for n in fastest}
     record['product_gflops'][length] = rates
     print(f'{label} GFLOP/s ' + ', '.join(f'{n} {r:.1f}'
                                           for n, r in rates.items()),
@@ -273,8 +296,9 @@ def main(argv=None):
       floors['bidir_over_identity'] = bidir_floor(args, length, rates,
                                                   identity['seconds'])
     if length <= args.core_max_len:
-      for name, (seconds, _) in time_all(core_steps(args, length),
-                                         args.repeats, label).items():
+      timed_cores = time_all(core_steps(args, length), args.repeats, label)
+      paired.update(paired_ratios(timed_cores))
+      for name, (seconds, _, _) in timed_cores.items():
         record['cores'].setdefault(name, {})[length] = seconds
         print(f'{label} {name:22s} {seconds * 1e3:10.1f} ms', flush=True)
       trax_core = record['cores'].get('core_trax_relu', {}).get(length)
@@ -283,7 +307,7 @@ def main(argv=None):
             args, length, rates['chunk'])
         floors['core_trax_over_ours_max'] = (
             trax_core / floors['core_ours_relu_seconds'])
-    print(f'{label} floors {floors}', flush=True)
+    print(f'{label} paired ratios {paired}; floors {floors}', flush=True)
     save()
   record['peak_rss_mib'] = resource.getrusage(
       resource.RUSAGE_SELF).ru_maxrss / 1024
