@@ -23,8 +23,8 @@ Block and chunk are different things: a chunk (`chunk_size`, causal only) is
 the unit of the within-chunk masked product; a block is the unit of feature
 memory, a whole number of chunks. In the attention benchmark (2-core CPU,
 l = 16384, 8 heads, m = 256, forward and backward) blocks of 512 cut the
-layer's XLA-planned memory from 971 to 409 MiB (bidirectional, also 1.3x
-faster) and from 1612 to 444 MiB (causal, same time): README, Results.
+layer's XLA-planned memory from 971 to 409 MiB (bidirectional, also 1.2x
+faster) and from 1612 to 444 MiB (causal, 1.1x slower): README, Results.
 """
 
 import functools
