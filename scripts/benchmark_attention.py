@@ -250,8 +250,8 @@ def main(argv=None):
                       help='timed rounds of the products alone (fastest)')
   args = parser.parse_args(argv)
   os.makedirs(os.path.dirname(args.out) or '.', exist_ok=True)
-  lengths = [int(s) for s in args.lengths.split(',') if s]
-  extra = [int(s) for s in args.favor_extra_lengths.split(',') if s]
+  lengths = report.comma_list(args.lengths, int)
+  extra = report.comma_list(args.favor_extra_lengths, int)
   record = {'machine': report.machine_info(), 'config': vars(args),
             'layers': {}, 'cores': {}, 'paired': {}, 'product_gflops': {},
             'floors': {}}

@@ -48,8 +48,7 @@ def main(argv=None):
   parser.add_argument('--decode_width', default='256,1024,4,2',
                       help='d_model,d_ff,n_heads,n_layers of the decoders')
   args = parser.parse_args(argv)
-  width = [b for b in args.width_bindings.split(',') if b]
-  width = _rejoin_tuples(width)
+  width = _rejoin_tuples(report.comma_list(args.width_bindings))
   record = report.load_json(args.out + '.json') or {}
   record.update(machine=report.machine_info(), config=vars(args))
   record.setdefault('steps', {})
@@ -70,7 +69,7 @@ def main(argv=None):
   for model in model_bench.MODELS:  # ImageNet64: 12288 tokens
     if model != 'exact' or 12288 <= args.exact_max_len:
       run('steps', f'imagenet64/{model}', step, 'imagenet64', model, [])
-  interleave = [m for m in args.interleave.split(',') if m]
+  interleave = report.comma_list(args.interleave)
   if interleave and not all(f'imagenet64/{m}' in record['interleaved']
                             for m in interleave):
     result = step('imagenet64', interleave, [])
@@ -87,13 +86,13 @@ def main(argv=None):
           pg19)
   depth_bindings = [f'SEQUENCE_LENGTH={args.depth_length}',
                     f'LSH_N_BUCKETS={2 * args.depth_length // 128}']
-  for depth in _ints(args.depths):
+  for depth in report.comma_list(args.depths, int):
     for model in ('performer', 'reformer'):
       run('depth', f'{model}/{depth}', step, 'pg19', model,
           depth_bindings + [f'N_LAYERS={depth}'])
   decode_width = tuple(int(v) for v in args.decode_width.split(','))
   for kind in ('performer', 'transformer'):
-    for prefix in _ints(args.prefixes):
+    for prefix in report.comma_list(args.prefixes, int):
       run('decoding', f'{kind}/{prefix}', model_bench.measure_decoding, kind,
           prefix, args.decode_tokens, decode_width)
   record['ratios'] = model_bench.ratios(record)
@@ -102,11 +101,6 @@ def main(argv=None):
   print(report.markdown_table(['ratio', 'value'],
                               sorted(record['ratios'].items())))
   print(f'wrote {args.out}.json and {args.out}.png')
-
-
-def _ints(text):
-  """'6,12,24' -> [6, 12, 24]; '' -> [] (the section is skipped)."""
-  return [int(part) for part in text.split(',') if part]
 
 
 def _rejoin_tuples(parts):

@@ -58,6 +58,11 @@ def save_json(record, path):
   os.replace(tmp, path)
 
 
+def comma_list(text, kind=str):
+  """A command-line list: '6,12,24' -> [6, 12, 24] with kind=int; '' -> []."""
+  return [kind(part) for part in text.split(',') if part]
+
+
 def markdown_table(header, rows):
   """A GitHub Markdown table; floats get 4 significant digits."""
   def cell(value):
