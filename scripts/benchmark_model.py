@@ -69,15 +69,22 @@ def main(argv=None):
   for model in model_bench.MODELS:  # ImageNet64: 12288 tokens
     if model != 'exact' or 12288 <= args.exact_max_len:
       run('steps', f'imagenet64/{model}', step, 'imagenet64', model, [])
-  interleave = report.comma_list(args.interleave)
-  if interleave and not all(f'imagenet64/{m}' in record['interleaved']
-                            for m in interleave):
-    result = step('imagenet64', interleave, [])
+  def run_together(table, prefix, names, fn, *fn_args):
+    """fn measures several things at once: {name: result} -> table[prefix+name]."""
+    if not names or all(prefix + n in record[table] for n in names):
+      return
+    result = fn(*fn_args)
     if 'failed' in result:
-      print(f'interleaved: {result}', flush=True)
-    else:
-      for m, r in result.items():
-        run('interleaved', f'imagenet64/{m}', lambda r=r: r)
+      print(f'{table}: {result}', flush=True)
+      return
+    for name, r in result.items():
+      record[table][prefix + name] = r
+      print(f'{table} {prefix}{name}: {r}', flush=True)
+    report.save_json(record, args.out + '.json')
+
+  interleave = report.comma_list(args.interleave)
+  run_together('interleaved', 'imagenet64/', interleave, step, 'imagenet64',
+               interleave, [])
   pg19 = [f'SEQUENCE_LENGTH={args.pg19_length}',
           f'LSH_N_BUCKETS={2 * args.pg19_length // 128}']
   for model in model_bench.MODELS if args.pg19_length else ():
@@ -90,11 +97,11 @@ def main(argv=None):
     for model in ('performer', 'reformer'):
       run('depth', f'{model}/{depth}', step, 'pg19', model,
           depth_bindings + [f'N_LAYERS={depth}'])
-  decode_width = tuple(int(v) for v in args.decode_width.split(','))
-  for kind in ('performer', 'transformer'):
-    for prefix in report.comma_list(args.prefixes, int):
-      run('decoding', f'{kind}/{prefix}', model_bench.measure_decoding, kind,
-          prefix, args.decode_tokens, decode_width)
+  decoders = [(kind, prefix) for kind in ('performer', 'transformer')
+              for prefix in report.comma_list(args.prefixes, int)]
+  run_together('decoding', '', [f'{k}/{p}' for k, p in decoders],
+               model_bench.measure_decoding, decoders, args.decode_tokens,
+               tuple(report.comma_list(args.decode_width, int)))
   record['ratios'] = model_bench.ratios(record)
   report.save_json(record, args.out + '.json')
   model_bench.plot(record, args.out + '.png')

@@ -136,12 +136,22 @@ def test_benchmark_timing_interleaves_compiled_steps():
 
 def test_decoding_state_is_constant_for_performer_and_grows_for_transformer():
   width = (16, 32, 2, 1)  # d_model, d_ff, n_heads, n_layers
-  performer = [model_bench.measure_decoding('performer', p, 4, width)
-               for p in (8, 64)]
-  transformer = [model_bench.measure_decoding('transformer', p, 4, width)
-                 for p in (8, 64)]
-  assert performer[0]['state_bytes'] == performer[1]['state_bytes']
-  assert transformer[1]['state_bytes'] > transformer[0]['state_bytes']
+  decoders = [(kind, p) for kind in ('performer', 'transformer')
+              for p in (8, 64)]
+  found = model_bench.measure_decoding(decoders, 4, width)
+  assert sorted(found) == sorted(f'{k}/{p}' for k, p in decoders)
+  assert (found['performer/8']['state_bytes'] ==
+          found['performer/64']['state_bytes'])
+  assert (found['transformer/64']['state_bytes'] >
+          found['transformer/8']['state_bytes'])
+  for result in found.values():
+    assert len(result['token_seconds']) == 4
+    assert result['seconds_per_token'] == np.median(result['token_seconds'])
+  # Ratios of interleaved decoders pair the tokens of one round.
+  found['performer/8']['token_seconds'] = [1.0, 2.0, 4.0, 8.0]
+  found['performer/64']['token_seconds'] = [3.0, 2.0, 4.0, 16.0]
+  ratio = model_bench.ratios({'decoding': found})
+  assert ratio['decode performer: per-token time at prefix 64 / 8'] == 1.5
 
 
 def test_approximation_error_falls_with_m():

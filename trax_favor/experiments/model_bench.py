@@ -24,7 +24,8 @@ step of each in turn, for time ratios that drift less on a shared host.
 
 Decoding: seconds per generated token after a prefix of 128 and of 8192
 tokens, the PerformerLM (O(1) FAVOR state) against trax's TransformerLM in
-predict mode (a key/value cache as long as the sequence).
+predict mode (a key/value cache as long as the sequence), all four decoders
+in one process, generating one token each in turn.
 """
 
 import functools
@@ -171,28 +172,45 @@ def _lm_decoder(kind, length, width):
     gin.clear_config()
 
 
-def measure_decoding(kind, prefix, n_tokens, width):
-  """Seconds per generated token after a prefix of `prefix` tokens."""
-  model = _lm_decoder(kind, prefix + n_tokens + 1, width)
-  model.init(shapes.ShapeDtype((1, 1), np.int32), rng=jax.random.PRNGKey(0))
-  prompt = np.random.default_rng(0).integers(1, 256, (1, prefix),
-                                             dtype=np.int32)
-  fill = jax.jit(model.pure_fn)  # the prefix in one predict-mode call
-  _, state = fill(prompt, model.weights, model.state, jax.random.PRNGKey(0))
-  step = sampling._step_fn(model)  # pylint: disable=protected-access
-  token = prompt[:, -1:]
-  times = []
-  for i in range(n_tokens):
-    start = time.perf_counter()
-    token, _, state = step(token.reshape(1, 1), model.weights, state,
-                           jax.random.PRNGKey(i), 0.0)
-    jax.block_until_ready(token)
-    times.append(time.perf_counter() - start)
-  state_bytes = sum(int(np.size(s)) * np.dtype(s.dtype).itemsize
-                    for s in jax.tree_util.tree_leaves(state))
-  return {'kind': kind, 'prefix': prefix,
-          'seconds_per_token': float(np.median(times[2:])),
-          'state_bytes': state_bytes}
+def measure_decoding(decoders, n_tokens, width):
+  """Seconds per generated token of several decoders, their tokens alternating.
+
+  decoders: (kind, prefix) pairs, kind 'performer' or 'transformer'. Each
+  decoder is fed its prefix in one predict-mode call, then all generate
+  n_tokens greedily in turn, one token each per round (after 2 warm-up
+  rounds), so that a slow spell of a shared host hits every decoder alike.
+  Returns {'kind/prefix': {kind, prefix, seconds_per_token (median),
+  token_seconds (per round), state_bytes}}.
+  """
+  steps, found = {}, {}
+  for kind, prefix in decoders:
+    model = _lm_decoder(kind, prefix + n_tokens + 3, width)
+    model.init(shapes.ShapeDtype((1, 1), np.int32),
+               rng=jax.random.PRNGKey(0))
+    prompt = np.random.default_rng(0).integers(1, 256, (1, prefix),
+                                               dtype=np.int32)
+    fill = jax.jit(model.pure_fn)  # the prefix in one predict-mode call
+    _, state = fill(prompt, model.weights, model.state, jax.random.PRNGKey(0))
+    name = f'{kind}/{prefix}'
+    found[name] = {'kind': kind, 'prefix': prefix, 'state_bytes': sum(
+        int(np.size(s)) * np.dtype(s.dtype).itemsize
+        for s in jax.tree_util.tree_leaves(state))}
+    steps[name] = functools.partial(
+        _decode_token, sampling._step_fn(model),  # pylint: disable=protected-access
+        model.weights, {'token': prompt[:, -1:], 'state': state})
+  report.time_interleaved(steps, 2)  # warm-up rounds compile the steps
+  times = report.time_interleaved(steps, n_tokens)
+  for name, seconds in times.items():
+    found[name].update(seconds_per_token=float(np.median(seconds)),
+                       token_seconds=seconds)
+  return found
+
+
+def _decode_token(step, weights, carry, i):
+  """One greedy predict-mode token; carry holds the last token and state."""
+  token, _, carry['state'] = step(carry['token'].reshape(1, 1), weights,
+                                  carry['state'], jax.random.PRNGKey(i), 0.0)
+  carry['token'] = jax.block_until_ready(token)
 
 
 def _child_main(arg):
@@ -208,7 +226,14 @@ if __name__ == '__main__':
   _child_main(sys.argv[1])
 
 
-def _ratio(table, a, b, field):
+def _ratio(table, a, b, field, series=None):
+  """table[a][field] / table[b][field], or None where either is missing.
+
+  With `series` (a field of per-round seconds, taken in turn), the median
+  over rounds of the ratio within a round where both records have it.
+  """
+  if series and all(series in table.get(x, {}) for x in (a, b)):
+    return float(np.median(np.divide(table[a][series], table[b][series])))
   if a in table and b in table and field in table[a] and field in table[b]:
     return table[a][field] / table[b][field]
   return None
@@ -243,9 +268,11 @@ def ratios(record):
     lo, hi = prefixes[0], prefixes[-1]
     for kind in ('performer', 'transformer'):
       found[f'decode {kind}: per-token time at prefix {hi} / {lo}'] = _ratio(
-          decoding, f'{kind}/{hi}', f'{kind}/{lo}', 'seconds_per_token')
+          decoding, f'{kind}/{hi}', f'{kind}/{lo}', 'seconds_per_token',
+          'token_seconds')
     found[f'decode at prefix {hi}: transformer / performer time'] = _ratio(
-        decoding, f'transformer/{hi}', f'performer/{hi}', 'seconds_per_token')
+        decoding, f'transformer/{hi}', f'performer/{hi}', 'seconds_per_token',
+        'token_seconds')
   return {k: v for k, v in found.items() if v is not None}
 
 
