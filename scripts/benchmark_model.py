@@ -44,7 +44,7 @@ def main(argv=None):
   parser.add_argument('--batch', type=int, default=1)
   parser.add_argument('--steps', type=int, default=3)
   parser.add_argument('--prefixes', default='128,8192')
-  parser.add_argument('--decode_tokens', type=int, default=32)
+  parser.add_argument('--decode_tokens', type=int, default=64)
   parser.add_argument('--decode_width', default='256,1024,4,2',
                       help='d_model,d_ff,n_heads,n_layers of the decoders')
   args = parser.parse_args(argv)
