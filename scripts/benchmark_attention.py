@@ -219,6 +219,9 @@ PAIRED = {
     'lsh_over_causal': ('lsh', 'favor_causal'),
     'exact_over_bidir': ('exact', 'favor_bidir'),
     'core_trax_over_ours': ('core_trax_relu', 'core_ours_relu'),
+    'bidir_unblocked_over_bidir': ('favor_bidir_unblocked', 'favor_bidir'),
+    'causal_unblocked_over_causal': ('favor_causal_unblocked',
+                                     'favor_causal'),
 }
 
 
