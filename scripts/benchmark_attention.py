@@ -227,7 +227,7 @@ PAIRED = {
 
 def paired_ratios(timed):
   """The PAIRED ratios whose two steps are both in timed (time_all's)."""
-  return {name: float(np.median(np.divide(timed[a][2], timed[b][2])))
+  return {name: report.paired_ratio(timed[a][2], timed[b][2])
           for name, (a, b) in PAIRED.items() if a in timed and b in timed}
 
 

@@ -233,7 +233,7 @@ def _ratio(table, a, b, field, series=None):
   over rounds of the ratio within a round where both records have it.
   """
   if series and all(series in table.get(x, {}) for x in (a, b)):
-    return float(np.median(np.divide(table[a][series], table[b][series])))
+    return report.paired_ratio(table[a][series], table[b][series])
   if a in table and b in table and field in table[a] and field in table[b]:
     return table[a][field] / table[b][field]
   return None
@@ -250,9 +250,9 @@ def ratios(record):
       p, i, r = (f'{family}/performer', f'{family}/identity',
                  f'{family}/reformer')
       found[f'{family}{tag}: performer / identity time'] = _ratio(
-          table, p, i, 'seconds')
+          table, p, i, 'seconds', 'step_seconds')
       found[f'{family}{tag}: performer / reformer time'] = _ratio(
-          table, p, r, 'seconds')
+          table, p, r, 'seconds', 'step_seconds')
       found[f'{family}{tag}: performer / reformer memory'] = _ratio(
           table, p, r, 'model_peak_bytes')
   depths = sorted({int(key.split('/')[1]) for key in depth})

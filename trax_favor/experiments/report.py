@@ -112,6 +112,15 @@ def time_interleaved(runs, rounds):
   return times
 
 
+def paired_ratio(seconds_a, seconds_b):
+  """Median over rounds of a's seconds over b's in the same round.
+
+  For two lists from one `time_interleaved`: a slow spell of the host
+  inflates both sides of a round's ratio alike.
+  """
+  return float(np.median(np.divide(seconds_a, seconds_b)))
+
+
 def process_memory_bytes(field):
   """A memory field of /proc/self/status (Linux), e.g. VmRSS, in bytes."""
   with open('/proc/self/status') as f:
