@@ -23,7 +23,8 @@ alone (GFLOP/s of the fastest of --product_rounds calls, `product_steps`).
 From those rates, `floors` gives what two ratios would be if FAVOR's
 products ran that fast inside the layer and everything else were free:
 bidirectional FAVOR+ over identity, and the most trax's core could take
-over ours. Writes JSON (machine, versions, git SHA) and a PNG.
+over ours. Writes JSON (machine, versions, git SHA) after each length, and a
+PNG; rerun with the same settings to resume (finished lengths are skipped).
 
     python scripts/benchmark_attention.py --out results/attention_cpu
 """
@@ -231,6 +232,33 @@ def paired_ratios(timed):
           for name, (a, b) in PAIRED.items() if a in timed and b in timed}
 
 
+# The settings a measurement depends on: a rerun resumes an earlier record
+# only where all of them, and the code's git SHA, are the same.
+MEASURED_WITH = ('d_model', 'n_heads', 'n_random_features', 'chunk_size',
+                 'unblocked_max_len', 'batch', 'repeats', 'exact_max_len',
+                 'lsh_max_len', 'core_max_len', 'product_rounds')
+
+
+def earlier_record(args):
+  """The JSON of an interrupted or shorter run to resume, else None.
+
+  Lengths in its 'finished' list are skipped; a length is finished once all
+  its measurements are saved, so an interruption loses at most the length
+  being measured.
+  """
+  record = report.load_json(args.out + '.json')
+  if record is None:
+    return None
+  same = record.get('machine', {}).get('git_sha') == report.git_sha() and all(
+      record['config'].get(k) == getattr(args, k) for k in MEASURED_WITH)
+  if not same or 'finished' not in record:
+    print(f'{args.out}.json: other code or settings, starting over',
+          flush=True)
+    return None
+  record['config'] = vars(args)
+  return record
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--out', default='results/attention_cpu')
@@ -255,15 +283,19 @@ def main(argv=None):
   os.makedirs(os.path.dirname(args.out) or '.', exist_ok=True)
   lengths = report.comma_list(args.lengths, int)
   extra = report.comma_list(args.favor_extra_lengths, int)
-  record = {'machine': report.machine_info(), 'config': vars(args),
-            'layers': {}, 'cores': {}, 'paired': {}, 'product_gflops': {},
-            'floors': {}}
+  record = earlier_record(args) or {
+      'machine': report.machine_info(), 'config': vars(args), 'finished': [],
+      'layers': {}, 'cores': {}, 'paired': {}, 'product_gflops': {},
+      'floors': {}}
 
   def save():
     report.save_json(record, args.out + '.json')
 
   for length in lengths + extra:
-    label = f'L={length:6d}'
+    label, key = f'L={length:6d}', str(length)  # JSON keys are strings
+    if key in record['finished']:
+      print(f'{label}: measured earlier, skipping', flush=True)
+      continue
     x = jnp.asarray(np.random.default_rng(length).standard_normal(
         (args.batch, length, args.d_model)), jnp.float32)
     made = _layers(args, length)
@@ -272,16 +304,18 @@ def main(argv=None):
           ('favor', 'identity'))}
     steps = {name: layer_step(make(), x) for name, make in made.items()}
     timed = time_all(steps, args.repeats, label)
-    paired = record['paired'].setdefault(length, {})
+    paired = record['paired'].setdefault(key, {})
     paired.update(paired_ratios(timed))
     for name, (seconds, peak, rounds) in timed.items():
-      record['layers'].setdefault(name, {})[length] = {
+      record['layers'].setdefault(name, {})[key] = {
           'seconds': seconds, 'peak_bytes': peak, 'round_seconds': rounds}
       print(f'{label} {name:22s} {seconds * 1e3:10.1f} ms  peak '
             f'{(peak or 0) / 2**20:8.1f} MiB', flush=True)
-    save()
     if length in extra:
+      record['finished'].append(key)
+      save()
       continue
+    save()
     products = product_steps(args, length)
     # Each product takes milliseconds, where steal time on a shared host
     # swings medians 3x: the fastest of many rounds is its rate (so the
@@ -289,12 +323,12 @@ def main(argv=None):
     fastest = time_all({n: p[:2] for n, p in products.items()},
                        args.product_rounds, label, statistic=np.min)
     rates = {n: products[n][2] / fastest[n][0] / 1e9 for n in fastest}
-    record['product_gflops'][length] = rates
+    record['product_gflops'][key] = rates
     print(f'{label} GFLOP/s ' + ', '.join(f'{n} {r:.1f}'
                                           for n, r in rates.items()),
           flush=True)
-    floors = record['floors'].setdefault(length, {})
-    identity = record['layers'].get('identity', {}).get(length)
+    floors = record['floors'].setdefault(key, {})
+    identity = record['layers'].get('identity', {}).get(key)
     if identity and len(rates) == len(products):
       floors['bidir_over_identity'] = bidir_floor(args, length, rates,
                                                   identity['seconds'])
@@ -302,15 +336,16 @@ def main(argv=None):
       timed_cores = time_all(core_steps(args, length), args.repeats, label)
       paired.update(paired_ratios(timed_cores))
       for name, (seconds, _, _) in timed_cores.items():
-        record['cores'].setdefault(name, {})[length] = seconds
+        record['cores'].setdefault(name, {})[key] = seconds
         print(f'{label} {name:22s} {seconds * 1e3:10.1f} ms', flush=True)
-      trax_core = record['cores'].get('core_trax_relu', {}).get(length)
+      trax_core = record['cores'].get('core_trax_relu', {}).get(key)
       if trax_core and 'chunk' in rates:
         floors['core_ours_relu_seconds'] = core_floor_seconds(
             args, length, rates['chunk'])
         floors['core_trax_over_ours_max'] = (
             trax_core / floors['core_ours_relu_seconds'])
     print(f'{label} paired ratios {paired}; floors {floors}', flush=True)
+    record['finished'].append(key)
     save()
   record['peak_rss_mib'] = resource.getrusage(
       resource.RUSAGE_SELF).ru_maxrss / 1024

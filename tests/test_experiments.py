@@ -3,6 +3,7 @@ instead of starting over, its comparisons pair n with 2n layers, the model
 benchmark's step and decoding measurements, the approximation sweep, the
 exact-to-FAVOR+ transfer."""
 
+import importlib.util
 import json
 import math
 import os
@@ -191,3 +192,32 @@ def test_transfer_measures_the_gap_and_fine_tunes_resumably(tmp_path, in_repo):
   for a, b in zip(jax.tree_util.tree_leaves(tuned),
                   jax.tree_util.tree_leaves(tuned_again)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_attention_benchmark_resumes_finished_lengths(tmp_path, in_repo):
+  del in_repo
+  spec = importlib.util.spec_from_file_location(
+      'benchmark_attention', os.path.join('scripts', 'benchmark_attention.py'))
+  bench = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(bench)
+  out = str(tmp_path / 'attention')
+  tiny = ['--out', out, '--d_model=16', '--n_heads=2',
+          '--n_random_features=8', '--repeats=2', '--product_rounds=1',
+          '--exact_max_len=64', '--lsh_max_len=0', '--core_max_len=64',
+          '--unblocked_max_len=0', '--favor_extra_lengths=']
+  bench.main(tiny + ['--lengths=64'])
+  first = report.load_json(out + '.json')
+  assert first['finished'] == ['64']
+  assert len(first['layers']['favor_bidir']['64']['round_seconds']) == 2
+  # Rerun with one more length: 64 is kept as measured, only 128 is new.
+  bench.main(tiny + ['--lengths=64', '--favor_extra_lengths=128'])
+  second = report.load_json(out + '.json')
+  assert second['finished'] == ['64', '128']
+  assert second['layers']['favor_bidir']['64'] == (
+      first['layers']['favor_bidir']['64'])
+  assert set(second['paired']['128']) == {'bidir_over_identity',
+                                          'causal_over_bidir'}
+  # Other settings: the earlier record is not mixed in.
+  bench.main(tiny[:3] + ['--n_random_features=4'] + tiny[4:] +
+             ['--lengths=', '--favor_extra_lengths=128'])
+  assert report.load_json(out + '.json')['finished'] == ['128']
