@@ -29,10 +29,10 @@ def main(argv=None):
                       help="exact-attention model ('' to skip that part)")
   parser.add_argument('--eval_batches', type=int, default=4)
   args = parser.parse_args(argv)
-  ms = [int(m) for m in args.ms.split(',')]
+  ms = report.comma_list(args.ms, int)
   record = {'machine': report.machine_info(), 'config': vars(args)}
   record['attention'] = approximation.attention_sweep(
-      ms, [float(s) for s in args.scales.split(',')], length=args.length,
+      ms, report.comma_list(args.scales, float), length=args.length,
       n_seeds=args.seeds)
   report.save_json(record, args.out + '.json')
   record['model'] = []

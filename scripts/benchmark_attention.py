@@ -239,26 +239,6 @@ MEASURED_WITH = ('d_model', 'n_heads', 'n_random_features', 'chunk_size',
                  'lsh_max_len', 'core_max_len', 'product_rounds')
 
 
-def earlier_record(args):
-  """The JSON of an interrupted or shorter run to resume, else None.
-
-  Lengths in its 'finished' list are skipped; a length is finished once all
-  its measurements are saved, so an interruption loses at most the length
-  being measured.
-  """
-  record = report.load_json(args.out + '.json')
-  if record is None:
-    return None
-  same = record.get('machine', {}).get('git_sha') == report.git_sha() and all(
-      record['config'].get(k) == getattr(args, k) for k in MEASURED_WITH)
-  if not same or 'finished' not in record:
-    print(f'{args.out}.json: other code or settings, starting over',
-          flush=True)
-    return None
-  record['config'] = vars(args)
-  return record
-
-
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--out', default='results/attention_cpu')
@@ -283,10 +263,12 @@ def main(argv=None):
   os.makedirs(os.path.dirname(args.out) or '.', exist_ok=True)
   lengths = report.comma_list(args.lengths, int)
   extra = report.comma_list(args.favor_extra_lengths, int)
-  record = earlier_record(args) or {
-      'machine': report.machine_info(), 'config': vars(args), 'finished': [],
-      'layers': {}, 'cores': {}, 'paired': {}, 'product_gflops': {},
-      'floors': {}}
+  record = report.earlier_record(args.out + '.json', vars(args),
+                                 MEASURED_WITH, same_code=True) or {
+      'machine': report.machine_info(), 'layers': {}, 'cores': {},
+      'paired': {}, 'product_gflops': {}, 'floors': {}}
+  record['config'] = vars(args)
+  record.setdefault('finished', [])
 
   def save():
     report.save_json(record, args.out + '.json')

@@ -12,7 +12,8 @@
                         # then the three models' steps alternating, one process
 
 Writes <out>.json (machine, versions, git SHA) after every measurement and
-<out>.png at the end; rerunning skips what the JSON already holds.
+<out>.png at the end; rerunning with the same widths skips what the JSON
+already holds.
 """
 
 import argparse
@@ -25,6 +26,11 @@ from trax_favor.experiments import report
 # 128) at a quarter of the width and 2 layers.
 CPU_WIDTH = ('D_MODEL=256,D_FF=1024,N_HEADS=4,D_HEAD=64,N_LAYERS=2,'
              'POS_D_AXIAL_EMBS=(96,96,64)')
+
+
+# The settings the measurements depend on: a rerun resumes the JSON only
+# where these agree (step and token counts may differ: they set precision).
+MEASURED_WITH = ('width_bindings', 'batch', 'depth_length', 'decode_width')
 
 
 def main(argv=None):
@@ -49,7 +55,8 @@ def main(argv=None):
                       help='d_model,d_ff,n_heads,n_layers of the decoders')
   args = parser.parse_args(argv)
   width = _rejoin_tuples(report.comma_list(args.width_bindings))
-  record = report.load_json(args.out + '.json') or {}
+  record = report.earlier_record(args.out + '.json', vars(args),
+                                 MEASURED_WITH) or {}
   record.update(machine=report.machine_info(), config=vars(args))
   record.setdefault('steps', {})
   record.setdefault('depth', {})

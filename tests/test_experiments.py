@@ -120,6 +120,15 @@ def test_model_bench_step_is_trax_reversible_training(in_repo):
     assert result['seconds'] == np.median(result['step_seconds']) > 0
 
 
+def test_model_bench_child_failure_is_the_error_line(in_repo):
+  del in_repo
+  failed = model_bench.measure_step_in_child(
+      'pg19', 'performer', ['N_RANDOM_FEATURES=0'], 1, 1)['failed']
+  # The exception's line, not gin's "In call to configurable" lines after it.
+  assert failed == ['ValueError: n_random_features must be a positive int, '
+                    'got 0.']
+
+
 def test_benchmark_timing_interleaves_compiled_steps():
   x = jax.numpy.arange(12.0).reshape(3, 4)
   run, peak = report.compile_step(lambda x: (x @ x.T).sum(axis=0), x)
@@ -221,3 +230,17 @@ def test_attention_benchmark_resumes_finished_lengths(tmp_path, in_repo):
   bench.main(tiny[:3] + ['--n_random_features=4'] + tiny[4:] +
              ['--lengths=', '--favor_extra_lengths=128'])
   assert report.load_json(out + '.json')['finished'] == ['128']
+
+
+def test_benchmark_records_resume_only_with_the_same_settings(tmp_path):
+  path = str(tmp_path / 'bench.json')
+  assert report.earlier_record(path, {}, ()) is None  # nothing yet
+  report.save_json({'config': {'width': 8, 'steps': 3}, 'machine': {
+      'git_sha': 'an older commit'}, 'steps': {'a': 1}}, path)
+  # Precision settings (steps) may change; measured ones (width) may not.
+  assert report.earlier_record(path, {'width': 8, 'steps': 5},
+                               ('width',))['steps'] == {'a': 1}
+  assert report.earlier_record(path, {'width': 16, 'steps': 3},
+                               ('width',)) is None
+  assert report.earlier_record(path, {'width': 8, 'steps': 3}, ('width',),
+                               same_code=True) is None

@@ -140,8 +140,12 @@ def measure_step_in_child(family, model, bindings, steps, batch):
       capture_output=True, text=True, check=False)
   lines = [l for l in result.stdout.splitlines() if l.startswith('{')]
   if result.returncode or not lines:
-    return {'model': model, 'failed': (result.stderr or result.stdout)
-            .strip().splitlines()[-1:]}
+    # The exception's own line: the last one not indented (gin adds an
+    # indented "In call to configurable ..." after it).
+    output = (result.stderr or result.stdout).strip().splitlines()
+    return {'model': model, 'failed': [l for l in output
+                                       if not l[:1].isspace()][-1:]
+                                      or output[-1:]}
   return json.loads(lines[-1])
 
 

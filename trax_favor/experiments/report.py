@@ -49,6 +49,28 @@ def load_json(path):
     return json.load(f)
 
 
+def earlier_record(path, config, measured_with, same_code=False):
+  """The record at path for a rerun to resume, or None to start over.
+
+  It is resumed only where its config agrees with `config` (a dict) on every
+  name in measured_with, the settings its numbers depend on, and with
+  same_code only if the same git commit wrote it; otherwise the rerun says
+  so and starts over, rather than mixing measurements of other settings.
+  """
+  record = load_json(path)
+  if record is None:
+    return None
+  differ = [k for k in measured_with
+            if record.get('config', {}).get(k) != config.get(k)]
+  if same_code and record.get('machine', {}).get('git_sha') != git_sha():
+    differ.append('git commit')
+  if differ:
+    print(f'{path}: written with other {", ".join(differ)}; starting over',
+          flush=True)
+    return None
+  return record
+
+
 def save_json(record, path):
   """Writes record to path atomically (temp file, then rename)."""
   os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
