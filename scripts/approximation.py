@@ -20,8 +20,10 @@ from trax_favor.experiments import transfer
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--out', default='results/approximation_cpu')
-  parser.add_argument('--ms', default='16,32,64,128,256,512')
+  parser.add_argument('--ms', default='16,32,64,128,256,512',
+                      type=report.comma_list_arg(int))
   parser.add_argument('--scales', default='0.25,0.5,1.0',
+                      type=report.comma_list_arg(float),
                       help='std of q, k entries (logit std = scale^2)')
   parser.add_argument('--length', type=int, default=512)
   parser.add_argument('--seeds', type=int, default=8)

@@ -242,8 +242,10 @@ MEASURED_WITH = ('d_model', 'n_heads', 'n_random_features', 'chunk_size',
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--out', default='results/attention_cpu')
-  parser.add_argument('--lengths', default='1024,2048,4096,8192,16384')
+  parser.add_argument('--lengths', default='1024,2048,4096,8192,16384',
+                      type=report.comma_list_arg(int))
   parser.add_argument('--favor_extra_lengths', default='65536',
+                      type=report.comma_list_arg(int),
                       help='lengths run for FAVOR and identity only')
   parser.add_argument('--d_model', type=int, default=512)
   parser.add_argument('--n_heads', type=int, default=8)

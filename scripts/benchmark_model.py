@@ -41,19 +41,26 @@ def main(argv=None):
   parser.add_argument('--pg19_length', type=int, default=8192,
                       help='PG-19 step length (0: no PG-19 steps)')
   parser.add_argument('--exact_max_len', type=int, default=8192)
-  parser.add_argument('--depths', default='6,12,24')
+  parser.add_argument('--depths', default='6,12,24',
+                      type=report.comma_list_arg(int))
   parser.add_argument('--depth_length', type=int, default=2048,
                       help='PG-19 length of the depth sweep')
   parser.add_argument('--interleave', default='',
+                      type=report.comma_list_arg(_model_name),
                       help='ImageNet64 models also timed in one process, their '
-                      'steps alternating (steadier ratios on a shared host)')
+                      'steps alternating (steadier ratios on a shared host): '
+                      + ', '.join(model_bench.MODELS))
   parser.add_argument('--batch', type=int, default=1)
   parser.add_argument('--steps', type=int, default=3)
-  parser.add_argument('--prefixes', default='128,8192')
+  parser.add_argument('--prefixes', default='128,8192',
+                      type=report.comma_list_arg(int))
   parser.add_argument('--decode_tokens', type=int, default=64)
   parser.add_argument('--decode_width', default='256,1024,4,2',
+                      type=report.comma_list_arg(int),
                       help='d_model,d_ff,n_heads,n_layers of the decoders')
   args = parser.parse_args(argv)
+  if len(report.comma_list(args.decode_width)) != 4:
+    parser.error(f'--decode_width takes 4 ints, got {args.decode_width!r}')
   width = _rejoin_tuples(report.comma_list(args.width_bindings))
   record = report.earlier_record(args.out + '.json', vars(args),
                                  MEASURED_WITH) or {}
@@ -115,6 +122,15 @@ def main(argv=None):
   print(report.markdown_table(['ratio', 'value'],
                               sorted(record['ratios'].items())))
   print(f'wrote {args.out}.json and {args.out}.png')
+
+
+def _model_name(name):
+  if name not in model_bench.MODELS:
+    raise ValueError(name)
+  return name
+
+
+_model_name.__name__ = 'model'
 
 
 def _rejoin_tuples(parts):

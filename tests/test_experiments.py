@@ -3,6 +3,7 @@ instead of starting over, its comparisons pair n with 2n layers, the model
 benchmark's step and decoding measurements, the approximation sweep, the
 exact-to-FAVOR+ transfer."""
 
+import argparse
 import importlib.util
 import json
 import math
@@ -244,3 +245,16 @@ def test_benchmark_records_resume_only_with_the_same_settings(tmp_path):
                                ('width',)) is None
   assert report.earlier_record(path, {'width': 8, 'steps': 3}, ('width',),
                                same_code=True) is None
+
+
+def test_benchmark_list_options_are_checked_by_argparse(capsys):
+  parser = argparse.ArgumentParser(prog='bench')
+  parser.add_argument('--lengths', default='64,128',
+                      type=report.comma_list_arg(int))
+  args = parser.parse_args([])
+  assert args.lengths == '64,128'  # kept as given, for the JSON config
+  assert report.comma_list(args.lengths, int) == [64, 128]
+  with pytest.raises(SystemExit):
+    parser.parse_args(['--lengths=64,4k'])
+  assert ("argument --lengths: invalid comma-separated int value: '64,4k'"
+          in capsys.readouterr().err)

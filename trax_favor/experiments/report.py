@@ -85,6 +85,20 @@ def comma_list(text, kind=str):
   return [kind(part) for part in text.split(',') if part]
 
 
+def comma_list_arg(kind):
+  """An argparse `type` that checks an option is a comma_list of `kind`.
+
+  It returns the text unchanged (the JSON config keeps it as given), and a
+  bad entry becomes argparse's usage error naming the option, e.g.
+  "argument --lengths: invalid comma-separated int value: '4k'".
+  """
+  def check(text):
+    comma_list(text, kind)
+    return text
+  check.__name__ = f'comma-separated {kind.__name__}'
+  return check
+
+
 def markdown_table(header, rows):
   """A GitHub Markdown table; floats get 4 significant digits."""
   def cell(value):
