@@ -232,6 +232,43 @@ def paired_ratios(timed):
           for name, (a, b) in PAIRED.items() if a in timed and b in timed}
 
 
+def products_cores_and_floors(args, length, record, label):
+  """At one length (str key in record): product rates, the attention cores
+  (up to --core_max_len) and the floors derived from them; the layers are
+  already in record."""
+  key = str(length)
+  paired = record['paired'][key]
+  products = product_steps(args, length)
+  # Each product takes milliseconds, where steal time on a shared host
+  # swings medians 3x: the fastest of many rounds is its rate (so the
+  # floors below err low, the ceiling high).
+  fastest = time_all({n: p[:2] for n, p in products.items()},
+                     args.product_rounds, label, statistic=np.min)
+  rates = {n: products[n][2] / fastest[n][0] / 1e9 for n in fastest}
+  record['product_gflops'][key] = rates
+  print(f'{label} GFLOP/s ' + ', '.join(f'{n} {r:.1f}'
+                                        for n, r in rates.items()),
+        flush=True)
+  floors = record['floors'].setdefault(key, {})
+  identity = record['layers'].get('identity', {}).get(key)
+  if identity and len(rates) == len(products):
+    floors['bidir_over_identity'] = bidir_floor(args, length, rates,
+                                                identity['seconds'])
+  if length <= args.core_max_len:
+    timed_cores = time_all(core_steps(args, length), args.repeats, label)
+    paired.update(paired_ratios(timed_cores))
+    for name, (seconds, _, _) in timed_cores.items():
+      record['cores'].setdefault(name, {})[key] = seconds
+      print(f'{label} {name:22s} {seconds * 1e3:10.1f} ms', flush=True)
+    trax_core = record['cores'].get('core_trax_relu', {}).get(key)
+    if trax_core and 'chunk' in rates:
+      floors['core_ours_relu_seconds'] = core_floor_seconds(
+          args, length, rates['chunk'])
+      floors['core_trax_over_ours_max'] = (
+          trax_core / floors['core_ours_relu_seconds'])
+  print(f'{label} paired ratios {paired}; floors {floors}', flush=True)
+
+
 # The settings a measurement depends on: a rerun resumes an earlier record
 # only where all of them, and the code's git SHA, are the same.
 MEASURED_WITH = ('d_model', 'n_heads', 'n_random_features', 'chunk_size',
@@ -288,47 +325,15 @@ def main(argv=None):
           ('favor', 'identity'))}
     steps = {name: layer_step(make(), x) for name, make in made.items()}
     timed = time_all(steps, args.repeats, label)
-    paired = record['paired'].setdefault(key, {})
-    paired.update(paired_ratios(timed))
+    record['paired'].setdefault(key, {}).update(paired_ratios(timed))
     for name, (seconds, peak, rounds) in timed.items():
       record['layers'].setdefault(name, {})[key] = {
           'seconds': seconds, 'peak_bytes': peak, 'round_seconds': rounds}
       print(f'{label} {name:22s} {seconds * 1e3:10.1f} ms  peak '
             f'{(peak or 0) / 2**20:8.1f} MiB', flush=True)
-    if length in extra:
-      record['finished'].append(key)
-      save()
-      continue
     save()
-    products = product_steps(args, length)
-    # Each product takes milliseconds, where steal time on a shared host
-    # swings medians 3x: the fastest of many rounds is its rate (so the
-    # floors below err low, the ceiling high).
-    fastest = time_all({n: p[:2] for n, p in products.items()},
-                       args.product_rounds, label, statistic=np.min)
-    rates = {n: products[n][2] / fastest[n][0] / 1e9 for n in fastest}
-    record['product_gflops'][key] = rates
-    print(f'{label} GFLOP/s ' + ', '.join(f'{n} {r:.1f}'
-                                          for n, r in rates.items()),
-          flush=True)
-    floors = record['floors'].setdefault(key, {})
-    identity = record['layers'].get('identity', {}).get(key)
-    if identity and len(rates) == len(products):
-      floors['bidir_over_identity'] = bidir_floor(args, length, rates,
-                                                  identity['seconds'])
-    if length <= args.core_max_len:
-      timed_cores = time_all(core_steps(args, length), args.repeats, label)
-      paired.update(paired_ratios(timed_cores))
-      for name, (seconds, _, _) in timed_cores.items():
-        record['cores'].setdefault(name, {})[key] = seconds
-        print(f'{label} {name:22s} {seconds * 1e3:10.1f} ms', flush=True)
-      trax_core = record['cores'].get('core_trax_relu', {}).get(key)
-      if trax_core and 'chunk' in rates:
-        floors['core_ours_relu_seconds'] = core_floor_seconds(
-            args, length, rates['chunk'])
-        floors['core_trax_over_ours_max'] = (
-            trax_core / floors['core_ours_relu_seconds'])
-    print(f'{label} paired ratios {paired}; floors {floors}', flush=True)
+    if length not in extra:
+      products_cores_and_floors(args, length, record, label)
     record['finished'].append(key)
     save()
   record['peak_rss_mib'] = resource.getrusage(

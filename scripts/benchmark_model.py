@@ -59,7 +59,8 @@ def main(argv=None):
                       type=report.comma_list_arg(int),
                       help='d_model,d_ff,n_heads,n_layers of the decoders')
   args = parser.parse_args(argv)
-  if len(report.comma_list(args.decode_width)) != 4:
+  decode_width = tuple(report.comma_list(args.decode_width, int))
+  if len(decode_width) != 4:
     parser.error(f'--decode_width takes 4 ints, got {args.decode_width!r}')
   width = _rejoin_tuples(report.comma_list(args.width_bindings))
   record = report.earlier_record(args.out + '.json', vars(args),
@@ -78,14 +79,16 @@ def main(argv=None):
     print(f'{table} {key}: {result}', flush=True)
     report.save_json(record, args.out + '.json')
 
-  step = lambda family, model, bindings: model_bench.measure_step_in_child(
-      family, model, width + bindings, args.steps, args.batch)
-  for model in model_bench.MODELS:  # ImageNet64: 12288 tokens
-    if model != 'exact' or 12288 <= args.exact_max_len:
-      run('steps', f'imagenet64/{model}', step, 'imagenet64', model, [])
   def run_together(table, prefix, names, fn, *fn_args):
-    """fn measures several things at once: {name: result} -> table[prefix+name]."""
-    if not names or all(prefix + n in record[table] for n in names):
+    """Like run, for an fn that measures several names at once (alternating
+    them) and returns {name: result}: stored as table[prefix + name], all
+    from that one call, or none if it failed."""
+    keys = [prefix + n for n in names]
+    if not keys:
+      return
+    if all(key in record[table] for key in keys):
+      print(f'{table} {", ".join(keys)}: measured earlier, skipping',
+            flush=True)
       return
     result = fn(*fn_args)
     if 'failed' in result:
@@ -96,6 +99,11 @@ def main(argv=None):
       print(f'{table} {prefix}{name}: {r}', flush=True)
     report.save_json(record, args.out + '.json')
 
+  step = lambda family, model, bindings: model_bench.measure_step_in_child(
+      family, model, width + bindings, args.steps, args.batch)
+  for model in model_bench.MODELS:  # ImageNet64: 12288 tokens
+    if model != 'exact' or 12288 <= args.exact_max_len:
+      run('steps', f'imagenet64/{model}', step, 'imagenet64', model, [])
   interleave = report.comma_list(args.interleave)
   run_together('interleaved', 'imagenet64/', interleave, step, 'imagenet64',
                interleave, [])
@@ -115,7 +123,7 @@ def main(argv=None):
               for prefix in report.comma_list(args.prefixes, int)]
   run_together('decoding', '', [f'{k}/{p}' for k, p in decoders],
                model_bench.measure_decoding, decoders, args.decode_tokens,
-               tuple(report.comma_list(args.decode_width, int)))
+               decode_width)
   record['ratios'] = model_bench.ratios(record)
   report.save_json(record, args.out + '.json')
   model_bench.plot(record, args.out + '.png')
