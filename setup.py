@@ -41,8 +41,13 @@ setuptools.setup(
         'numpy',
         'matplotlib',
     ],
-    extras_require={'test': ['pytest', 'pytest-xdist', 'nbclient', 'nbformat',
-                             'ipykernel']},
+    extras_require={
+        'test': ['pytest', 'pytest-xdist', 'nbclient', 'nbformat',
+                 'ipykernel'],
+        # NVIDIA GPUs: JAX's CUDA 12 plugin, pinned by constraints.txt to
+        # the jaxlib version (a plugin of another version is not used).
+        'gpu': ['jax[cuda12]'],
+    },
     entry_points={'console_scripts': [
         'trax-favor-train = trax_favor.train:main',
         'trax-favor-sample = trax_favor.sample:main',
