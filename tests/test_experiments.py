@@ -121,6 +121,24 @@ def test_model_bench_step_is_trax_reversible_training(in_repo):
     assert result['seconds'] == np.median(result['step_seconds']) > 0
 
 
+def test_model_bench_memory_on_an_accelerator_is_device_bytes_only(
+    in_repo, monkeypatch):
+  """Where the device reports allocator statistics (GPU, TPU), the model's
+  memory is its device peak less the device bytes in use before it was
+  built, never less the host's resident set."""
+  del in_repo
+  stats = {'bytes_in_use': 1000, 'peak_bytes_in_use': 5000}
+  monkeypatch.setattr(report, 'device_memory_stats', lambda: dict(stats))
+  result = model_bench.measure_step(
+      'pg19', 'identity', ['D_MODEL=16', 'D_FF=32', 'N_HEADS=2', 'D_HEAD=8',
+                           'N_LAYERS=1', 'SEQUENCE_LENGTH=64',
+                           'N_RANDOM_FEATURES=8'], 1, 1)
+  assert (result['peak_bytes'], result['model_peak_bytes']) == (5000, 4000)
+  monkeypatch.setattr(report, 'device_memory_stats', dict)  # CPU: none
+  assert report.memory_in_use_bytes() == pytest.approx(
+      report.process_memory_bytes('VmRSS'), rel=0.05)
+
+
 def test_model_bench_child_failure_is_the_error_line(in_repo):
   del in_repo
   failed = model_bench.measure_step_in_child(

@@ -91,12 +91,14 @@ def _timed_step(trainer, data, i):
 def measure_step(family, model, bindings, steps, batch):
   """Times the reversible trainer's step for one model; runs in-process.
 
-  model_peak_bytes (peak during the timed steps less the resident set before
-  the model was built) means what it says only in a fresh process, as
-  measure_step_in_child runs it: in a long-lived one, memory freed by earlier
-  work can leave the peak below that starting point.
+  model_peak_bytes (peak during the timed steps less the memory in use
+  before the model was built: the resident set on CPU, the device's
+  allocation on an accelerator) means what it says only in a fresh process,
+  as measure_step_in_child runs it: in a long-lived one, memory freed by
+  earlier work can leave the peak below that starting point. On an
+  accelerator the device peak also covers the warm-up steps (the same step).
   """
-  before = report.process_memory_bytes('VmRSS')
+  before = report.memory_in_use_bytes()
   trainer, data, info = _reversible_trainer(family, model, bindings, batch)
   times = []
   for i in range(steps + 2):  # two warm-up steps compile everything

@@ -173,10 +173,26 @@ def reset_peak_memory():
     f.write('5')
 
 
+def device_memory_stats():
+  """The first device's allocator statistics; {} where it keeps none (CPU)."""
+  return jax.devices()[0].memory_stats() or {}
+
+
+def memory_in_use_bytes():
+  """What peak_memory_bytes measures, now: the device's allocation if it
+  reports one, else this process's resident set. The baseline to subtract
+  from a later peak_memory_bytes (never mix device and host bytes)."""
+  stats = device_memory_stats()
+  if 'bytes_in_use' in stats:
+    return int(stats['bytes_in_use'])
+  return process_memory_bytes('VmRSS')
+
+
 def peak_memory_bytes():
-  """The device's peak allocation if it reports one, else this process's
-  peak resident set size (CPU; since the last reset_peak_memory on Linux)."""
-  stats = jax.devices()[0].memory_stats() or {}
+  """The device's peak allocation if it reports one (since the process
+  started: reset_peak_memory does not reach it), else this process's peak
+  resident set size (CPU; since the last reset_peak_memory on Linux)."""
+  stats = device_memory_stats()
   if 'peak_bytes_in_use' in stats:
     return int(stats['peak_bytes_in_use'])
   if os.path.exists('/proc/self/status'):
