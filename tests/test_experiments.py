@@ -8,6 +8,7 @@ import importlib.util
 import json
 import math
 import os
+import subprocess
 
 import jax
 import numpy as np
@@ -263,6 +264,21 @@ def test_benchmark_records_resume_only_with_the_same_settings(tmp_path):
                                ('width',)) is None
   assert report.earlier_record(path, {'width': 8, 'steps': 3}, ('width',),
                                same_code=True) is None
+
+
+def test_records_name_the_checkout_when_installed_outside_it(tmp_path,
+                                                           monkeypatch):
+  """machine_info's git SHA: from the checkout the package is installed in,
+  else (a virtualenv elsewhere, e.g. Colab's) from the current directory's."""
+  head = subprocess.run(['git', 'rev-parse', 'HEAD'], capture_output=True,
+                        text=True, check=True,
+                        cwd=gin_helpers.REPO).stdout.strip()
+  monkeypatch.setattr(report, '__file__', str(tmp_path / 'site' / 'report.py'))
+  (tmp_path / 'site').mkdir()
+  monkeypatch.chdir(gin_helpers.REPO)
+  assert report.machine_info()['git_sha'] == head
+  monkeypatch.chdir(tmp_path)  # neither is a checkout
+  assert report.git_sha() == 'unknown'
 
 
 def test_benchmark_list_options_are_checked_by_argparse(capsys):

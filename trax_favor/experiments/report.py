@@ -21,13 +21,17 @@ import trax_favor
 
 
 def git_sha():
-  try:
-    return subprocess.run(
-        ['git', 'rev-parse', 'HEAD'], capture_output=True, text=True,
-        check=True, cwd=os.path.dirname(os.path.abspath(__file__))
-    ).stdout.strip()
-  except (OSError, subprocess.CalledProcessError):
-    return 'unknown'
+  """HEAD of the checkout this package was installed in (its virtualenv
+  inside the checkout, as the README sets up), else of the current
+  directory's (an install elsewhere, run from the checkout); else 'unknown'."""
+  for where in (os.path.dirname(os.path.abspath(__file__)), os.getcwd()):
+    try:
+      return subprocess.run(
+          ['git', 'rev-parse', 'HEAD'], capture_output=True, text=True,
+          check=True, cwd=where).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+      continue
+  return 'unknown'
 
 
 def machine_info():
@@ -37,7 +41,8 @@ def machine_info():
       'cpu_count': os.cpu_count(), 'jax': jax.__version__,
       'jaxlib': jax.lib.__version__, 'trax': metadata.version('trax'),
       'trax_favor': trax_favor.__version__,
-      'devices': [str(d) for d in jax.devices()], 'git_sha': git_sha(),
+      'devices': [str(d) for d in jax.devices()],
+      'device_kind': jax.devices()[0].device_kind, 'git_sha': git_sha(),
   }
 
 
