@@ -252,11 +252,14 @@ def test_attention_benchmark_resumes_finished_lengths(tmp_path, in_repo):
   assert report.load_json(out + '.json')['finished'] == ['128']
 
 
-def test_benchmark_records_resume_only_with_the_same_settings(tmp_path):
+def test_benchmark_records_resume_only_with_the_same_settings(tmp_path,
+                                                            monkeypatch):
   path = str(tmp_path / 'bench.json')
   assert report.earlier_record(path, {}, ()) is None  # nothing yet
   report.save_json({'config': {'width': 8, 'steps': 3}, 'machine': {
-      'git_sha': 'an older commit'}, 'steps': {'a': 1}}, path)
+      'git_sha': 'an older commit', 'xla_flags': 'a --b'},
+                    'steps': {'a': 1}}, path)
+  monkeypatch.setenv('XLA_FLAGS', 'a --b')
   # Precision settings (steps) may change; measured ones (width) may not.
   assert report.earlier_record(path, {'width': 8, 'steps': 5},
                                ('width',))['steps'] == {'a': 1}
@@ -264,6 +267,9 @@ def test_benchmark_records_resume_only_with_the_same_settings(tmp_path):
                                ('width',)) is None
   assert report.earlier_record(path, {'width': 8, 'steps': 3}, ('width',),
                                same_code=True) is None
+  monkeypatch.setenv('XLA_FLAGS', 'a')  # XLA's settings shape every number
+  assert report.earlier_record(path, {'width': 8, 'steps': 3},
+                               ('width',)) is None
 
 
 def test_records_name_the_checkout_when_installed_outside_it(tmp_path,

@@ -35,14 +35,16 @@ def git_sha():
 
 
 def machine_info():
-  """Platform, CPU count, devices and the versions that shape the numbers."""
+  """Platform, CPU count, devices, XLA flags and the versions that shape the
+  numbers."""
   return {
       'platform': platform.platform(), 'python': platform.python_version(),
       'cpu_count': os.cpu_count(), 'jax': jax.__version__,
       'jaxlib': jax.lib.__version__, 'trax': metadata.version('trax'),
       'trax_favor': trax_favor.__version__,
       'devices': [str(d) for d in jax.devices()],
-      'device_kind': jax.devices()[0].device_kind, 'git_sha': git_sha(),
+      'device_kind': jax.devices()[0].device_kind,
+      'xla_flags': os.environ.get('XLA_FLAGS', ''), 'git_sha': git_sha(),
   }
 
 
@@ -58,15 +60,19 @@ def earlier_record(path, config, measured_with, same_code=False):
   """The record at path for a rerun to resume, or None to start over.
 
   It is resumed only where its config agrees with `config` (a dict) on every
-  name in measured_with, the settings its numbers depend on, and with
-  same_code only if the same git commit wrote it; otherwise the rerun says
-  so and starts over, rather than mixing measurements of other settings.
+  name in measured_with, the settings its numbers depend on, under the same
+  XLA_FLAGS, and with same_code only if the same git commit wrote it;
+  otherwise the rerun says so and starts over, rather than mixing
+  measurements of other settings.
   """
   record = load_json(path)
   if record is None:
     return None
   differ = [k for k in measured_with
             if record.get('config', {}).get(k) != config.get(k)]
+  if record.get('machine', {}).get('xla_flags', '') != os.environ.get(
+      'XLA_FLAGS', ''):
+    differ.append('XLA_FLAGS')
   if same_code and record.get('machine', {}).get('git_sha') != git_sha():
     differ.append('git commit')
   if differ:
