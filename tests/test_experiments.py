@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import gin_helpers
+import trax_favor
 from trax_favor import runs
 from trax_favor.experiments import approximation
 from trax_favor.experiments import ladder
@@ -285,6 +286,32 @@ def test_records_name_the_checkout_when_installed_outside_it(tmp_path,
   assert report.machine_info()['git_sha'] == head
   monkeypatch.chdir(tmp_path)  # neither is a checkout
   assert report.git_sha() == 'unknown'
+
+
+def test_xla_flag_benchmark_compares_children_of_either_setting(
+    tmp_path, in_repo, monkeypatch):
+  del in_repo
+  monkeypatch.delenv('XLA_FLAGS', raising=False)  # set by this process's import
+  spec = importlib.util.spec_from_file_location(
+      'benchmark_xla_cpu_flag', os.path.join('scripts',
+                                             'benchmark_xla_cpu_flag.py'))
+  bench = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(bench)
+  out = str(tmp_path / 'flag')
+  bench.main([f'--out={out}', '--lengths=64', '--pairs=1', '--repeats=1',
+              '--d_model=16', '--n_heads=2', '--n_random_features=4'])
+  record = report.load_json(out + '.json')
+  off, on = record['runs']['off'][0], record['runs']['on'][0]
+  assert off['machine']['xla_flags'] == trax_favor.YNN_FLAG + '='
+  assert on['machine']['xla_flags'] == ''  # XLA's default: fusions on
+  for layer in ('favor_bidir', 'favor_causal', 'identity'):
+    assert record['on_over_off']['64'][layer] == pytest.approx(
+        on['layers'][layer]['64']['seconds'] /
+        off['layers'][layer]['64']['seconds'])
+  assert record['paired'] == {'off': off['paired'], 'on': on['paired']}
+  monkeypatch.setenv('XLA_FLAGS', trax_favor.YNN_FLAG + '=individual_dot')
+  with pytest.raises(SystemExit):  # both children would run one setting
+    bench.main([f'--out={out}'])
 
 
 def test_benchmark_list_options_are_checked_by_argparse(capsys):

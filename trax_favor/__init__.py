@@ -11,10 +11,9 @@ and gym's deprecation notice are kept off the terminal. Set
 TRAX_FAVOR_VERBOSE_IMPORT=1 to see them.
 
 It also turns off XLA's CPU YNNPACK fusions (`prefer_eigen_dots_on_cpu`):
-on this project's CPU they made every model's training step slower (FAVOR+,
-identity and LSH Reformer alike, by 1.3-1.5x). Set XLA_FLAGS'
---xla_cpu_experimental_ynn_fusion_type yourself, or
-TRAX_FAVOR_XLA_CPU_DEFAULTS=0, to keep your own choice.
+on this project's CPU they made FAVOR+'s gradients slow (README, "XLA's CPU
+fusions"). Set XLA_FLAGS' --xla_cpu_experimental_ynn_fusion_type yourself,
+or TRAX_FAVOR_XLA_CPU_DEFAULTS=0, to keep your own choice.
 """
 
 import contextlib
@@ -37,10 +36,10 @@ def prefer_eigen_dots_on_cpu():
   fuses the elementwise work around them itself.
 
   Measured on the project's 2-core CPU (Sapphire Rapids, jaxlib 0.10.2):
-  with YNNPACK fusions, products fused with reductions (FAVOR+'s feature
-  gradients) ran up to 10x below the plain product's rate, and the
-  ImageNet64 training step at CPU widths took 4.6 s (Performer), 2.2 s
-  (identity) and 4.1 s (LSH Reformer), against 3.1, 1.6 and 3.0 s without.
+  with YNNPACK fusions, a product fused with reductions (FAVOR+'s key
+  feature gradient) ran about 10x below the same product alone, and the
+  attention benchmark's causal / bidirectional ratio at L=4096 went from
+  1.77x to 1.52x without them (README, "XLA's CPU fusions").
 
   XLA reads XLA_FLAGS when JAX starts its first backend, so this works only
   before the first JAX computation; after it, on the CPU, it warns instead.
@@ -64,8 +63,8 @@ def prefer_eigen_dots_on_cpu():
       if jax.default_backend() == 'cpu':
         warnings.warn(
             'trax_favor was imported after JAX started, so XLA\'s CPU '
-            'YNNPACK fusions stay on (1.3-1.5x slower training steps '
-            'measured); import trax_favor before running JAX code, or set '
+            'YNNPACK fusions stay on (slower FAVOR+ gradients on CPU); '
+            'import trax_favor before running JAX code, or set '
             f'XLA_FLAGS={YNN_FLAG}= yourself.', stacklevel=3)
       return False
   os.environ['XLA_FLAGS'] = f'{flags} {YNN_FLAG}='.strip()

@@ -303,14 +303,15 @@ def plot(record, path):
       axes[1].plot(*zip(*points), 'o-', label=model)
   axes[1].set(xlabel='layers', ylabel='step peak MiB over the process',
               title='memory against depth')
-  axes[1].legend()
   for kind in ('performer', 'transformer'):
     points = series('decoding', kind, 'seconds_per_token', 1e3)
     if points:
       axes[2].semilogx(*zip(*points), 'o-', label=kind)
   axes[2].set(xlabel='prefix length', ylabel='ms per generated token',
               title='decoding')
-  axes[2].legend()
+  for ax in axes[1:]:
+    if ax.get_legend_handles_labels()[0]:  # a run without that sweep: none
+      ax.legend()
   fig.suptitle(f"{record['machine']['platform']} "
                f"({record['machine']['cpu_count']} cpus)", fontsize=8)
   fig.tight_layout()
