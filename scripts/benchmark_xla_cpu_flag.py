@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 
+# trax_favor.YNN_FLAG, spelled out: importing trax_favor here would set it.
 YNN_FLAG = '--xla_cpu_experimental_ynn_fusion_type'
 SETTINGS = {'off': {}, 'on': {'TRAX_FAVOR_XLA_CPU_DEFAULTS': '0'}}
 

@@ -224,12 +224,18 @@ def test_transfer_measures_the_gap_and_fine_tunes_resumably(tmp_path, in_repo):
     np.testing.assert_array_equal(a, b)
 
 
+def _script(name):
+  """scripts/<name>.py as a module (the scripts are not a package)."""
+  spec = importlib.util.spec_from_file_location(
+      name, os.path.join(gin_helpers.REPO, 'scripts', name + '.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 def test_attention_benchmark_resumes_finished_lengths(tmp_path, in_repo):
   del in_repo
-  spec = importlib.util.spec_from_file_location(
-      'benchmark_attention', os.path.join('scripts', 'benchmark_attention.py'))
-  bench = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(bench)
+  bench = _script('benchmark_attention')
   out = str(tmp_path / 'attention')
   tiny = ['--out', out, '--d_model=16', '--n_heads=2',
           '--n_random_features=8', '--repeats=2', '--product_rounds=1',
@@ -292,11 +298,7 @@ def test_xla_flag_benchmark_compares_children_of_either_setting(
     tmp_path, in_repo, monkeypatch):
   del in_repo
   monkeypatch.delenv('XLA_FLAGS', raising=False)  # set by this process's import
-  spec = importlib.util.spec_from_file_location(
-      'benchmark_xla_cpu_flag', os.path.join('scripts',
-                                             'benchmark_xla_cpu_flag.py'))
-  bench = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(bench)
+  bench = _script('benchmark_xla_cpu_flag')
   out = str(tmp_path / 'flag')
   bench.main([f'--out={out}', '--lengths=64', '--pairs=1', '--repeats=1',
               '--d_model=16', '--n_heads=2', '--n_random_features=4'])

@@ -10,7 +10,7 @@ import jax
 import pytest
 import trax_favor
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import gin_helpers
 
 # A product with elementwise work and a reduction after it: XLA's CPU backend
 # hands such a pattern to one YNNPACK fusion unless the flag is set.
@@ -26,10 +26,10 @@ print(repr(os.environ.get('XLA_FLAGS')), hlo.count('__ynn_fusion'))
 
 def _fresh_process(**env_extra):
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-  env.update(PYTHONPATH=REPO, **env_extra)
-  result = subprocess.run([sys.executable, '-c', FUSED], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600,
-                          check=False)
+  env.update(PYTHONPATH=gin_helpers.REPO, **env_extra)
+  result = subprocess.run([sys.executable, '-c', FUSED], cwd=gin_helpers.REPO,
+                          env=env, capture_output=True, text=True,
+                          timeout=600, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
   return result.stdout.split()
 
