@@ -384,3 +384,33 @@ def test_blocked_dropout_gradient_matches_finite_differences(causal):
                              attention_dropout=0.3, rng=rng)
   ones = ones[0] if causal else ones
   np.testing.assert_allclose(ones, 1.0, rtol=1e-5)  # rows stay averages
+
+
+PRODUCTS = [  # (product, plain einsum, shapes of a and b): batch axes, odd sizes
+    (favor.sum_over_keys, '...lm,...lv->...mv', (2, 3, 11, 7), (2, 3, 11, 5)),
+    (favor.apply_sums, '...lm,...mv->...lv', (2, 3, 11, 7), (2, 3, 7, 5)),
+    (favor.pair_scores, '...lm,...km->...lk', (2, 3, 11, 7), (2, 3, 9, 7)),
+]
+
+
+@pytest.mark.parametrize('product,spec,shape_a,shape_b', PRODUCTS)
+def test_products_hand_written_gradients_match_autodiff(product, spec,
+                                                        shape_a, shape_b):
+  a, b = _normal(30, shape_a), _normal(31, shape_b)
+  out = product(a, b)
+  np.testing.assert_allclose(out, jnp.einsum(spec, a, b), rtol=RTOL, atol=ATOL)
+  weights = _normal(32, out.shape)  # a loss whose cotangent is not all ones
+
+  def loss(f):
+    return lambda a, b: jnp.sum(f(a, b) * weights)
+
+  got = jax.grad(loss(product), argnums=(0, 1))(a, b)
+  want = jax.grad(loss(lambda a, b: jnp.einsum(spec, a, b)),
+                  argnums=(0, 1))(a, b)
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(g, w, rtol=GRAD_TOL, atol=GRAD_TOL)
+  # Second order: the backward pass is made of the products, so it differs too.
+  hvp_got = jax.grad(lambda a: jnp.sum(jax.grad(loss(product))(a, b) ** 2))(a)
+  hvp_want = jax.grad(lambda a: jnp.sum(jax.grad(loss(
+      lambda a, b: jnp.einsum(spec, a, b)))(a, b) ** 2))(a)
+  np.testing.assert_allclose(hvp_got, hvp_want, rtol=GRAD_TOL, atol=GRAD_TOL)

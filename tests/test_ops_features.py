@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from trax_favor import ops
+from trax_favor.ops import feature_maps
 
 D = 16
 
@@ -102,6 +103,19 @@ def test_generalized_kernels_match_their_definitions():
     got = ops.full_features(name, x, w)
     np.testing.assert_allclose(got, value / np.sqrt(24), rtol=1e-5,
                                atol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize('width', [7, 32, 33, 64, 100, 256])
+def test_row_max_is_the_maximum_without_a_wide_reduction(width):
+  x = jnp.asarray(np.random.default_rng(width).standard_normal((3, 5, width)),
+                  jnp.float32)
+  np.testing.assert_array_equal(feature_maps.row_max(x), np.max(x, axis=-1))
+  # A reduction over more than 32 entries is what XLA's CPU backend turns into
+  # a slow reduce-window; row_max never asks for one.
+  hlo = jax.jit(feature_maps.row_max).lower(x).compile().as_text()
+  assert 'reduce-window' not in hlo
+  assert 'reduce-window' in jax.jit(lambda x: jnp.max(x, axis=-1)).lower(
+      jnp.zeros((3, 5, 256))).compile().as_text()
 
 
 @pytest.mark.parametrize('kwargs,match', [

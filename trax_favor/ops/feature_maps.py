@@ -69,9 +69,32 @@ def _log_sqrt_m(projection):
   return 0.5 * jnp.log(float(projection.shape[0]))
 
 
+# Widest reduction XLA's CPU backend leaves alone (`TreeReductionRewriter`).
+_REDUCE_WIDTH = 32
+
+
+def row_max(x):
+  """max(x, axis=-1), as elementwise maxima of 32-wide slices, then a reduce.
+
+  XLA's CPU backend rewrites a reduction over more than 32 entries into a
+  reduce-window and a reduce; for the (l, m) logits that ran 3x slower than
+  this form (8 heads x 4096 x 256, 2-core CPU: 9.8 ms against 3.2 ms).
+  """
+  width = x.shape[-1]
+  if width <= _REDUCE_WIDTH:
+    return jnp.max(x, axis=-1)
+  whole = width // _REDUCE_WIDTH * _REDUCE_WIDTH
+  acc = x[..., :_REDUCE_WIDTH]  # (..., 32)
+  for start in range(_REDUCE_WIDTH, whole, _REDUCE_WIDTH):
+    acc = jnp.maximum(acc, x[..., start:start + _REDUCE_WIDTH])
+  if whole < width:  # a narrower last slice, reduced on its own
+    return jnp.maximum(jnp.max(acc, axis=-1), jnp.max(x[..., whole:], axis=-1))
+  return jnp.max(acc, axis=-1)
+
+
 def _stable_exp(logits, eps):
   """exp(logits) as (exp(logits - s) + eps, s), with s the row maximum."""
-  s = jax.lax.stop_gradient(jnp.max(logits, axis=-1))  # (..., l)
+  s = jax.lax.stop_gradient(row_max(logits))  # (..., l)
   return jnp.exp(logits - s[..., None]) + eps, s
 
 
