@@ -386,7 +386,7 @@ def test_blocked_dropout_gradient_matches_finite_differences(causal):
   np.testing.assert_allclose(ones, 1.0, rtol=1e-5)  # rows stay averages
 
 
-PRODUCTS = [  # (product, plain einsum, shapes of a and b): batch axes, odd sizes
+PRODUCTS = [  # (product, plain einsum, shapes of a, b): batch axes, odd sizes
     (favor.sum_over_keys, '...lm,...lv->...mv', (2, 3, 11, 7), (2, 3, 11, 5)),
     (favor.apply_sums, '...lm,...mv->...lv', (2, 3, 11, 7), (2, 3, 7, 5)),
     (favor.pair_scores, '...lm,...km->...lk', (2, 3, 11, 7), (2, 3, 9, 7)),

@@ -360,7 +360,7 @@ def _chunks_shared_scale(qc, kc, vc1, init):
   kv1_pre, _, final = _exclusive_prefixes(kv1_loc, zeros,
                                           (kv1_init, jnp.zeros_like(init[1])))
   causal_mask = jnp.tril(jnp.ones((c, c), jnp.bool_))
-  weights = jnp.where(causal_mask, pair_scores(qc, kc), 0.0)  # (..., n, c_q, c_k)
-  num1 = (apply_sums(weights, vc1) +
-          apply_sums(qc, kv1_pre))  # (..., n, c, v+1)
+  weights = jnp.where(causal_mask, pair_scores(qc, kc),
+                      0.0)  # (..., n, c_q, c_k)
+  num1 = apply_sums(weights, vc1) + apply_sums(qc, kv1_pre)  # (..., n, c, v+1)
   return num1, final
