@@ -88,54 +88,31 @@ def empty_state(batch_shape, n_features, d_v):
       ref=jnp.full(batch_shape, NEG, jnp.float32))
 
 
-@jax.custom_vjp
-def sum_over_keys(a, b):
-  """A^T B over the key axis: (..., l, m), (..., l, v) -> (..., m, v)."""
-  return jnp.einsum('...lm,...lv->...mv', a, b)
+def _product(spec, doc, gradients):
+  """einsum(spec, a, b) whose backward pass is `gradients(a, b, g)`."""
+
+  @jax.custom_vjp
+  def product(a, b):
+    return jnp.einsum(spec, a, b)
+
+  product.defvjp(lambda a, b: (product(a, b), (a, b)),
+                 lambda res, g: gradients(*res, g))
+  product.__doc__ = doc
+  return product
 
 
-def _sum_over_keys_fwd(a, b):
-  return sum_over_keys(a, b), (a, b)
-
-
-def _sum_over_keys_bwd(res, g):  # g: (..., m, v)
-  a, b = res
-  return pair_scores(b, g), apply_sums(a, g)  # (..., l, m), (..., l, v)
-
-
-@jax.custom_vjp
-def apply_sums(a, b):
-  """A B: (..., l, m), (..., m, v) -> (..., l, v)."""
-  return jnp.einsum('...lm,...mv->...lv', a, b)
-
-
-def _apply_sums_fwd(a, b):
-  return apply_sums(a, b), (a, b)
-
-
-def _apply_sums_bwd(res, g):  # g: (..., l, v)
-  a, b = res
-  return pair_scores(g, b), sum_over_keys(a, g)  # (..., l, m), (..., m, v)
-
-
-@jax.custom_vjp
-def pair_scores(a, b):
-  """A B^T: (..., l, m), (..., k, m) -> (..., l, k)."""
-  return jnp.einsum('...lm,...km->...lk', a, b)
-
-
-def _pair_scores_fwd(a, b):
-  return pair_scores(a, b), (a, b)
-
-
-def _pair_scores_bwd(res, g):  # g: (..., l, k)
-  a, b = res
-  return apply_sums(g, b), sum_over_keys(g, a)  # (..., l, m), (..., k, m)
-
-
-sum_over_keys.defvjp(_sum_over_keys_fwd, _sum_over_keys_bwd)
-apply_sums.defvjp(_apply_sums_fwd, _apply_sums_bwd)
-pair_scores.defvjp(_pair_scores_fwd, _pair_scores_bwd)
+# Each gradient is again one of the three products (names resolved when the
+# backward pass is traced, so the order of definition does not matter).
+sum_over_keys = _product(
+    '...lm,...lv->...mv',
+    'A^T B over the key axis: (..., l, m), (..., l, v) -> (..., m, v).',
+    lambda a, b, g: (pair_scores(b, g), apply_sums(a, g)))  # g: (..., m, v)
+apply_sums = _product(
+    '...lm,...mv->...lv', 'A B: (..., l, m), (..., m, v) -> (..., l, v).',
+    lambda a, b, g: (pair_scores(g, b), sum_over_keys(a, g)))  # g: (..., l, v)
+pair_scores = _product(
+    '...lm,...km->...lk', 'A B^T: (..., l, m), (..., k, m) -> (..., l, k).',
+    lambda a, b, g: (apply_sums(g, b), sum_over_keys(g, a)))  # g: (..., l, k)
 
 
 def check_positive_int(name, value):
