@@ -126,10 +126,11 @@ def main(argv=None):
                decode_width)
   record['ratios'] = model_bench.ratios(record)
   report.save_json(record, args.out + '.json')
-  model_bench.plot(record, args.out + '.png')
+  plotted = model_bench.plot(record, args.out + '.png')
   print(report.markdown_table(['ratio', 'value'],
                               sorted(record['ratios'].items())))
-  print(f'wrote {args.out}.json and {args.out}.png')
+  print(f'wrote {args.out}.json' + (f' and {args.out}.png' if plotted else
+                                    ' (nothing measured to plot)'))
 
 
 def _model_name(name):

@@ -141,6 +141,30 @@ def test_model_bench_memory_on_an_accelerator_is_device_bytes_only(
       report.process_memory_bytes('VmRSS'), rel=0.05)
 
 
+def test_model_bench_plot_draws_the_panels_that_have_data(tmp_path):
+  machine = {'platform': 'test', 'cpu_count': 2}
+  steps = {'imagenet64/performer': {'seconds': 2.0, 'model_peak_bytes': 2**30},
+           'imagenet64/identity': {'seconds': 1.0, 'model_peak_bytes': 2**29}}
+  record = {'machine': machine, 'steps': steps,
+            'interleaved': {'imagenet64/performer': {'seconds': 2.5}},
+            'depth': {}, 'decoding': {}}
+  path = tmp_path / 'steps_only.png'
+  assert model_bench.plot(record, str(path)) == ['training step',
+                                                 'step memory']
+  assert path.stat().st_size > 0
+  record.update(
+      depth={'performer/6': {'model_peak_bytes': 1.0},
+             'reformer/12': {'model_peak_bytes': 2.0}},
+      decoding={'performer/128': {'seconds_per_token': 0.004},
+                'transformer/8192': {'failed': ['MemoryError']}})
+  assert model_bench.plot(record, str(tmp_path / 'all.png')) == [
+      'training step', 'step memory', 'memory against depth', 'decoding']
+  failed_only = {'machine': machine,
+                 'steps': {'imagenet64/exact': {'failed': ['MemoryError']}}}
+  assert model_bench.plot(failed_only, str(tmp_path / 'none.png')) == []
+  assert not (tmp_path / 'none.png').exists()
+
+
 def test_model_bench_child_failure_is_the_error_line(in_repo):
   del in_repo
   failed = model_bench.measure_step_in_child(

@@ -283,37 +283,75 @@ def ratios(record):
 
 
 def plot(record, path):
-  """Bars of step time and memory per model; memory and time vs depth;
-  decoding time per token vs prefix."""
-  plt = report.pyplot()
-  fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+  """Step time and memory per model; memory against depth; decoding time per
+  token against prefix. Draws only the panels the record has data for
+  (a run can skip the depth sweep or decoding); returns their titles."""
   steps = {k: v for k, v in record.get('steps', {}).items()
            if 'seconds' in v}
-  names = sorted(steps)
-  axes[0].barh(names, [steps[n]['seconds'] for n in names])
-  axes[0].set(xlabel='seconds per reversible training step',
-              title='training step')
+  interleaved = record.get('interleaved', {})
+
   def series(table, name, field, scale):  # [(x, field * scale)] of `name`
     return sorted((int(k.split('/')[1]), v[field] * scale)
                   for k, v in record.get(table, {}).items()
                   if k.startswith(name + '/') and field in v)
-  for model in ('performer', 'reformer'):
-    points = series('depth', model, 'model_peak_bytes', 2**-20)
-    if points:
-      axes[1].plot(*zip(*points), 'o-', label=model)
-  axes[1].set(xlabel='layers', ylabel='step peak MiB over the process',
-              title='memory against depth')
-  for kind in ('performer', 'transformer'):
-    points = series('decoding', kind, 'seconds_per_token', 1e3)
-    if points:
-      axes[2].semilogx(*zip(*points), 'o-', label=kind)
-  axes[2].set(xlabel='prefix length', ylabel='ms per generated token',
-              title='decoding')
-  for ax in axes[1:]:
-    if ax.get_legend_handles_labels()[0]:  # a run without that sweep: none
-      ax.legend()
+
+  def draw_times(ax):
+    names = sorted(set(steps) | set(interleaved))
+    y = np.arange(len(names))
+    tables = [(label, table) for label, table in (
+        ('own process', steps), ('steps alternating', interleaved)) if table]
+    height = 0.8 / len(tables)
+    for i, (label, table) in enumerate(tables):  # bars side by side
+      ax.barh(y + height * (i - (len(tables) - 1) / 2),
+              [table.get(n, {}).get('seconds', 0.0) for n in names],
+              height=height, label=label)
+    ax.set_yticks(y, names)
+    ax.set(xlabel='seconds per reversible training step')
+    ax.legend(fontsize=8, ncol=2, loc='upper center',
+              bbox_to_anchor=(0.5, -0.2))  # below the axis, off the bars
+
+  def draw_memory(ax):
+    names = sorted(n for n in steps if 'model_peak_bytes' in steps[n])
+    ax.barh(names, [steps[n]['model_peak_bytes'] * 2**-20 for n in names])
+    ax.set(xlabel='step peak MiB over the process')
+
+  def draw_depth(ax):
+    for model in ('performer', 'reformer'):
+      points = series('depth', model, 'model_peak_bytes', 2**-20)
+      if points:
+        ax.plot(*zip(*points), 'o-', label=model)
+    ax.set(xlabel='layers', ylabel='step peak MiB over the process')
+    ax.legend()
+
+  def draw_decoding(ax):
+    for kind in ('performer', 'transformer'):
+      points = series('decoding', kind, 'seconds_per_token', 1e3)
+      if points:
+        ax.semilogx(*zip(*points), 'o-', label=kind)
+    ax.set(xlabel='prefix length', ylabel='ms per generated token')
+    ax.legend()
+
+  panels = [(title, draw) for title, draw, has_data in (
+      ('training step', draw_times, steps or interleaved),
+      ('step memory', draw_memory,
+       any('model_peak_bytes' in v for v in steps.values())),
+      ('memory against depth', draw_depth,
+       any(series('depth', m, 'model_peak_bytes', 1)
+           for m in ('performer', 'reformer'))),
+      ('decoding', draw_decoding,
+       any(series('decoding', k, 'seconds_per_token', 1)
+           for k in ('performer', 'transformer')))) if has_data]
+  if not panels:
+    return []
+  plt = report.pyplot()
+  fig, axes = plt.subplots(1, len(panels), figsize=(4.7 * len(panels), 4),
+                           squeeze=False)
+  for ax, (title, draw) in zip(axes[0], panels):
+    draw(ax)
+    ax.set_title(title)
   fig.suptitle(f"{record['machine']['platform']} "
                f"({record['machine']['cpu_count']} cpus)", fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
+  return [title for title, _ in panels]
