@@ -160,7 +160,8 @@ def test_model_bench_plot_draws_the_panels_that_have_data(tmp_path):
   assert model_bench.plot(record, str(tmp_path / 'all.png')) == [
       'training step', 'step memory', 'memory against depth', 'decoding']
   failed_only = {'machine': machine,
-                 'steps': {'imagenet64/exact': {'failed': ['MemoryError']}}}
+                 'steps': {'imagenet64/exact': {'failed': ['MemoryError']}},
+                 'interleaved': {'imagenet64/exact': {'failed': ['Killed']}}}
   assert model_bench.plot(failed_only, str(tmp_path / 'none.png')) == []
   assert not (tmp_path / 'none.png').exists()
 

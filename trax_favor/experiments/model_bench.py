@@ -286,9 +286,9 @@ def plot(record, path):
   """Step time and memory per model; memory against depth; decoding time per
   token against prefix. Draws only the panels the record has data for
   (a run can skip the depth sweep or decoding); returns their titles."""
-  steps = {k: v for k, v in record.get('steps', {}).items()
-           if 'seconds' in v}
-  interleaved = record.get('interleaved', {})
+  steps, interleaved = ({k: v for k, v in record.get(table, {}).items()
+                         if 'seconds' in v}  # failed ones left out
+                        for table in ('steps', 'interleaved'))
 
   def series(table, name, field, scale):  # [(x, field * scale)] of `name`
     return sorted((int(k.split('/')[1]), v[field] * scale)
