@@ -289,11 +289,20 @@ def plot(record, path):
   steps, interleaved = ({k: v for k, v in record.get(table, {}).items()
                          if 'seconds' in v}  # failed ones left out
                         for table in ('steps', 'interleaved'))
+  memory = {k: v['model_peak_bytes'] * 2**-20 for k, v in steps.items()
+            if 'model_peak_bytes' in v}
 
-  def series(table, name, field, scale):  # [(x, field * scale)] of `name`
-    return sorted((int(k.split('/')[1]), v[field] * scale)
-                  for k, v in record.get(table, {}).items()
-                  if k.startswith(name + '/') and field in v)
+  def series(table, names, field, scale):  # {name: [(x, field * scale)]}
+    found = {name: sorted((int(k.split('/')[1]), v[field] * scale)
+                          for k, v in record.get(table, {}).items()
+                          if k.startswith(name + '/') and field in v)
+             for name in names}
+    return {name: points for name, points in found.items() if points}
+
+  depth = series('depth', ('performer', 'reformer'), 'model_peak_bytes',
+                 2**-20)
+  decoding = series('decoding', ('performer', 'transformer'),
+                    'seconds_per_token', 1e3)
 
   def draw_times(ax):
     names = sorted(set(steps) | set(interleaved))
@@ -311,36 +320,27 @@ def plot(record, path):
               bbox_to_anchor=(0.5, -0.2))  # below the axis, off the bars
 
   def draw_memory(ax):
-    names = sorted(n for n in steps if 'model_peak_bytes' in steps[n])
-    ax.barh(names, [steps[n]['model_peak_bytes'] * 2**-20 for n in names])
+    names = sorted(memory)
+    ax.barh(names, [memory[n] for n in names])
     ax.set(xlabel='step peak MiB over the process')
 
   def draw_depth(ax):
-    for model in ('performer', 'reformer'):
-      points = series('depth', model, 'model_peak_bytes', 2**-20)
-      if points:
-        ax.plot(*zip(*points), 'o-', label=model)
+    for model, points in depth.items():
+      ax.plot(*zip(*points), 'o-', label=model)
     ax.set(xlabel='layers', ylabel='step peak MiB over the process')
     ax.legend()
 
   def draw_decoding(ax):
-    for kind in ('performer', 'transformer'):
-      points = series('decoding', kind, 'seconds_per_token', 1e3)
-      if points:
-        ax.semilogx(*zip(*points), 'o-', label=kind)
+    for kind, points in decoding.items():
+      ax.semilogx(*zip(*points), 'o-', label=kind)
     ax.set(xlabel='prefix length', ylabel='ms per generated token')
     ax.legend()
 
   panels = [(title, draw) for title, draw, has_data in (
       ('training step', draw_times, steps or interleaved),
-      ('step memory', draw_memory,
-       any('model_peak_bytes' in v for v in steps.values())),
-      ('memory against depth', draw_depth,
-       any(series('depth', m, 'model_peak_bytes', 1)
-           for m in ('performer', 'reformer'))),
-      ('decoding', draw_decoding,
-       any(series('decoding', k, 'seconds_per_token', 1)
-           for k in ('performer', 'transformer')))) if has_data]
+      ('step memory', draw_memory, memory),
+      ('memory against depth', draw_depth, depth),
+      ('decoding', draw_decoding, decoding)) if has_data]
   if not panels:
     return []
   plt = report.pyplot()
