@@ -10,6 +10,9 @@
         --width_bindings=N_LAYERS=2 --pg19_length=0 --depths= --prefixes= \
         --interleave=performer,identity,reformer --steps=3
                         # then the three models' steps alternating, one process
+    python scripts/benchmark_model.py --out results/model_cpu_full_width_repeats \
+        --width_bindings=N_LAYERS=2 --pg19_length=0 --depths= --prefixes= \
+        --steps=3 --repeats=3  # each model in 3 fresh processes: medians
 
 Writes <out>.json (machine, versions, git SHA) after every measurement and
 <out>.png at the end; rerunning with the same widths skips what the JSON
@@ -52,6 +55,10 @@ def main(argv=None):
                       + ', '.join(model_bench.MODELS))
   parser.add_argument('--batch', type=int, default=1)
   parser.add_argument('--steps', type=int, default=3)
+  parser.add_argument('--repeats', type=int, default=1,
+                      help='fresh processes per training-step measurement; '
+                      'the JSON keeps each and their medians (memory varies '
+                      'between processes)')
   parser.add_argument('--prefixes', default='128,8192',
                       type=report.comma_list_arg(int))
   parser.add_argument('--decode_tokens', type=int, default=64)
@@ -99,14 +106,15 @@ def main(argv=None):
       print(f'{table} {prefix}{name}: {r}', flush=True)
     report.save_json(record, args.out + '.json')
 
-  step = lambda family, model, bindings: model_bench.measure_step_in_child(
-      family, model, width + bindings, args.steps, args.batch)
+  step = lambda family, model, bindings: model_bench.measure_step_repeated(
+      family, model, width + bindings, args.steps, args.batch, args.repeats)
   for model in model_bench.MODELS:  # ImageNet64: 12288 tokens
     if model != 'exact' or 12288 <= args.exact_max_len:
       run('steps', f'imagenet64/{model}', step, 'imagenet64', model, [])
   interleave = report.comma_list(args.interleave)
-  run_together('interleaved', 'imagenet64/', interleave, step, 'imagenet64',
-               interleave, [])
+  run_together('interleaved', 'imagenet64/', interleave,
+               model_bench.measure_step_in_child, 'imagenet64', interleave,
+               width, args.steps, args.batch)
   pg19 = [f'SEQUENCE_LENGTH={args.pg19_length}',
           f'LSH_N_BUCKETS={2 * args.pg19_length // 128}']
   for model in model_bench.MODELS if args.pg19_length else ():

@@ -151,6 +151,29 @@ def measure_step_in_child(family, model, bindings, steps, batch):
   return json.loads(lines[-1])
 
 
+def measure_step_repeated(family, model, bindings, steps, batch, repeats=1):
+  """measure_step_in_child `repeats` times, one fresh process each.
+
+  A process's resident-set peak varies from run to run (by about 10% at the
+  configs' widths on CPU: the allocator keeps freed memory differently), so
+  with repeats > 1 the result holds the medians over runs of `seconds`,
+  `peak_bytes` and `model_peak_bytes`, and each run's in `runs`. A failed
+  run's result is returned as it is.
+  """
+  found = []
+  for _ in range(repeats):
+    result = measure_step_in_child(family, model, bindings, steps, batch)
+    if 'failed' in result:
+      return result
+    found.append(result)
+  if repeats == 1:
+    return found[0]
+  fields = ('seconds', 'peak_bytes', 'model_peak_bytes')
+  medians = {f: float(np.median([r[f] for r in found])) for f in fields}
+  return dict(found[0], **medians, steps_per_s=1.0 / medians['seconds'],
+              runs=[{f: r[f] for f in fields} for r in found])
+
+
 def _lm_decoder(kind, length, width):
   """A predict-mode LM of `kind` ('performer' or 'transformer'), batch 1.
 
