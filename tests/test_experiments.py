@@ -147,7 +147,10 @@ def test_model_bench_memory_on_an_accelerator_is_device_bytes_only(
 
 def test_model_bench_plot_draws_the_panels_that_have_data(tmp_path):
   machine = {'platform': 'test', 'cpu_count': 2}
-  steps = {'imagenet64/performer': {'seconds': 2.0, 'model_peak_bytes': 2**30},
+  runs = [{'seconds': 1.9, 'model_peak_bytes': 2**30},  # fresh processes
+          {'seconds': 2.1, 'model_peak_bytes': 2**30 + 2**20}]
+  steps = {'imagenet64/performer': {'seconds': 2.0, 'model_peak_bytes': 2**30,
+                                    'runs': runs},
            'imagenet64/identity': {'seconds': 1.0, 'model_peak_bytes': 2**29}}
   record = {'machine': machine, 'steps': steps,
             'interleaved': {'imagenet64/performer': {'seconds': 2.5}},

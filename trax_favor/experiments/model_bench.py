@@ -327,6 +327,14 @@ def plot(record, path):
   decoding = series('decoding', ('performer', 'transformer'),
                     'seconds_per_token', 1e3)
 
+  def draw_runs(ax, names, y, field, scale):
+    """Each fresh process's value (measure_step_repeated) as a dot on its
+    model's median bar."""
+    points = [(v[field] * scale, y_n) for n, y_n in zip(names, y)
+              for v in steps.get(n, {}).get('runs', [])]
+    if points:
+      ax.plot(*zip(*points), 'k.', label='each process')
+
   def draw_times(ax):
     names = sorted(set(steps) | set(interleaved))
     y = np.arange(len(names))
@@ -334,9 +342,11 @@ def plot(record, path):
         ('own process', steps), ('steps alternating', interleaved)) if table]
     height = 0.8 / len(tables)
     for i, (label, table) in enumerate(tables):  # bars side by side
-      ax.barh(y + height * (i - (len(tables) - 1) / 2),
-              [table.get(n, {}).get('seconds', 0.0) for n in names],
+      y_bars = y + height * (i - (len(tables) - 1) / 2)
+      ax.barh(y_bars, [table.get(n, {}).get('seconds', 0.0) for n in names],
               height=height, label=label)
+      if table is steps:
+        draw_runs(ax, names, y_bars, 'seconds', 1.0)
     ax.set_yticks(y, names)
     ax.set(xlabel='seconds per reversible training step')
     ax.legend(fontsize=8, ncol=2, loc='upper center',
@@ -345,6 +355,7 @@ def plot(record, path):
   def draw_memory(ax):
     names = sorted(memory)
     ax.barh(names, [memory[n] for n in names])
+    draw_runs(ax, names, range(len(names)), 'model_peak_bytes', 2**-20)
     ax.set(xlabel='step peak MiB over the process')
 
   def draw_depth(ax):
