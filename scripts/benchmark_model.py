@@ -66,6 +66,8 @@ def main(argv=None):
                       type=report.comma_list_arg(int),
                       help='d_model,d_ff,n_heads,n_layers of the decoders')
   args = parser.parse_args(argv)
+  if args.repeats < 1:
+    parser.error(f'--repeats must be at least 1, got {args.repeats}')
   decode_width = tuple(report.comma_list(args.decode_width, int))
   if len(decode_width) != 4:
     parser.error(f'--decode_width takes 4 ints, got {args.decode_width!r}')
