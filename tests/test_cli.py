@@ -108,12 +108,36 @@ def test_sampling_in_predict_mode_equals_the_eval_model(text_run):
   np.testing.assert_allclose(log_probs, want, rtol=1e-4, atol=1e-4)
 
 
+def test_sampling_stops_where_the_position_table_ends(text_run):
+  # Past max_len trax's positional encoding would clamp its read and give
+  # every later token the last position, silently.
+  output_dir, _, _ = text_run
+  runs.parse_config([os.path.join(REPO, TEXT_CONFIG)], SHRINK)
+  model = runs.restore(str(output_dir), mode='predict')
+  assert sampling.positions_left(model) == 64  # SEQUENCE_LENGTH=64
+  prompt = np.arange(1, 11, dtype=np.int32)
+  with pytest.raises(ValueError, match='65 positions, but the model has 64'):
+    sampling.sample(model, prompt, 55)
+  generated, _ = sampling.sample(model, prompt, 54, temperature=0.0)
+  assert len(generated) == 54 and sampling.positions_left(model) == 0
+  with pytest.raises(ValueError, match='1 positions, but the model has 0'):
+    sampling.sample(model, [], 1)
+  assert sampling.positions_left(runs.restore(str(output_dir),
+                                              mode='eval')) is None
+
+
 def test_sampling_cli_continues_a_prompt(text_run, cache_dir):
   output_dir, _, _ = text_run
   result = _run(_command('trax_favor.sample', output_dir, '--prompt=def ',
                          '--length=12', '--temperature=0'), _env(cache_dir))
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.startswith('def ') and len(result.stdout) >= 12
+  # 4 prompt bytes and 61 more: one past the 64 positions, one clear line.
+  result = _run(_command('trax_favor.sample', output_dir, '--prompt=def ',
+                         '--length=61'), _env(cache_dir))
+  assert result.returncode == 2
+  assert 'larger max_len' in result.stderr and (
+      'Traceback' not in result.stderr), result.stderr[-3000:]
 
 
 def test_image_completion_to_png(tmp_path, cache_dir):

@@ -11,6 +11,7 @@ import trax_favor
 from trax import layers as tl
 from trax import shapes
 from trax.layers import reversible
+from trax_favor import sampling
 
 VOCAB, B, L = 16, 2, 24
 
@@ -180,3 +181,15 @@ def test_bad_configuration_names_the_argument(kwargs, message):
 def test_predict_needs_causal():
   with pytest.raises(ValueError, match='causal=True'):
     _performer('predict', causal=False)
+
+
+def test_sampling_stops_where_the_axial_position_table_ends():
+  # Axial positions, as the ImageNet64 configs use: 2 * 4 * 3 = 24.
+  model = _performer('predict', pos_type='axial', pos_axial_shape=(2, 4, 3),
+                     pos_d_axial_embs=(6, 6, 4), max_len=24)
+  model.init(shapes.ShapeDtype((1, 1), np.int32))
+  assert sampling.positions_left(model) == 24
+  generated, _ = sampling.sample(model, [1, 2, 3], 21, temperature=0.0)
+  assert len(generated) == 21 and sampling.positions_left(model) == 0
+  with pytest.raises(ValueError, match='larger max_len'):
+    sampling.sample(model, [], 1)

@@ -60,6 +60,12 @@ def main(argv=None):
     runs.parse_config(args.config_file, args.config)
     image_size = runs.configured_image_size()
     model = runs.restore(args.output_dir, mode='predict')
+    try:
+      sample(model, image_size)
+    except ValueError as e:  # a bad prompt, length or image: one line
+      raise runs.RunError(str(e)) from e
+
+  def sample(model, image_size):
     if image_size is None:
       text = sampling.complete_text(model, args.prompt, args.length,
                                     args.temperature, args.seed)

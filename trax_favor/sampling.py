@@ -12,6 +12,9 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+# The classes themselves: trax.layers' names for them are gin's wrappers.
+from trax.layers import attention as trax_attention
+from trax.layers.research import position_encodings
 
 from trax_favor.data import streams
 
@@ -33,6 +36,39 @@ def _step_fn(model):
   return jax.jit(step)
 
 
+def _layers(layer):
+  yield layer
+  for sublayer in layer.sublayers:
+    yield from _layers(sublayer)
+
+
+def positions_left(model):
+  """How many more tokens a predict-mode model's position table can take.
+
+  Trax's positional encodings (`tl.PositionalEncoding`, and the axial one
+  of the ImageNet64 configs) count the tokens fed in predict mode and read
+  their table at that count; past the table's end (max_len positions) the
+  read is clamped, so every later token would silently get the last
+  position. Returns the table's size less the tokens fed so far, or None
+  where the model has no such table (or is not in predict mode).
+  """
+  left = []
+  for layer in _layers(model):
+    if isinstance(layer, trax_attention.PositionalEncoding):
+      table = layer.weights[0] if isinstance(layer.weights, tuple) else (
+          layer.weights)
+      size = table.shape[0]  # (max_len, d_model)
+    elif isinstance(layer, position_encodings.AxialPositionalEncoding):
+      # One table per axis, (1, ..., axis length, ..., d_axis) each.
+      size = int(np.prod([np.prod(w.shape[1:-1]) for w in layer.weights]))
+    else:
+      continue
+    fed = np.asarray(layer.state)  # a count in predict mode, else no state
+    if fed.shape == ():
+      left.append(size - int(fed))
+  return min(left) if left else None
+
+
 def sample(model, prompt, n_tokens, temperature=1.0, seed=0):
   """Continues `prompt` by n_tokens tokens, one predict-mode step each.
 
@@ -48,11 +84,22 @@ def sample(model, prompt, n_tokens, temperature=1.0, seed=0):
     (generated (n_tokens,) int32, log_probs (p + n_tokens, vocab) float32):
     log_probs[t] is the model's distribution for token t of prompt +
     generated, given the tokens before it.
+
+  Raises:
+    ValueError: for n_tokens < 1 or temperature < 0, and where the model's
+      position table (max_len) cannot take p + n_tokens more tokens.
   """
   streams.check_positive(n_tokens=n_tokens)
   if temperature < 0:
     raise ValueError(f'temperature must be >= 0, got {temperature}.')
   prompt = np.asarray(prompt, np.int32).reshape(-1)
+  left = positions_left(model)
+  if left is not None and len(prompt) + n_tokens > left:
+    raise ValueError(
+        f'a prompt of {len(prompt)} tokens and n_tokens={n_tokens} make '
+        f'{len(prompt) + n_tokens} positions, but the model has {left} '
+        'left (its max_len, less tokens it was fed before): shorten the '
+        'prompt or n_tokens, or build the model with a larger max_len.')
   step = _step_fn(model)
   weights, state = model.weights, model.state
   rng = jax.random.PRNGKey(seed)
