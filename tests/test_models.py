@@ -12,6 +12,7 @@ from trax import layers as tl
 from trax import shapes
 from trax.layers import reversible
 from trax_favor import sampling
+from trax_favor.layers import favor_attention
 
 VOCAB, B, L = 16, 2, 24
 
@@ -146,19 +147,14 @@ def test_favor_mixed_with_local_attention_layers():
   local = functools.partial(tl.SelfAttention, chunk_len=8, n_chunks_before=1)
   x = _tokens(7)
   model = _init(_performer(attention=[_favor(), local], n_layers=4), x)
-  kinds = [type(layer).__name__ for layer in _sublayers(model)
+  kinds = [type(layer).__name__
+           for layer in favor_attention.all_layers(model)
            if 'Attention' in type(layer).__name__]
   assert kinds == ['FavorSelfAttention', 'SelfAttention'] * 2
   y = x.copy()
   y[:, 20:] = (y[:, 20:] + 1) % VOCAB  # causal in every layer
   gap = np.abs(np.asarray(model(x)) - np.asarray(model(y)))
   assert gap[:, :20].max() < 1e-5 < gap[:, 20:].max()
-
-
-def _sublayers(layer):
-  for sub in layer.sublayers:
-    yield sub
-    yield from _sublayers(sub)
 
 
 @pytest.mark.parametrize('kwargs, message', [

@@ -17,6 +17,7 @@ from trax.layers import attention as trax_attention
 from trax.layers.research import position_encodings
 
 from trax_favor.data import streams
+from trax_favor.layers import favor_attention
 
 START_ID = 0  # what tl.ShiftRight puts in front of a sequence
 
@@ -36,12 +37,6 @@ def _step_fn(model):
   return jax.jit(step)
 
 
-def _layers(layer):
-  yield layer
-  for sublayer in layer.sublayers:
-    yield from _layers(sublayer)
-
-
 def positions_left(model):
   """How many more tokens a predict-mode model's position table can take.
 
@@ -53,7 +48,7 @@ def positions_left(model):
   where the model has no such table (or is not in predict mode).
   """
   left = []
-  for layer in _layers(model):
+  for layer in favor_attention.all_layers(model):
     if isinstance(layer, trax_attention.PositionalEncoding):
       table = layer.weights[0] if isinstance(layer.weights, tuple) else (
           layer.weights)

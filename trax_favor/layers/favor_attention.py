@@ -296,14 +296,17 @@ class IdentityAttention(FavorSelfAttention):
     return o
 
 
+def all_layers(layer):
+  """`layer` and every layer inside it, depth first, each before its own."""
+  yield layer
+  for sublayer in layer.sublayers:
+    yield from all_layers(sublayer)
+
+
 def favor_layers(layer):
   """All FavorSelfAttention layers inside `layer`, in a fixed tree order."""
-  if isinstance(layer, FavorSelfAttention):
-    return [layer]
-  found = []
-  for sublayer in layer.sublayers:
-    found.extend(favor_layers(sublayer))
-  return found
+  return [sub for sub in all_layers(layer)
+          if isinstance(sub, FavorSelfAttention)]
 
 
 def transfer_projections(source, target):
