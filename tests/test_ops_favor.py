@@ -291,9 +291,23 @@ def test_shared_log_scale_path_matches_masked_reference(feature_map):
       return favor.bidirectional_favor(qf, kf, None, v, mask)
 
     slow = lambda qf, kf, v, causal=causal: reference.masked_linear_attention(
-        qf, kf, ls, v, causal, mask)
+        qf, kf, None, v, causal, mask)  # None: as the fast path is given
     np.testing.assert_allclose(fast(qf, kf, v), slow(qf, kf, v), rtol=RTOL,
                                atol=ATOL)
+    # The references take None as the constant log-scale it stands for.
+    np.testing.assert_allclose(
+        slow(qf, kf, v), reference.masked_linear_attention(qf, kf, ls, v,
+                                                           causal, mask),
+        rtol=RTOL, atol=ATOL)
+    if causal:
+      scanned, scan_state = reference.prefix_sum_favor(qf, kf, None, v,
+                                                       key_mask=mask)
+      _, fast_state = favor.causal_favor(qf, kf, None, v, key_mask=mask,
+                                         chunk_size=8)
+      np.testing.assert_allclose(scanned, slow(qf, kf, v), rtol=RTOL,
+                                 atol=ATOL)
+      for a, b in zip(scan_state, fast_state):  # both relative to 0
+        np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL)
     grad = lambda fn: jax.grad(lambda *a: jnp.sum(fn(*a) * cot),
                                (0, 1, 2))(qf, kf, v)
     for a, b in zip(grad(fast), grad(slow)):

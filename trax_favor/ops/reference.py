@@ -12,7 +12,8 @@ Used by the tests (and the benchmarks' exact baseline); never by the layers.
 
 Each uses the same stabilization rule as the fast path (a query's reference is
 the largest key log-scale among the keys it sees), so they agree with it to
-float32 rounding, and they share its conventions for masked rows (output 0).
+float32 rounding, and they share its conventions for masked rows (output 0)
+and for k_log_scale=None (every key's log-scale 0, as bounded maps give).
 """
 
 import functools
@@ -41,12 +42,20 @@ def exact_softmax_attention(q, k, v, causal=False, key_mask=None):
   return jnp.einsum('...ij,...jv->...iv', probs, v)
 
 
+def _key_log_scales(k_feat, k_log_scale, key_mask):
+  """mask_keys, with None log-scales taken as 0: (features, (..., l))."""
+  k_feat, s = favor.mask_keys(k_feat, k_log_scale, key_mask)
+  if s is None:
+    s = jnp.zeros(k_feat.shape[:-1], jnp.float32)
+  return k_feat, s
+
+
 @functools.partial(jax.jit, static_argnums=(4,))
 def masked_linear_attention(q_feat, k_feat, k_log_scale, v, causal=True,
                             key_mask=None):
   """FAVOR through the explicit (l, l) matrix of kernel estimates."""
   length = q_feat.shape[-2]
-  k_feat, s = favor.mask_keys(k_feat, k_log_scale, key_mask)
+  k_feat, s = _key_log_scales(k_feat, k_log_scale, key_mask)
   keep = jnp.ones((length, length), jnp.bool_)
   if causal:
     keep = jnp.tril(keep)
@@ -66,7 +75,7 @@ def prefix_sum_favor(q_feat, k_feat, k_log_scale, v, initial_state=None,
   *batch, _, m = k_feat.shape
   if initial_state is None:
     initial_state = favor.empty_state(batch, m, v.shape[-1])
-  k_feat, s = favor.mask_keys(k_feat, k_log_scale, key_mask)
+  k_feat, s = _key_log_scales(k_feat, k_log_scale, key_mask)
   axis = len(batch)
 
   def step(state, token):
