@@ -1,27 +1,6 @@
 """Install trax_favor: `pip install -c constraints.txt .` (see README)."""
 
-import os
-
 import setuptools
-from setuptools.command import build_py
-
-_PTH = 'trax_favor.pth'
-
-
-class BuildPyWithPth(build_py.build_py):
-  """Also puts trax_favor.pth at the top of site-packages.
-
-  The .pth line installs trax_favor's import hook at interpreter start, so
-  that trax gets its compatibility fixes however it is imported (for example
-  `python -m trax.trainer`, which fails at import without them). The hook
-  itself imports nothing heavy; see trax_favor/compat.py.
-  """
-
-  def run(self):
-    super().run()
-    self.copy_file(os.path.join('trax_favor', _PTH),
-                   os.path.join(self.build_lib, _PTH))
-
 
 setuptools.setup(
     name='trax_favor',
@@ -29,8 +8,19 @@ setuptools.setup(
     description="Performer's FAVOR+ attention as a first-class Trax layer.",
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',
+    url='https://github.com/trax-favor/trax_favor',
+    license='Apache-2.0',
+    classifiers=[
+        'Development Status :: 3 - Alpha',
+        'Intended Audience :: Science/Research',
+        'License :: OSI Approved :: Apache Software License',
+        'Programming Language :: Python :: 3',
+        'Programming Language :: Python :: 3.11',
+        'Topic :: Scientific/Engineering :: Artificial Intelligence',
+    ],
+    # The library only: benchmarks/, experiments/, docs/ and notebooks/ sit
+    # beside it in the repository and are not installed.
     packages=setuptools.find_packages(include=['trax_favor', 'trax_favor.*']),
-    package_data={'trax_favor': [_PTH]},
     python_requires='>=3.10',
     install_requires=[
         'trax==1.4.1',
@@ -39,11 +29,15 @@ setuptools.setup(
         'gin-config',
         'tensorflow-datasets',
         'numpy',
-        'matplotlib',
+        'matplotlib',  # PNG input and output of trax-favor-sample
     ],
     extras_require={
         'test': ['pytest', 'pytest-xdist', 'nbclient', 'nbformat',
-                 'ipykernel'],
+                 'ipykernel', 'matplotlib'],
+        # The benchmark and experiment scripts beside the package.
+        'benchmarks': ['matplotlib'],
+        # `tensorboard --logdir runs` reads a run's event files.
+        'tensorboard': ['tensorboard'],
         # NVIDIA GPUs: JAX's CUDA 12 plugin, pinned by constraints.txt to
         # the jaxlib version (a plugin of another version is not used).
         'gpu': ['jax[cuda12]'],
@@ -51,6 +45,6 @@ setuptools.setup(
     entry_points={'console_scripts': [
         'trax-favor-train = trax_favor.train:main',
         'trax-favor-sample = trax_favor.sample:main',
+        'trax-favor-trax-trainer = trax_favor.trax_trainer:main',
     ]},
-    cmdclass={'build_py': BuildPyWithPth},
 )

@@ -6,6 +6,8 @@ import gin
 import jax
 import pytest
 
+import gin_helpers
+
 
 def pytest_configure(config):
   cache_dir = config.cache.mkdir('xla_compilation_cache')
@@ -18,3 +20,12 @@ def _clear_gin():
   gin.clear_config()
   yield
   gin.clear_config()
+
+
+@pytest.fixture(name='in_repo')
+def fixture_in_repo(monkeypatch, pytestconfig):
+  """Configs are given relative to the repo root; children see the repo."""
+  monkeypatch.chdir(gin_helpers.REPO)
+  monkeypatch.setenv('PYTHONPATH', gin_helpers.REPO)
+  monkeypatch.setenv('JAX_COMPILATION_CACHE_DIR', str(
+      pytestconfig.cache.mkdir('xla_compilation_cache')))

@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from trax_favor import runs
+from trax_favor import configs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PARTS = ('base.gin', 'tiny.gin')  # included by runnable configs, not run
@@ -46,7 +46,7 @@ def twin_pairs():
 
 
 def parse(config, n_layers=None, shrink=True):
-  runs.parse_config([os.path.join(REPO, config)])
+  configs.parse_config([os.path.join(REPO, config)])
   if shrink:
     for name, value in TINY_MACROS.items():
       gin.bind_parameter(f'{name}/macro.value', value)

@@ -14,8 +14,10 @@ import pytest
 from trax.supervised import training
 
 import gin_helpers
-from trax_favor import runs
-from trax_favor import sampling
+from trax_favor import checkpoints
+from trax_favor import configs
+from trax_favor import decoding
+from trax_favor import training as favor_training
 
 REPO = gin_helpers.REPO
 TEXT_CONFIG = 'gin/offline_default.gin'
@@ -94,15 +96,15 @@ def test_training_resumes_after_kill_9(text_run):
 
 def test_sampling_in_predict_mode_equals_the_eval_model(text_run):
   output_dir, _, _ = text_run
-  runs.parse_config([os.path.join(REPO, TEXT_CONFIG)], SHRINK)
-  model = runs.restore(str(output_dir), mode='predict')
-  state_shapes = runs._shapes(model.state)  # pylint: disable=protected-access
+  configs.parse_config([os.path.join(REPO, TEXT_CONFIG)], SHRINK)
+  model = checkpoints.restore(str(output_dir), mode='predict')
+  state_shapes = checkpoints._shapes(model.state)  # pylint: disable=protected-access
   prompt = np.frombuffer(b'import os\n', np.uint8).astype(np.int32)
-  generated, log_probs = sampling.sample(model, prompt, 14, temperature=1.0,
+  generated, log_probs = decoding.sample(model, prompt, 14, temperature=1.0,
                                          seed=3)
-  assert runs._shapes(model.state) == state_shapes  # O(1) in decoded length  # pylint: disable=protected-access
+  assert checkpoints._shapes(model.state) == state_shapes  # O(1) in decoded length  # pylint: disable=protected-access
   sequence = np.concatenate([prompt, generated])[None]  # (1, 24)
-  evaluator = runs.restore(str(output_dir), mode='eval')
+  evaluator = checkpoints.restore(str(output_dir), mode='eval')
   logits = np.asarray(evaluator(sequence))[0]
   want = logits - np.log(np.sum(np.exp(logits), -1, keepdims=True))
   np.testing.assert_allclose(log_probs, want, rtol=1e-4, atol=1e-4)
@@ -112,17 +114,17 @@ def test_sampling_stops_where_the_position_table_ends(text_run):
   # Past max_len trax's positional encoding would clamp its read and give
   # every later token the last position, silently.
   output_dir, _, _ = text_run
-  runs.parse_config([os.path.join(REPO, TEXT_CONFIG)], SHRINK)
-  model = runs.restore(str(output_dir), mode='predict')
-  assert sampling.positions_left(model) == 64  # SEQUENCE_LENGTH=64
+  configs.parse_config([os.path.join(REPO, TEXT_CONFIG)], SHRINK)
+  model = checkpoints.restore(str(output_dir), mode='predict')
+  assert decoding.positions_left(model) == 64  # SEQUENCE_LENGTH=64
   prompt = np.arange(1, 11, dtype=np.int32)
   with pytest.raises(ValueError, match='65 positions, but the model has 64'):
-    sampling.sample(model, prompt, 55)
-  generated, _ = sampling.sample(model, prompt, 54, temperature=0.0)
-  assert len(generated) == 54 and sampling.positions_left(model) == 0
+    decoding.sample(model, prompt, 55)
+  generated, _ = decoding.sample(model, prompt, 54, temperature=0.0)
+  assert len(generated) == 54 and decoding.positions_left(model) == 0
   with pytest.raises(ValueError, match='1 positions, but the model has 0'):
-    sampling.sample(model, [], 1)
-  assert sampling.positions_left(runs.restore(str(output_dir),
+    decoding.sample(model, [], 1)
+  assert decoding.positions_left(checkpoints.restore(str(output_dir),
                                               mode='eval')) is None
 
 
@@ -147,7 +149,7 @@ def test_image_completion_to_png(tmp_path, cache_dir):
   gin.bind_parameter('train.steps', 2)
   gin.bind_parameter('train.eval_frequency', 2)
   with gin_helpers.mocked_tfds():
-    runs.train(str(tmp_path / 'run'), log_every=1)
+    favor_training.train(str(tmp_path / 'run'), log_every=1)
   prompt = np.random.default_rng(0).integers(0, 256, (8, 8, 3)).astype(
       np.uint8)
   matplotlib.image.imsave(tmp_path / 'prompt.png', prompt)
@@ -166,10 +168,11 @@ def test_image_completion_to_png(tmp_path, cache_dir):
 TRAIN_ON_ALL_DEVICES = f"""
 import json, sys
 import jax
-from trax_favor import runs
-runs.parse_config([{TEXT_CONFIG!r}], {SHRINK!r} + ['train.steps=6',
+from trax_favor import configs
+from trax_favor import training as favor_training
+configs.parse_config([{TEXT_CONFIG!r}], {SHRINK!r} + ['train.steps=6',
                   'train.eval_frequency=2'])
-loop = runs.train(sys.argv[1], n_devices=jax.local_device_count())
+loop = favor_training.train(sys.argv[1], n_devices=jax.local_device_count())
 print('LOSSES', json.dumps([v for _, v in loop.history.get('eval',
                                                            'metrics/loss')]))
 """

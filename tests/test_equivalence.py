@@ -16,7 +16,8 @@ from trax import shapes
 from trax.supervised import training
 
 import gin_helpers
-from trax_favor import runs
+from trax_favor import configs
+from trax_favor import training as favor_training
 
 PAIRS = gin_helpers.twin_pairs()
 PAIR_IDS = [p.replace('gin/', '').replace('.gin', '') for p, _ in PAIRS]
@@ -69,7 +70,7 @@ def _structure(config):
   """The config's model at shrunk width, full depth: its layer list."""
   gin_helpers.parse(config)
   depth = gin.query_parameter('N_LAYERS/macro.value')
-  model = runs.configured_model_fn()(mode='train')
+  model = configs.configured_model_fn()(mode='train')
   model.init(shapes.ShapeDtype((1, gin_helpers.TINY_MACROS['SEQUENCE_LENGTH']),
                                np.int32))
   return depth, list(_layers(model))

@@ -1,65 +1,85 @@
-"""`import trax_favor` turns XLA's CPU YNNPACK fusions off, and only where it
-may: before JAX starts, where the user has not chosen, on a jaxlib that
-knows the flag."""
-
-import os
-import subprocess
-import sys
+"""XLA's CPU YNNPACK fusions are turned off per compiled program, never for
+the process: trax_favor's own jits and trax's steps inside our training get
+the option; a plain jax.jit of the user's keeps XLA's default."""
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
-import trax_favor
+from trax import fastmath
 
-import gin_helpers
-
-# A product with elementwise work and a reduction after it: XLA's CPU backend
-# hands such a pattern to one YNNPACK fusion unless the flag is set.
-FUSED = """
-import os
-import trax_favor
-import jax, jax.numpy as jnp
-f = jax.jit(lambda a, b: jnp.sum(jnp.exp(a @ b) * 2.0, axis=-1))
-hlo = f.lower(jnp.ones((64, 64)), jnp.ones((64, 64))).compile().as_text()
-print(repr(os.environ.get('XLA_FLAGS')), hlo.count('__ynn_fusion'))
-"""
+from trax_favor import xla_cpu
+from trax_favor.ops import favor
 
 
-def _fresh_process(**env_extra):
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-  env.update(PYTHONPATH=gin_helpers.REPO, **env_extra)
-  result = subprocess.run([sys.executable, '-c', FUSED], cwd=gin_helpers.REPO,
-                          env=env, capture_output=True, text=True,
-                          timeout=600, check=False)
-  assert result.returncode == 0, result.stderr[-3000:]
-  return result.stdout.split()
+def _product_with_reductions(a, b):
+  # A product with elementwise work and a reduction after it: XLA's CPU
+  # backend hands this pattern to one YNNPACK fusion by default.
+  return jnp.sum(jnp.exp(a @ b) * 2.0, axis=-1)
 
 
-def test_import_turns_ynn_fusions_off_and_the_opt_out_keeps_them():
-  flags, fusions = _fresh_process()
-  assert (flags, fusions) == ("'--xla_cpu_experimental_ynn_fusion_type='",
-                              '0')
-  flags, fusions = _fresh_process(TRAX_FAVOR_XLA_CPU_DEFAULTS='0')
-  assert flags == 'None' and int(fusions) >= 1  # XLA's default fuses it
+ARGS = (jnp.ones((64, 64)), jnp.ones((64, 64)))
 
 
-def test_a_users_own_setting_is_kept(monkeypatch):
-  mine = '--xla_force_host_platform_device_count=2 ' + (
-      trax_favor.YNN_FLAG + '=individual_dot')
-  monkeypatch.setenv('XLA_FLAGS', mine)
-  assert not trax_favor.prefer_eigen_dots_on_cpu()
-  assert os.environ['XLA_FLAGS'] == mine
+def _ynn_fusions(jitted):
+  return jitted.lower(*ARGS).compile().as_text().count('__ynn_fusion')
 
 
-def test_after_jax_started_it_warns_and_changes_nothing(monkeypatch):
-  jax.numpy.ones(2).block_until_ready()  # JAX's CPU backend has started
-  monkeypatch.delenv('XLA_FLAGS', raising=False)
-  with pytest.warns(UserWarning, match='import trax_favor before running JAX'):
-    assert not trax_favor.prefer_eigen_dots_on_cpu()
-  assert 'XLA_FLAGS' not in os.environ
+def test_options_turn_the_fusions_off_for_that_program_only():
+  assert xla_cpu.compiler_options() == {xla_cpu.YNN_OPTION: ''}
+  ours = jax.jit(_product_with_reductions,
+                 compiler_options=xla_cpu.compiler_options())
+  assert _ynn_fusions(ours) == 0
+  assert _ynn_fusions(jax.jit(_product_with_reductions)) >= 1  # XLA default
 
 
-def test_a_jaxlib_without_the_flag_is_left_alone(monkeypatch):
-  monkeypatch.delenv('XLA_FLAGS', raising=False)
-  monkeypatch.setattr(trax_favor.metadata, 'version', lambda name: '0.9.2')
-  assert not trax_favor.prefer_eigen_dots_on_cpu()  # XLA would stop at it
-  assert 'XLA_FLAGS' not in os.environ
+def test_opt_out_keeps_xla_default(monkeypatch):
+  monkeypatch.setenv('TRAX_FAVOR_XLA_CPU_DEFAULTS', '0')
+  assert xla_cpu.compiler_options() == {}
+
+
+def test_trax_jit_inside_the_context_compiles_with_the_options():
+  with xla_cpu.trax_jit_options():
+    inside = fastmath.jit(_product_with_reductions)
+  outside = fastmath.jit(_product_with_reductions)
+  assert _ynn_fusions(inside) == 0
+  assert _ynn_fusions(outside) >= 1  # the context restored trax's jit
+
+
+def test_our_jit_works_top_level_and_nested_with_equal_results():
+  top = xla_cpu.jit(_product_with_reductions)
+  expected = _product_with_reductions(*ARGS)
+  np.testing.assert_allclose(top(*ARGS), expected, rtol=1e-6)
+  # Under an outer jit and grad JAX refuses compiler options on a nested
+  # jit; ours runs as a plain nested jit there.
+  nested = jax.jit(lambda a, b: top(a, b) * 1.0)(*ARGS)
+  np.testing.assert_allclose(nested, expected, rtol=1e-6)
+  grad = jax.grad(lambda a: top(a, ARGS[1]).sum())(ARGS[0] * 0.01)
+  auto = jax.grad(lambda a: _product_with_reductions(a, ARGS[1]).sum())(
+      ARGS[0] * 0.01)
+  np.testing.assert_allclose(grad, auto, rtol=1e-5)
+
+
+def test_ops_called_eagerly_and_under_a_users_jit_agree():
+  rng = np.random.default_rng(0)
+  q, k = rng.random((2, 1, 40, 8)).astype(np.float32)
+  v = rng.standard_normal((1, 40, 4)).astype(np.float32)
+  s = np.zeros((1, 40), np.float32)
+  eager, _ = favor.causal_favor(q, k, s, v, chunk_size=16)
+  jitted, _ = jax.jit(lambda *a: favor.causal_favor(*a, chunk_size=16))(
+      q, k, s, v)
+  np.testing.assert_allclose(eager, jitted, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize('version,expected', [('0.9.2', {}),
+                                              ('0.10.1', None)])
+def test_a_jaxlib_without_the_option_gets_none(monkeypatch, version,
+                                               expected):
+  xla_cpu._default_options.cache_clear()  # pylint: disable=protected-access
+  monkeypatch.setattr(xla_cpu.metadata, 'version', lambda name: version)
+  try:
+    found = xla_cpu.compiler_options()
+  finally:
+    xla_cpu._default_options.cache_clear()  # pylint: disable=protected-access
+  assert found == (expected if expected is not None
+                   else {xla_cpu.YNN_OPTION: ''})

@@ -1,21 +1,36 @@
 """trax 1.4.1 on current JAX: the only place where trax_favor patches anything.
 
 Trax's last release (1.4.1, 2021) calls JAX APIs that have since changed or
-gone. Each fix below is the smallest change that restores one upstream call,
-names that call, and is a no-op where the old API still works (each one probes
-the upstream call first, so applying twice changes nothing). `apply()` runs them all once trax is imported; `import trax_favor`
-does that, and so does the import hook that `trax_favor.pth` installs at
-interpreter start (so `python -m trax.trainer` works without importing
-trax_favor first). `applied()` reports which fixes were needed.
+gone. Each fix below is the smallest change that restores one upstream call
+and names that call. Rules:
 
-This module must not import trax or trax_favor at module level: the .pth file
-loads it at every interpreter start, before anything else.
+- A fix decides whether it is needed by a version, `hasattr` or a signature,
+  never by running JAX code (that would start the backend: on a GPU it
+  preallocates memory, and `jax.distributed.initialize()` must come first).
+- A fix changes trax's modules only: the name trax looks up (an entry of
+  trax's fastmath backend table, a function of a trax module, or the `jax`
+  global of one trax module, replaced by a view of jax with one name added).
+  No attribute of `jax` itself changes, so other code that feature-detects
+  JAX sees JAX as it is.
+- Each is applied once; `applied()` says which were needed, and `undone(name)`
+  reverts one temporarily (the tests use it to show the fix is needed).
+
+`install_import_hook()` (called by `import trax_favor`) adds a finder to
+`sys.meta_path` that acts on trax's own modules only: it applies the fixes
+when `trax` finishes importing and speeds up `trax.layers.assert_shape`
+(see `_fast_inspect`); it removes itself once both are done. Where trax was
+imported before trax_favor, `apply()` (run by trax_favor.layers, models and
+data) applies the fixes then.
+
+This module must not import trax, or anything heavy, at module level.
 """
 
 import contextlib
+from importlib import metadata
 import importlib.abc
 import importlib.machinery
 import inspect
+import re
 import sys
 import types
 
@@ -79,6 +94,31 @@ def undone(name):
       _set(owner, key, value)
 
 
+def _version(package):
+  """(major, minor, patch) of an installed package, or None."""
+  try:
+    found = re.match(r'(\d+)\.(\d+)\.(\d+)', metadata.version(package))
+  except metadata.PackageNotFoundError:
+    return None
+  return tuple(int(x) for x in found.groups()) if found else None
+
+
+class _ModuleView(types.ModuleType):
+  """A module that adds names to another and forwards every other lookup.
+
+  Installed as the `jax` global of one trax module, it gives that module a
+  name jax no longer has without adding it to jax itself.
+  """
+
+  def __init__(self, module, **extra):
+    super().__init__(module.__name__, module.__doc__)
+    self.__dict__.update(extra)
+    self._module = module
+
+  def __getattr__(self, name):
+    return getattr(self._module, name)
+
+
 _FIXES = []
 
 
@@ -98,15 +138,12 @@ def _fix_tree_unflatten(patch):
   # restore and init_from_file): `tree in copy_from_tree` compares a jax Array
   # with (), which raises TypeError on every jax with Python 3.11 wheels.
   import importlib  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from trax import fastmath  # pylint: disable=g-import-not-at-top
   # The module itself: the attribute trax.fastmath.numpy is the backend's np.
   fnp = importlib.import_module('trax.fastmath.numpy')
-  try:
-    fnp.tree_unflatten([jnp.zeros(1)], (jnp.zeros(1),), copy_from_tree=[()])
+  # trax <= 1.4.1 tests `tree in copy_from_tree`; later trax may not.
+  if _version('trax') is None or _version('trax') > (1, 4, 1):
     return False
-  except TypeError:
-    pass
   original = fnp.tree_unflatten
 
   def tree_unflatten(flat, tree, copy_from_tree=None):
@@ -125,12 +162,10 @@ def _fix_cond(patch):
   # false_fun=) as called by tl.SelfAttention / tl.LSHSelfAttention predict
   # mode and LSH bucketing: jax >= 0.8 lax.cond lost per-branch operands.
   from trax.fastmath import jax as trax_jax  # pylint: disable=g-import-not-at-top
-  try:
-    trax_jax.JAX_BACKEND['cond'](pred=True, true_operand=0, true_fun=lambda x: x,
-             false_operand=0, false_fun=lambda x: x)
-    return False
-  except TypeError:
-    pass
+  parameters = inspect.signature(trax_jax.JAX_BACKEND['cond']).parameters
+  if 'true_operand' in parameters or any(
+      p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+    return False  # the old keywords are still taken
   original = trax_jax.JAX_BACKEND['cond']
 
   def cond(*args, **kwargs):
@@ -152,8 +187,8 @@ def _fix_stop_gradient(patch):
   # `np.arange(q_len)`): since jax 0.8 lax.stop_gradient turns a Python int
   # into a traced array. A Python number has no gradient: return it as is.
   from trax.fastmath import jax as trax_jax  # pylint: disable=g-import-not-at-top
-  if type(trax_jax.JAX_BACKEND['stop_gradient'](3)) is int:  # pylint: disable=unidiomatic-typecheck
-    return False
+  if (_version('jax') or (0, 8, 0)) < (0, 8, 0):
+    return False  # before jax 0.8 it returned Python numbers unchanged
   original = trax_jax.JAX_BACKEND['stop_gradient']
 
   def stop_gradient(x):
@@ -164,7 +199,7 @@ def _fix_stop_gradient(patch):
   return patch(trax_jax.JAX_BACKEND, 'stop_gradient', stop_gradient)
 
 
-# -- jax.device_put_replicated (trax.layers.acceleration.for_n_devices) -------
+# -- trax.layers.acceleration: jax.device_put_replicated -----------------------
 @_fix('device_put_replicated')
 def _fix_device_put_replicated(patch):
   # Repairs trax.layers.acceleration.for_n_devices (multi-device training),
@@ -172,6 +207,7 @@ def _fix_device_put_replicated(patch):
   # host array lets pmap place one copy per device.
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+  from trax.layers import acceleration  # pylint: disable=g-import-not-at-top
   if hasattr(jax, 'device_put_replicated'):
     return False
 
@@ -179,7 +215,8 @@ def _fix_device_put_replicated(patch):
     x = np.asarray(x)
     return np.broadcast_to(x, (len(devices),) + x.shape)
 
-  return patch(jax, 'device_put_replicated', device_put_replicated)
+  return patch(acceleration, 'jax',
+               _ModuleView(jax, device_put_replicated=device_put_replicated))
 
 
 # -- trax.fastmath.pmap -------------------------------------------------------
@@ -189,18 +226,12 @@ def _fix_pmap_committed_inputs(patch):
   # `fastmath.pmap(update_fn)(weights_and_slots, ...)`): trax keeps replicated
   # optimizer slots on one device (`tl.on_cpu(tl.for_n_devices(slots))`), and
   # current pmap rejects arrays committed to a single device ("Sharding passed
-  # to jit does not match"). Such arrays are re-placed one slice per device.
+  # to jit does not match"). Such arrays are re-placed one slice per device;
+  # other inputs pass unchanged, so on one device the wrapper changes nothing.
   import jax  # pylint: disable=g-import-not-at-top
   from trax.fastmath import jax as trax_jax  # pylint: disable=g-import-not-at-top
-  if len(jax.local_devices()) < 2:
-    return False  # single device: pmap never sees committed replicas
-  probe = jax.device_put(jax.numpy.zeros((len(jax.local_devices()),)),
-                         jax.local_devices()[0])
-  try:
-    trax_jax.JAX_BACKEND['pmap'](lambda x: x)(probe)
-    return False
-  except ValueError:
-    pass
+  if (_version('jax') or (0, 8, 0)) < (0, 8, 0):
+    return False  # measured failing on 0.10.2; 0.7.2 and older accepted them
   original = trax_jax.JAX_BACKEND['pmap']
 
   def pmap(fun, *args, **kwargs):
@@ -223,13 +254,14 @@ def _fix_pmap_committed_inputs(patch):
   return patch(trax_jax.JAX_BACKEND, 'pmap', pmap)
 
 
-# -- jax.xla_computation (trax.supervised.trainer_lib) ------------------------
+# -- trax.supervised.trainer_lib: jax.xla_computation ------------------------
 @_fix('xla_computation')
 def _fix_xla_computation(patch):
   # Repairs Trainer.save_computation_graphs in trax.supervised.trainer_lib
   # (`jax.xla_computation(f)(batch, weights=..., ...)` then `.as_hlo_text()`,
   # `.as_hlo_dot_graph()`): jax.xla_computation was deleted in jax 0.4.35.
   import jax  # pylint: disable=g-import-not-at-top
+  from trax.supervised import trainer_lib  # pylint: disable=g-import-not-at-top
   if hasattr(jax, 'xla_computation'):
     return False
 
@@ -237,25 +269,38 @@ def _fix_xla_computation(patch):
     return lambda *args, **kwargs: jax.jit(fun).lower(
         *args, **kwargs).compiler_ir('hlo')
 
-  return patch(jax, 'xla_computation', xla_computation)
+  return patch(trainer_lib, 'jax',
+               _ModuleView(jax, xla_computation=xla_computation))
 
 
-# -- jax.lib.xla_extension (trax/trainer.py) ----------------------------------
-@_fix('xla_extension_module')
-def _fix_xla_extension(patch):
-  # Repairs `from jax.lib import xla_extension as xc` at the top of
-  # trax/trainer.py (`python -m trax.trainer`); the module is gone since jax
-  # 0.9. trainer.py uses xc.get_distributed_runtime_{service,client}, which now
-  # live in jaxlib's _jax extension.
-  import jax.lib  # pylint: disable=g-import-not-at-top
+# -- trax/trainer.py: from jax.lib import xla_extension -----------------------
+def import_trainer():
+  """Imports and returns `trax.trainer` (the stock training CLI's module).
+
+  trax/trainer.py starts with `from jax.lib import xla_extension as xc`, a
+  module gone since jax 0.9; it uses xc.get_distributed_runtime_{service,
+  client}, which now live in jaxlib's `_jax` extension. Where the module is
+  missing it is offered under that name only while trax.trainer executes, so
+  `jax.lib` is left as it was.
+  """
+  import_trax()
+  if 'trax.trainer' in sys.modules:
+    return sys.modules['trax.trainer']
+  import importlib  # pylint: disable=g-import-not-at-top
   try:
     import jax.lib.xla_extension  # pylint: disable=g-import-not-at-top,unused-import
-    return False
+    return importlib.import_module('trax.trainer')
   except ImportError:
     pass
+  import jax.lib  # pylint: disable=g-import-not-at-top
   from jax._src.lib import _jax  # pylint: disable=g-import-not-at-top
-  patch(sys.modules, 'jax.lib.xla_extension', _jax)
-  return patch(jax.lib, 'xla_extension', _jax)
+  sys.modules['jax.lib.xla_extension'] = _jax
+  jax.lib.xla_extension = _jax
+  try:
+    return importlib.import_module('trax.trainer')
+  finally:
+    del sys.modules['jax.lib.xla_extension']
+    del jax.lib.xla_extension
 
 
 def apply():
@@ -306,9 +351,15 @@ def _fast_inspect(module):
   module.inspect = shim
 
 
+def _after_trax(module):
+  del module
+  apply()
+  _remove_import_hook()
+
+
 _AFTER_IMPORT = {
     'trax.layers.assert_shape': _fast_inspect,
-    'trax': lambda module: apply(),
+    'trax': _after_trax,
 }
 
 
@@ -325,9 +376,48 @@ class _TraxFinder(importlib.abc.MetaPathFinder):
     return spec
 
 
+def _remove_import_hook():
+  sys.meta_path[:] = [f for f in sys.meta_path
+                      if not isinstance(f, _TraxFinder)]
+
+
 def install_import_hook():
-  """Installs the finder (idempotent); if trax is already imported, applies."""
-  if not any(isinstance(f, _TraxFinder) for f in sys.meta_path):
-    sys.meta_path.insert(0, _TraxFinder())
-  if 'trax' in sys.modules and hasattr(sys.modules['trax'], 'layers'):
+  """Installs the finder until trax is imported (idempotent).
+
+  Where trax is imported already, applies the fixes instead.
+  """
+  if 'trax' in sys.modules:
     apply()
+  elif not any(isinstance(f, _TraxFinder) for f in sys.meta_path):
+    sys.meta_path.insert(0, _TraxFinder())
+
+
+def import_trax():
+  """Imports trax (fast, through the finder) with every fix applied."""
+  install_import_hook()
+  import trax  # pylint: disable=g-import-not-at-top,unused-import
+  apply()
+  return sys.modules['trax']
+
+
+@contextlib.contextmanager
+def jit_with_options(compiler_options):
+  """Within this context, trax's `fastmath.jit` passes compiler_options.
+
+  Trax's training and eval steps are jitted by trax (`fastmath.jit`, an
+  entry of its backend table); the programs they compile keep the options
+  after the context ends. Used by trax_favor's training for the CPU options
+  of `trax_favor.xla_cpu`; an explicit compiler_options argument wins.
+  """
+  from trax.fastmath import jax as trax_jax  # pylint: disable=g-import-not-at-top
+  original = trax_jax.JAX_BACKEND['jit']
+
+  def jit(*args, **kwargs):
+    kwargs.setdefault('compiler_options', dict(compiler_options))
+    return original(*args, **kwargs)
+
+  trax_jax.JAX_BACKEND['jit'] = jit
+  try:
+    yield
+  finally:
+    trax_jax.JAX_BACKEND['jit'] = original

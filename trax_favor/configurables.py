@@ -1,4 +1,4 @@
-"""Registers trax_favor with gin: the only module that imports gin.
+"""Registers trax_favor with gin: the one place the package registers anything.
 
 Configurables live in the `trax_favor` gin module, e.g.
 
@@ -16,7 +16,7 @@ import inspect
 import gin
 
 from trax_favor import data
-from trax_favor import layers  # imports trax_favor: trax fixes, quiet import
+from trax_favor import layers
 from trax_favor import models
 
 
@@ -28,7 +28,6 @@ def _configure(fn):
 
 
 FavorSelfAttention = _configure(layers.FavorSelfAttention)
-IdentityAttention = _configure(layers.IdentityAttention)
 PerformerLM = _configure(models.PerformerLM)
 local_text_inputs = _configure(data.local_text_inputs)
 pg19_inputs = _configure(data.pg19_inputs)

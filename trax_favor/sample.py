@@ -11,21 +11,21 @@ from scratch, written as a PNG:
     python -m trax_favor.sample --config_file=gin/imagenet64/performer_6l.gin \
         --output_dir=runs/i64 --image=cat.png --prompt_rows=32 --png=out.png
 
-The model runs in predict mode: one token per step, with a constant-size
-state per sequence.
+The model runs in predict mode: the prompt in one call, then one token per
+step, with a constant-size state per sequence.
 """
 
 import argparse
 import sys
 
-from trax_favor import runs
+from trax_favor import cli
 
 
 def parse_args(argv):
   parser = argparse.ArgumentParser(
       prog='python -m trax_favor.sample',
       description='Sample from a trained trax_favor model (predict mode).')
-  runs.add_config_flags(parser, 'the training run directory (its checkpoint);'
+  cli.add_config_flags(parser, 'the training run directory (its checkpoint);'
                          ' give the config files and bindings it was '
                          'trained with')
   parser.add_argument('--prompt', default='', help='text: prompt to continue')
@@ -54,33 +54,38 @@ def _read_png(path, image_size):
 
 def main(argv=None):
   args = parse_args(sys.argv[1:] if argv is None else argv)
-  from trax_favor import sampling  # pylint: disable=g-import-not-at-top
+  cli.quiet_start()
+  # pylint: disable=g-import-not-at-top
+  from trax_favor import checkpoints
+  from trax_favor import configs
+  from trax_favor import decoding
+  # pylint: enable=g-import-not-at-top
 
   def run():
-    runs.parse_config(args.config_file, args.config)
-    image_size = runs.configured_image_size()
-    model = runs.restore(args.output_dir, mode='predict')
+    configs.parse_config(args.config_file, args.config)
+    image_size = configs.configured_image_size()
+    model = checkpoints.restore(args.output_dir, mode='predict')
     try:
       sample(model, image_size)
     except ValueError as e:  # a bad prompt, length or image: one line
-      raise runs.RunError(str(e)) from e
+      raise configs.RunError(str(e)) from e
 
   def sample(model, image_size):
     if image_size is None:
-      text = sampling.complete_text(model, args.prompt, args.length,
+      text = decoding.complete_text(model, args.prompt, args.length,
                                     args.temperature, args.seed)
       sys.stdout.write(args.prompt + text + '\n')
       return
     import matplotlib.image  # pylint: disable=g-import-not-at-top
     import numpy as np  # pylint: disable=g-import-not-at-top
     prompt = _read_png(args.image, image_size) if args.image else None
-    image = sampling.complete_image(model, image_size, prompt,
+    image = decoding.complete_image(model, image_size, prompt,
                                     args.prompt_rows, args.temperature,
                                     args.seed)
     panels = [image] if prompt is None else [prompt, image]
     matplotlib.image.imsave(args.png, np.concatenate(panels, axis=1))
     print(f'wrote {args.png} ({"prompt | completion" if prompt is not None else "sample"})')
-  runs.main_guard(run)
+  cli.main_guard(run)
 
 
 if __name__ == '__main__':

@@ -11,22 +11,19 @@ Flags:
                  checkpoint
   --n_devices    data-parallel devices (default: all local devices)
   --log_every    progress line every this many steps
-
-Several hosts: start the same command on every host after
-`jax.distributed.initialize()` (see README, "Several hosts").
 """
 
 import argparse
 import sys
 
-from trax_favor import runs
+from trax_favor import cli
 
 
 def parse_args(argv):
   parser = argparse.ArgumentParser(
       prog='python -m trax_favor.train',
       description='Train a gin-configured trax_favor model.')
-  runs.add_config_flags(parser, 'where checkpoints and logs go')
+  cli.add_config_flags(parser, 'where checkpoints and logs go')
   parser.add_argument('--n_devices', type=int, default=None,
                       help='data-parallel devices (default: all)')
   parser.add_argument('--log_every', type=int, default=10,
@@ -36,12 +33,15 @@ def parse_args(argv):
 
 def main(argv=None):
   args = parse_args(sys.argv[1:] if argv is None else argv)
+  cli.quiet_start()
+  from trax_favor import configs  # pylint: disable=g-import-not-at-top
+  from trax_favor import training  # pylint: disable=g-import-not-at-top
 
   def run():
-    runs.parse_config(args.config_file, args.config)
-    runs.train(args.output_dir, n_devices=args.n_devices,
-               log_every=args.log_every)
-  runs.main_guard(run)
+    configs.parse_config(args.config_file, args.config)
+    training.train(args.output_dir, n_devices=args.n_devices,
+                   log_every=args.log_every)
+  cli.main_guard(run)
 
 
 if __name__ == '__main__':

@@ -13,6 +13,7 @@ import sysconfig
 
 import numpy as np
 
+from trax_favor import checks
 from trax_favor.data import streams
 
 _EVAL_EVERY = 10  # one file in ten is held out
@@ -73,7 +74,7 @@ def local_text_inputs(batch_size, sequence_length, root=None, seed=0,
   Returns:
     trax.data.Inputs.
   """
-  streams.check_positive(sequence_length=sequence_length)
+  checks.check_positive_int(sequence_length=sequence_length)
   train, evaluation = read_corpus(root)
   if len(train) < sequence_length or len(evaluation) < sequence_length:
     raise ValueError(

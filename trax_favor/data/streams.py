@@ -18,15 +18,11 @@ import numpy as np
 import trax.layers as tl
 from trax.data import inputs as trax_inputs
 
+from trax_favor import checks
+
 OBJECTIVES = ('causal', 'masked')
 BYTE_VOCAB_SIZE = 256
 MASK_ID = 256  # masked LM: the id after the 256 bytes (vocab_size 257)
-
-
-def check_positive(**values):
-  for name, value in values.items():
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-      raise ValueError(f'{name} must be a positive int, got {value!r}.')
 
 
 def byte_tokens(data):
@@ -103,7 +99,7 @@ def make_inputs(train_examples, eval_examples, batch_size,
   Returns:
     trax.data.Inputs.
   """
-  check_positive(batch_size=batch_size)
+  checks.check_positive_int(batch_size=batch_size)
   if objective not in OBJECTIVES:
     raise ValueError(f'objective must be one of {OBJECTIVES}, '
                      f'got {objective!r}.')

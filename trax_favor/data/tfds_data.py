@@ -14,6 +14,7 @@ raises DatasetNotPreparedError with the command that prepares it.
 
 import numpy as np
 
+from trax_favor import checks
 from trax_favor.data import streams
 
 PG19 = 'pg19'
@@ -88,7 +89,7 @@ def _shuffled(examples, seed, buffer_size=_SHUFFLE_BUFFER):
 def pg19_examples(split, sequence_length, data_dir=None, shuffle=False,
                   seed=0):
   """PG-19 books as (tokens (l,), weights (l,)) byte windows, endless."""
-  streams.check_positive(sequence_length=sequence_length)
+  checks.check_positive_int(sequence_length=sequence_length)
   books = load_split(PG19, split, data_dir, shuffle, seed)
   windows = (window for book in books
              for window in streams.windows(
@@ -112,7 +113,7 @@ def imagenet64_examples(split, image_size=IMAGENET64_SIZE, data_dir=None,
   image_size < 64 shrinks images by area averaging (tiny configs: 8 gives
   192 tokens); the real dataset is already 64 x 64.
   """
-  streams.check_positive(image_size=image_size)
+  checks.check_positive_int(image_size=image_size)
   for example in load_split(IMAGENET64, split, data_dir, shuffle, seed):
     image = resized_image(example['image'], image_size)  # (s, s, 3)
     tokens = image.reshape(-1).astype(np.int32)  # (s * s * 3,) row-major

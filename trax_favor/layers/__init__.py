@@ -1,6 +1,7 @@
 """Trax layers wrapping the FAVOR+ ops."""
 
-from trax_favor.layers.favor_attention import favor_layers
-from trax_favor.layers.favor_attention import FavorSelfAttention
-from trax_favor.layers.favor_attention import IdentityAttention
-from trax_favor.layers.favor_attention import transfer_projections
+from trax_favor.layers.projections import all_layers
+from trax_favor.layers.projections import favor_layers
+from trax_favor.layers.projections import load_projections
+from trax_favor.layers.projections import transfer_projections
+from trax_favor.layers.self_attention import FavorSelfAttention

@@ -14,9 +14,11 @@ respect but the attention layer:
 
 Nothing here re-implements those pieces: the blocks come from
 `tl.ReversibleHalfResidual` / `tl.ReversibleSwap` / `tl.ReversibleSerial`, the
-attention call from `ApplyAttentionLayer` and the (chunked) feed-forward from
-`FeedForwardWithOptions` in trax's configurable_transformer, the positional
-encodings (including axial ones for images) from its `PositionalEncoder`.
+(chunked) feed-forward from `FeedForwardWithOptions` in trax's
+configurable_transformer, the positional encodings (including axial ones for
+images) from its `PositionalEncoder`. The attention layer is built directly
+with ReformerLM's keywords (trax's `ApplyAttentionLayer` would retry another
+signature on any TypeError, hiding errors raised inside the layer).
 With causal=True the model computes exactly what `trax.models.ReformerLM`
 computes, with the same weight tree, for any attention type (tested); the
 differences are the FAVOR+ default, Trax naming (`d_qk`, `d_v`), a `causal`
@@ -26,15 +28,8 @@ switch for bidirectional (masked-LM) models, and argument checks.
 import trax.layers as tl
 from trax.models.research import configurable_transformer as ct
 
+from trax_favor import checks
 from trax_favor.layers import FavorSelfAttention
-
-MODES = ('train', 'eval', 'predict')
-
-
-def _check_positive(**values):
-  for name, value in values.items():
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-      raise ValueError(f'{name} must be a positive int, got {value!r}.')
 
 
 def _attention_types(attention_type, n_layers):
@@ -80,19 +75,15 @@ def PerformerBlock(d_model, d_ff, d_qk, d_v, n_heads, attention_type,
   Returns:
     A list of four reversible layers for `tl.ReversibleSerial`.
   """
-  attention = ct.ApplyAttentionLayer(
-      attention_type, d_model, n_heads, d_qk, d_v, causal,
-      False,  # masked: LM batches have no padding mask input
-      dropout, dropout,  # attention_dropout, output_dropout
-      0,  # attention_chunk_size: FAVOR is linear in l, no need to chunk
-      mode)
+  attention = attention_type(
+      n_heads=n_heads, d_qk=d_qk, d_v=d_v, causal=causal,
+      masked=False,  # LM batches have no padding-mask input
+      output_dropout=dropout, attention_dropout=dropout, mode=mode)
   feed_forward = ct.FeedForwardWithOptions(
-      d_model, d_ff, dropout, [-2], ff_activation, dropout, ff_chunk_size,
-      0,  # ff_use_sru
-      0,  # ff_sparsity
-      True,  # center_layernorm
-      mode,
-      False)  # use_bfloat16
+      d_model=d_model, d_ff=d_ff, dropout=dropout, dropout_shared_axes=[-2],
+      ff_activation=ff_activation, ff_dropout=dropout,
+      ff_chunk_size=ff_chunk_size, ff_use_sru=0, ff_sparsity=0,
+      center_layernorm=True, mode=mode, use_bfloat16=False)
   return [
       tl.ReversibleHalfResidual(tl.LayerNorm(), attention_layer=attention,
                                 name='ReversibleHalfResidualDecoderAttn'),
@@ -151,16 +142,14 @@ def PerformerLM(vocab_size,
   Returns:
     A Trax layer mapping token ids (b, l) to logits (b, l, vocab_size).
   """
-  _check_positive(vocab_size=vocab_size, d_model=d_model, d_ff=d_ff,
-                  d_qk=d_qk, d_v=d_v, n_layers=n_layers, n_heads=n_heads,
-                  max_len=max_len)
-  if mode not in MODES:
-    raise ValueError(f'mode must be one of {MODES}, got {mode!r}.')
+  checks.check_positive_int(vocab_size=vocab_size, d_model=d_model, d_ff=d_ff,
+                            d_qk=d_qk, d_v=d_v, n_layers=n_layers,
+                            n_heads=n_heads, max_len=max_len)
+  checks.check_mode(mode)
   if mode == 'predict' and not causal:
     raise ValueError('mode=predict decodes left to right: it needs '
                      'causal=True (this model is bidirectional).')
-  if not 0.0 <= dropout < 1.0:
-    raise ValueError(f'dropout must be in [0, 1), got {dropout!r}.')
+  checks.check_rate(dropout=dropout)
   if pos_type not in (None, 'axial'):
     raise ValueError(f"pos_type must be None or 'axial', got {pos_type!r}.")
   if pos_type == 'axial':
@@ -169,12 +158,16 @@ def PerformerLM(vocab_size,
   if ff_chunk_size < 0:
     raise ValueError(f'ff_chunk_size must be >= 0, got {ff_chunk_size}.')
   blocks = [
-      PerformerBlock(d_model, d_ff, d_qk, d_v, n_heads, layer_attention,
-                     causal, dropout, ff_activation, ff_chunk_size, mode)
+      PerformerBlock(d_model=d_model, d_ff=d_ff, d_qk=d_qk, d_v=d_v,
+                     n_heads=n_heads, attention_type=layer_attention,
+                     causal=causal, dropout=dropout,
+                     ff_activation=ff_activation, ff_chunk_size=ff_chunk_size,
+                     mode=mode)
       for layer_attention in _attention_types(attention_type, n_layers)]
   positional_encoding = ct.PositionalEncoder(
-      mode, dropout, max_len, pos_type, tuple(pos_axial_shape),
-      pos_d_axial_embs)
+      mode=mode, dropout=dropout, max_len=max_len, pos_type=pos_type,
+      pos_axial_shape=tuple(pos_axial_shape),
+      pos_d_axial_embs=pos_d_axial_embs)
   return tl.Serial(
       tl.ShiftRight(mode=mode) if causal else [],
       tl.Embedding(vocab_size, d_model),

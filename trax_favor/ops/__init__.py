@@ -4,10 +4,10 @@ from trax_favor.ops.attention import default_chunk_size
 from trax_favor.ops.attention import favor_attention
 from trax_favor.ops.favor import bidirectional_favor
 from trax_favor.ops.favor import causal_favor
-from trax_favor.ops.favor import CausalState
 from trax_favor.ops.favor import combine_sums
 from trax_favor.ops.favor import empty_state
 from trax_favor.ops.favor import key_sums
+from trax_favor.ops.favor import KeySums
 from trax_favor.ops.favor import read_out
 from trax_favor.ops.feature_maps import FEATURE_MAPS
 from trax_favor.ops.feature_maps import feature_map

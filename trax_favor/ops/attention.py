@@ -11,7 +11,7 @@ sequence longer than `block_size` tokens is processed in blocks, in a
 `lax.scan` whose body is under `jax.checkpoint`: each block computes its
 features, uses them, and drops them; the backward pass recomputes one block's
 features at a time. What is stored per block is only the carried state (an
-(m, v) sum, see `favor.CausalState`), never a per-token one.
+(m, v) sum, `favor.KeySums`), never a per-token one.
 
   causal          one scan over blocks; the body is the chunked causal form
                   (`favor.causal_favor`) started from the carried prefix state.
@@ -32,6 +32,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from trax_favor import checks
+from trax_favor import xla_cpu
 from trax_favor.ops import favor
 from trax_favor.ops import feature_maps
 
@@ -60,7 +62,7 @@ def favor_attention(q, k, v, projection, feature_map='softmax', causal=False,
     feature_map: a name registered in `feature_maps.FEATURE_MAPS`.
     causal: prefix attention (chunked, with state) instead of bidirectional.
     key_mask: optional bool broadcastable to (..., l); False removes a key.
-    initial_state: causal only: CausalState of the preceding tokens.
+    initial_state: causal only: KeySums of the preceding tokens.
     chunk_size: causal only: tokens per chunk (None: `default_chunk_size`).
     block_size: sequences longer than this are processed in blocks of this
       many tokens (rounded up to whole chunks when causal), recomputing each
@@ -75,14 +77,14 @@ def favor_attention(q, k, v, projection, feature_map='softmax', causal=False,
     rng: PRNG key for attention_dropout.
 
   Returns:
-    Outputs (..., l, v); with causal=True, (outputs, final CausalState).
+    Outputs (..., l, v); with causal=True, (outputs, final KeySums).
   """
   feature_maps.get_feature_map(feature_map)
   if chunk_size is None:
     chunk_size = default_chunk_size(feature_map)
-  favor.check_positive_int('chunk_size', chunk_size)
+  checks.check_positive_int(chunk_size=chunk_size)
   if block_size is not None:
-    favor.check_positive_int('block_size', block_size)
+    checks.check_positive_int(block_size=block_size)
   if q.shape != k.shape or q.shape[:-1] != v.shape[:-1]:
     raise ValueError(f'q and k must have one shape (..., l, d) and v the shape '
                      f'(..., l, d_v); got q {q.shape}, k {k.shape}, '
@@ -94,6 +96,8 @@ def favor_attention(q, k, v, projection, feature_map='softmax', causal=False,
     raise ValueError('attention_dropout > 0 needs an rng.')
   if not causal and initial_state is not None:
     raise ValueError('initial_state is only meaningful with causal=True.')
+  if feature_maps.get_feature_map(feature_map).shared_log_scale:
+    favor.check_shared_scale_state(initial_state)
   if key_mask is not None:
     try:
       key_mask = jnp.broadcast_to(key_mask, k.shape[:-1])
@@ -110,7 +114,7 @@ def favor_attention(q, k, v, projection, feature_map='softmax', causal=False,
                           float(numerical_stabilizer), float(attention_dropout))
 
 
-@functools.partial(jax.jit, static_argnums=tuple(range(7, 13)))
+@functools.partial(xla_cpu.jit, static_argnums=tuple(range(7, 13)))
 def _favor_attention(q, k, v, projection, key_mask, initial_state, rng,
                      feature_map, causal, chunk_size, block_size, eps, rate):
   """favor_attention after argument checks (jitted: eager dispatch is slow)."""
@@ -169,7 +173,7 @@ def _favor_attention(q, k, v, projection, key_mask, initial_state, rng,
                                       chunk_size)
       return state, out
 
-    init = empty if initial_state is None else favor.CausalState(
+    init = empty if initial_state is None else favor.KeySums(
         *(jnp.asarray(x, jnp.float32) for x in initial_state))
     final, out = jax.lax.scan(remat(causal_block), init,
                               (qb, kb, vb, mb, index))

@@ -25,10 +25,18 @@ Feature maps whose log-scale is one constant for every key (ReLU, elu+1:
 bounded activations) pass k_log_scale=None: none of the above is computed,
 and the sums are plain (reference 0).
 
-Causal state. `CausalState(kv, z, ref)` holds the prefix sums of K'^T V (m, v)
-and K' (m,) relative to `ref`: O(1) in the sequence length. `causal_favor`
-takes an initial state and returns the final one, so a sequence can be split
-anywhere (predict-mode decoding feeds one token at a time).
+Sums over keys. `KeySums(kv, z, ref)` holds sums over a set of keys of
+K'^T V (m, v) and K' (m,) relative to `ref`, with ref = NEG while the set
+has no (unmasked) key: O(1) in the sequence length. Bidirectional FAVOR
+reads queries out of the sums of all keys; causal FAVOR carries the sums of
+the keys so far as its state: `causal_favor` takes an initial state and
+returns the final one, so a sequence can be split anywhere (predict-mode
+decoding feeds a prompt in one call, then one token at a time).
+
+Rows without keys. A query that sees no unmasked key (every key padded, or
+none yet) gets output 0. That is decided from the reference (NEG: no key),
+never from a zero denominator, so a denominator that underflows with keys
+present shows as Inf/NaN instead of passing for an empty row.
 
 Building blocks. `key_sums` gives the sums of a set of keys as a state,
 `combine_sums` adds two states, `read_out` gives queries' outputs from a
@@ -61,18 +69,25 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from trax_favor import checks
+from trax_favor import xla_cpu
+
 
 # Reference log-scale of an empty sum and log-scale of a masked key: finite, so
 # that differences of two of them are 0 and never NaN; exp(NEG - x) == 0.
 NEG = -1e30
 
 
-class CausalState(NamedTuple):
-  """Prefix sums of causal FAVOR, relative to a reference log-scale.
+class KeySums(NamedTuple):
+  """Sums over a set of keys, relative to a reference log-scale.
 
-  kv: (..., m, v) float32, sum over past keys of K'_j^T V_j * exp(s_j - ref).
-  z: (..., m) float32, sum over past keys of K'_j * exp(s_j - ref).
-  ref: (...,) float32, the reference log-scale (NEG while the sum is empty).
+  The state of causal FAVOR (the keys so far) and the total that
+  bidirectional FAVOR reads out (all keys).
+
+  kv: (..., m, v) float32, sum over the keys of K'_j^T V_j * exp(s_j - ref).
+  z: (..., m) float32, sum over the keys of K'_j * exp(s_j - ref).
+  ref: (...,) float32, the reference log-scale: NEG while the set has no
+    key, the largest key log-scale otherwise (0 for shared-scale maps).
   """
   kv: jax.Array
   z: jax.Array
@@ -82,7 +97,7 @@ class CausalState(NamedTuple):
 def empty_state(batch_shape, n_features, d_v):
   """The state before any token: zero sums, reference NEG."""
   batch_shape = tuple(batch_shape)
-  return CausalState(
+  return KeySums(
       kv=jnp.zeros(batch_shape + (n_features, d_v), jnp.float32),
       z=jnp.zeros(batch_shape + (n_features,), jnp.float32),
       ref=jnp.full(batch_shape, NEG, jnp.float32))
@@ -121,11 +136,37 @@ def check_positive_int(name, value):
     raise ValueError(f'{name} must be a positive int, got {value!r}.')
 
 
-def safe_divide(num, den):
-  """num / den; rows whose denominator is 0 (all keys masked) give 0."""
-  ok = den != 0.0
-  safe_den = jnp.where(ok, den, 1.0)
-  return jnp.where(ok[..., None], num / safe_den[..., None], 0.0)
+def has_keys(ref):
+  """Whether sums with reference `ref` hold at least one key (ref > NEG)."""
+  return ref > 0.5 * NEG
+
+
+def safe_divide(num, den, has_key):
+  """num / den where has_key, 0 where a row saw no key.
+
+  num (..., v), den (...,), has_key (...,) bool. Rows with keys are divided
+  as they are: a zero denominator there gives Inf/NaN, not a silent 0.
+  """
+  safe_den = jnp.where(has_key, den, 1.0)
+  return jnp.where(has_key[..., None], num / safe_den[..., None], 0.0)
+
+
+def check_shared_scale_state(initial_state):
+  """Refuses a carried state that a shared-scale map cannot continue.
+
+  Sums of keys with one shared log-scale (relu, elu) have reference 0 (or
+  NEG while empty); a reference above 0 comes from a stabilized map
+  (softmax, exp), whose sums these keys cannot be added to. Checked where
+  the state is a concrete value (not while tracing under jit).
+  """
+  if initial_state is None:
+    return
+  ref = initial_state[2]
+  if not isinstance(ref, jax.core.Tracer) and bool(jnp.any(ref > 0.0)):
+    raise ValueError(
+        'initial_state has a reference log-scale above 0, so it holds sums '
+        'of a stabilized feature map (softmax, exp); keys of a shared-scale '
+        'map (relu, elu) cannot continue it.')
 
 
 def mask_keys(k_feat, k_log_scale, key_mask):
@@ -152,23 +193,27 @@ def key_sums(k_feat, k_log_scale, v, key_mask=None):
     key_mask: optional bool broadcastable to (..., l); False removes a key.
 
   Returns:
-    CausalState (kv (..., m, v), z (..., m), ref (...,)): the sums of every
+    KeySums (kv (..., m, v), z (..., m), ref (...,)): the sums of every
     key, the form `combine_sums` adds up and `read_out` reads.
   """
   k_feat, s = mask_keys(k_feat, k_log_scale, key_mask)
-  if s is None:
-    ref = jnp.zeros(k_feat.shape[:-2], jnp.float32)
+  if s is None:  # every key's log-scale is 0: ref 0, or NEG without keys
+    if key_mask is None:
+      ref = jnp.zeros(k_feat.shape[:-2], jnp.float32)
+    else:
+      any_key = jnp.any(jnp.broadcast_to(key_mask, k_feat.shape[:-1]), -1)
+      ref = jnp.where(any_key, 0.0, NEG)
     k_scaled = k_feat
   else:
     ref = jax.lax.stop_gradient(jnp.max(s, axis=-1))  # (...,)
     k_scaled = k_feat * jnp.exp(s - ref[..., None])[..., None]  # (..., l, m)
   kv = sum_over_keys(k_scaled, v.astype(jnp.float32))  # (..., m, v)
-  return CausalState(kv, jnp.sum(k_scaled, axis=-2), ref)
+  return KeySums(kv, jnp.sum(k_scaled, axis=-2), ref)
 
 
 def combine_sums(a, b):
-  """The sum of two CausalStates (each relative to its own reference)."""
-  return CausalState(*_combine(a, b))
+  """The sum of two KeySumss (each relative to its own reference)."""
+  return KeySums(*_combine(a, b))
 
 
 def read_out(q_feat, sums, dtype):
@@ -176,10 +221,11 @@ def read_out(q_feat, sums, dtype):
   q_feat = q_feat.astype(jnp.float32)
   num = apply_sums(q_feat, sums.kv)  # (..., l, v)
   den = jnp.einsum('...lm,...m->...l', q_feat, sums.z)  # (..., l)
-  return safe_divide(num, den).astype(dtype)
+  has_key = jnp.broadcast_to(has_keys(sums.ref)[..., None], den.shape)
+  return safe_divide(num, den, has_key).astype(dtype)
 
 
-@jax.jit
+@xla_cpu.jit
 def bidirectional_favor(q_feat, k_feat, k_log_scale, v, key_mask=None):
   """Non-causal FAVOR attention.
 
@@ -225,20 +271,22 @@ def causal_favor(q_feat, k_feat, k_log_scale, v, initial_state=None,
       (bounded feature maps): then no stabilizer is computed and states are
       relative to reference 0.
     v: (..., l, v) values.
-    initial_state: a CausalState for the tokens before this call, or None for
+    initial_state: a KeySums for the tokens before this call, or None for
       the start of the sequence.
     key_mask: optional bool, broadcastable to (..., l); False removes a key.
     chunk_size: c, tokens per chunk (any l works: the last chunk is padded).
 
   Returns:
-    (outputs (..., l, v) in v's dtype, final CausalState).
+    (outputs (..., l, v) in v's dtype, final KeySums).
   """
-  check_positive_int('chunk_size', chunk_size)
+  checks.check_positive_int(chunk_size=chunk_size)
+  if k_log_scale is None:
+    check_shared_scale_state(initial_state)
   return _causal_favor(q_feat, k_feat, k_log_scale, v, initial_state, key_mask,
                        chunk_size)
 
 
-@functools.partial(jax.jit, static_argnums=(6,))
+@functools.partial(xla_cpu.jit, static_argnums=(6,))
 def _causal_favor(q_feat, k_feat, k_log_scale, v, initial_state, key_mask,
                   chunk_size):
   """causal_favor after argument checks (jitted: eager dispatch is slow)."""
@@ -270,15 +318,24 @@ def _causal_favor(q_feat, k_feat, k_log_scale, v, initial_state, key_mask,
   # (..., n, c, v+1)
   init = (jnp.concatenate([initial_state.kv, initial_state.z[..., None]], -1),
           jax.lax.stop_gradient(initial_state.ref))  # (..., m, v+1), (...,)
-  if s is None:
-    num1, final = _chunks_shared_scale(qc, kc, vc1, init)
+  if s is None:  # shared log-scale 0: NEG marks masked and padded keys
+    if key_mask is None:
+      s = jnp.zeros((*batch, length), jnp.float32)
+    else:
+      s = jnp.where(jnp.broadcast_to(key_mask, (*batch, length)), 0.0, NEG)
+    if pad:
+      s = jnp.pad(s, [(0, 0)] * len(batch) + [(0, pad)], constant_values=NEG)
+    num1, q_ref, final = _chunks_shared_scale(qc, kc, vc1,
+                                              s.reshape(*batch, n, c), init)
   else:
-    num1, final = _chunks_stabilized(qc, kc, vc1, s.reshape(*batch, n, c),
-                                     init)
-  out = safe_divide(num1[..., :d_v], num1[..., d_v])  # (..., n, c, v)
+    num1, q_ref, final = _chunks_stabilized(qc, kc, vc1,
+                                            s.reshape(*batch, n, c), init)
+  real = (jnp.arange(n * c) < length).reshape(n, c)  # padded queries: out 0
+  out = safe_divide(num1[..., :d_v], num1[..., d_v],
+                    has_keys(q_ref) & real)  # (..., n, c, v)
   out = out.reshape(*batch, n * c, d_v)  # (..., l+pad, v)
   kv1_final, r_final = final
-  return out[..., :length, :].astype(v.dtype), CausalState(
+  return out[..., :length, :].astype(v.dtype), KeySums(
       kv1_final[..., :d_v], kv1_final[..., d_v], r_final)
 
 
@@ -321,23 +378,27 @@ def _chunks_stabilized(qc, kc, vc1, sc, init):
   # Across chunks: the prefix state, rescaled from its ref to the query's ref.
   carry = jnp.exp(r_pre[..., None] - q_ref)  # (..., n, c), <= 1
   num1 = num1 + apply_sums(qc, kv1_pre) * carry[..., None]
-  return num1, final
+  return num1, q_ref, final
 
 
-def _chunks_shared_scale(qc, kc, vc1, init):
+def _chunks_shared_scale(qc, kc, vc1, sc, init):
   """Chunked causal sums when every key has log-scale 0 (no stabilizer).
 
-  The carried state is brought to reference 0 first (from an empty state's
-  NEG, or a state of earlier calls of this kind); the final ref is 0.
+  sc (..., n, c) is 0 for a key and NEG for a masked or padded one; it only
+  tracks whether a query has seen a key (its reference is 0 or NEG), so no
+  (c, c) exponential is formed. The carried state is brought to reference 0
+  (`causal_favor` refuses one above 0): from an empty state's NEG, or a
+  state of earlier calls of this kind.
   """
   c = qc.shape[-2]
-  kv1_init = init[0] * jnp.exp(jnp.minimum(init[1], 0.0))[..., None, None]
+  init_ref = jnp.minimum(init[1], 0.0)
+  kv1_init = init[0] * jnp.exp(init_ref)[..., None, None]
+  run_max = jax.lax.cummax(sc, axis=sc.ndim - 1)  # (..., n, c): 0 or NEG
   kv1_loc = sum_over_keys(kc, vc1)  # (..., n, m, v+1)
-  zeros = jnp.zeros(kv1_loc.shape[:-2], jnp.float32)  # (..., n)
-  kv1_pre, _, final = _exclusive_prefixes(kv1_loc, zeros,
-                                          (kv1_init, jnp.zeros_like(init[1])))
+  kv1_pre, r_pre, final = _exclusive_prefixes(kv1_loc, run_max[..., -1],
+                                              (kv1_init, init_ref))
   causal_mask = jnp.tril(jnp.ones((c, c), jnp.bool_))
   weights = jnp.where(causal_mask, pair_scores(qc, kc),
                       0.0)  # (..., n, c_q, c_k)
   num1 = apply_sums(weights, vc1) + apply_sums(qc, kv1_pre)  # (..., n, c, v+1)
-  return num1, final
+  return num1, jnp.maximum(run_max, r_pre[..., None]), final

@@ -29,18 +29,15 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from trax_favor import checks
+
 PROJECTIONS = ('orthogonal', 'iid')
 PROJECTION_SCALINGS = ('norm', 'sqrt_d')
 
 
 def check_projection_args(n_random_features, d, projection, scaling):
   """Raises ValueError naming the bad argument; returns nothing."""
-  if isinstance(n_random_features, bool) or not isinstance(
-      n_random_features, int) or n_random_features <= 0:
-    raise ValueError('n_random_features must be a positive int, got '
-                     f'{n_random_features!r}.')
-  if isinstance(d, bool) or not isinstance(d, int) or d <= 0:
-    raise ValueError(f'the projected depth d must be a positive int, got {d!r}.')
+  checks.check_positive_int(n_random_features=n_random_features, d=d)
   if projection not in PROJECTIONS:
     raise ValueError(f'projection must be one of {PROJECTIONS}, got '
                      f'{projection!r}.')

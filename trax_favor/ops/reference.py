@@ -44,10 +44,9 @@ def exact_softmax_attention(q, k, v, causal=False, key_mask=None):
 
 def _key_log_scales(k_feat, k_log_scale, key_mask):
   """mask_keys, with None log-scales taken as 0: (features, (..., l))."""
-  k_feat, s = favor.mask_keys(k_feat, k_log_scale, key_mask)
-  if s is None:
-    s = jnp.zeros(k_feat.shape[:-1], jnp.float32)
-  return k_feat, s
+  if k_log_scale is None:
+    k_log_scale = jnp.zeros(k_feat.shape[:-1], jnp.float32)
+  return favor.mask_keys(k_feat, k_log_scale, key_mask)
 
 
 @functools.partial(jax.jit, static_argnums=(4,))
@@ -65,7 +64,8 @@ def masked_linear_attention(q_feat, k_feat, k_log_scale, v, causal=True,
   a = jnp.einsum('...im,...jm->...ij', q_feat.astype(jnp.float32),
                  k_feat) * jnp.exp(exponent)  # (..., l, l)
   num = jnp.einsum('...ij,...jv->...iv', a, v.astype(jnp.float32))
-  return favor.safe_divide(num, jnp.sum(a, axis=-1)).astype(v.dtype)
+  return favor.safe_divide(num, jnp.sum(a, axis=-1),
+                           favor.has_keys(ref[..., 0])).astype(v.dtype)
 
 
 @jax.jit
@@ -88,8 +88,8 @@ def prefix_sum_favor(q_feat, k_feat, k_log_scale, v, initial_state=None,
     z = state.z * decay[..., None] + k_t * grow[..., None]
     num = jnp.einsum('...m,...mv->...v', q_t, kv)
     den = jnp.einsum('...m,...m->...', q_t, z)
-    out = favor.safe_divide(num, den)
-    return favor.CausalState(kv, z, ref), out
+    out = favor.safe_divide(num, den, favor.has_keys(ref))
+    return favor.KeySums(kv, z, ref), out
 
   tokens = tuple(jnp.moveaxis(x, axis, 0) for x in (
       q_feat.astype(jnp.float32), k_feat, s, v.astype(jnp.float32)))

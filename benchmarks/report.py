@@ -1,0 +1,183 @@
+"""What every experiment and benchmark writes: machine, versions, git SHA,
+JSON saved after each measurement (`trax_favor.files`), Markdown tables,
+figures, and timing helpers.
+
+Each result file is rewritten whole after every measurement (to a temporary
+name, then renamed), so an interrupted run keeps everything measured so far
+and a rerun can skip it.
+"""
+
+from importlib import metadata
+import json
+import os
+import platform
+import subprocess
+import time
+
+import jax
+import numpy as np
+
+import trax_favor
+from trax_favor import files
+from trax_favor import memory
+from trax_favor import xla_cpu
+
+# The package's atomic JSON files and memory figures, under the names the
+# benchmarks and experiments use.
+save_json, load_json = files.save_json, files.load_json
+memory_in_use_bytes = memory.memory_in_use_bytes
+peak_memory_bytes = memory.peak_memory_bytes
+reset_peak_memory = memory.reset_peak_memory
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def repo_path(relative):
+  """A path inside the repository (configs are found from it, not from the
+  working directory)."""
+  return os.path.join(REPO, relative)
+
+
+def git_sha():
+  """HEAD of the checkout this package was installed in (its virtualenv
+  inside the checkout, as the README sets up), else of the current
+  directory's (an install elsewhere, run from the checkout); else 'unknown'."""
+  for where in (os.path.dirname(os.path.abspath(__file__)), os.getcwd()):
+    try:
+      return subprocess.run(
+          ['git', 'rev-parse', 'HEAD'], capture_output=True, text=True,
+          check=True, cwd=where).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+      continue
+  return 'unknown'
+
+
+def machine_info():
+  """Platform, CPU count, devices, XLA flags and the versions that shape the
+  numbers."""
+  return {
+      'platform': platform.platform(), 'python': platform.python_version(),
+      'cpu_count': os.cpu_count(), 'jax': jax.__version__,
+      'jaxlib': jax.lib.__version__, 'trax': metadata.version('trax'),
+      'trax_favor': trax_favor.__version__,
+      'devices': [str(d) for d in jax.devices()],
+      'device_kind': jax.devices()[0].device_kind,
+      'xla_flags': os.environ.get('XLA_FLAGS', ''),
+      'compiler_options': xla_cpu.compiler_options(), 'git_sha': git_sha(),
+  }
+
+
+def earlier_record(path, config, measured_with, same_code=False):
+  """The record at path for a rerun to resume, or None to start over.
+
+  It is resumed only where its config agrees with `config` (a dict) on every
+  name in measured_with, the settings its numbers depend on, under the same
+  XLA_FLAGS, and with same_code only if the same git commit wrote it;
+  otherwise the rerun says so and starts over, rather than mixing
+  measurements of other settings.
+  """
+  record = load_json(path)
+  if record is None:
+    return None
+  differ = [k for k in measured_with
+            if record.get('config', {}).get(k) != config.get(k)]
+  if record.get('machine', {}).get('xla_flags', '') != os.environ.get(
+      'XLA_FLAGS', ''):
+    differ.append('XLA_FLAGS')
+  if same_code and record.get('machine', {}).get('git_sha') != git_sha():
+    differ.append('git commit')
+  if differ:
+    print(f'{path}: written with other {", ".join(differ)}; starting over',
+          flush=True)
+    return None
+  return record
+
+
+def comma_list(text, kind=str):
+  """A command-line list: '6,12,24' -> [6, 12, 24] with kind=int; '' -> []."""
+  return [kind(part) for part in text.split(',') if part]
+
+
+def comma_list_arg(kind):
+  """An argparse `type` that checks an option is a comma_list of `kind`.
+
+  It returns the text unchanged (the JSON config keeps it as given), and a
+  bad entry becomes argparse's usage error naming the option, e.g.
+  "argument --lengths: invalid comma-separated int value: '4k'".
+  """
+  def check(text):
+    comma_list(text, kind)
+    return text
+  check.__name__ = f'comma-separated {kind.__name__}'
+  return check
+
+
+def markdown_table(header, rows):
+  """A GitHub Markdown table; floats get 4 significant digits."""
+  def cell(value):
+    if isinstance(value, float):
+      return f'{value:.4g}'
+    return '' if value is None else str(value)
+  lines = ['| ' + ' | '.join(header) + ' |',
+           '|' + '---|' * len(header)]
+  lines += ['| ' + ' | '.join(cell(v) for v in row) + ' |' for row in rows]
+  return '\n'.join(lines) + '\n'
+
+
+def compile_step(fn, *fn_args):
+  """Compiles jit(fn) for fn_args and runs it once (the warm-up).
+
+  Returns (run, peak): run() calls the compiled program on fn_args and waits
+  for its result; peak is what XLA plans for arguments, outputs and
+  temporaries of the program (None where the backend does not say): a
+  device-independent memory figure, the same on every run.
+  """
+  compiled = jax.jit(fn, compiler_options=xla_cpu.compiler_options()
+                     or None).lower(*fn_args).compile()
+
+  def run():
+    return jax.block_until_ready(compiled(*fn_args))
+
+  run()
+  stats = compiled.memory_analysis()
+  peak = None if stats is None else int(
+      stats.temp_size_in_bytes + stats.argument_size_in_bytes +
+      stats.output_size_in_bytes)
+  return run, peak
+
+
+def time_interleaved(runs, rounds):
+  """Seconds of each call of `runs` ({name: run(i)}), the names in turn.
+
+  Round i calls every run once, with i. On a shared host whose speed drifts
+  (steal time), ratios of medians taken this way are steadier than ratios
+  of separate timing runs. Returns {name: [seconds per round]}.
+  """
+  times = {name: [] for name in runs}
+  for i in range(rounds):
+    for name, run in runs.items():
+      start = time.perf_counter()
+      run(i)
+      times[name].append(time.perf_counter() - start)
+  return times
+
+
+def paired_ratio(seconds_a, seconds_b):
+  """Median over rounds of a's seconds over b's in the same round.
+
+  For two lists from one `time_interleaved`: a slow spell of the host
+  inflates both sides of a round's ratio alike.
+  """
+  return float(np.median(np.divide(seconds_a, seconds_b)))
+
+
+def subplots(*args, **kwargs):
+  """(figure, axes) of a matplotlib Figure that pyplot does not manage.
+
+  No backend is switched (a notebook's inline plots keep working) and
+  nothing needs closing: save it with figure.savefig(path).
+  """
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  figure = Figure(figsize=kwargs.pop('figsize', None))
+  return figure, figure.subplots(*args, **kwargs)

@@ -1,0 +1,242 @@
+"""The benchmarks: the model benchmark's step and decoding measurements,
+timing helpers, records that resume only with the same settings, the
+attention and XLA-option benchmarks end to end."""
+
+import argparse
+import math
+import subprocess
+
+import jax
+import numpy as np
+import pytest
+
+import gin_helpers
+from benchmarks import attention as attention_bench
+from benchmarks import model_bench
+from benchmarks import report
+from benchmarks import xla_cpu_flag
+from trax_favor import memory
+from trax_favor import xla_cpu
+
+def test_model_bench_step_is_trax_reversible_training(in_repo):
+  del in_repo
+  bindings = ['D_MODEL=16', 'D_FF=32', 'N_HEADS=2', 'D_HEAD=8', 'N_LAYERS=1',
+              'SEQUENCE_LENGTH=64', 'N_RANDOM_FEATURES=8',
+              'LSH_CHUNK_LEN=16', 'LSH_N_BUCKETS=8']
+  # Performer on the benchmark's own path: a fresh process, whose resident
+  # set before the model is its own baseline (in this shared test process it
+  # is not: memory freed by earlier tests can bring the peak below it).
+  # Two fresh processes: medians over both, and each run kept.
+  results = {
+      'performer': model_bench.measure_step_repeated('pg19', 'performer',
+                                                     bindings, 2, 2, 2),
+      'identity': model_bench.measure_step('pg19', 'identity', bindings, 2,
+                                           2)}
+  assert 'failed' not in results['performer'], results['performer']
+  for result in results.values():
+    assert result['length'] == 64 and result['n_layers'] == 1
+    # Two steps of Adam from a uniform-ish start: the loss is near log(256).
+    assert abs(result['loss'] - math.log(256)) < 0.5
+    assert result['seconds'] > 0
+  performer = results['performer']
+  assert 0 < performer['model_peak_bytes'] <= performer['peak_bytes']
+  assert len(performer['runs']) == 2
+  for field in ('seconds', 'peak_bytes', 'model_peak_bytes'):
+    assert performer[field] == np.median([r[field] for r in performer['runs']])
+  # The identity baseline keeps FAVOR+'s weights (only the core differs).
+  assert results['identity']['n_params'] == performer['n_params']
+  # The same two models with their steps alternating in one process.
+  both = model_bench.measure_steps_interleaved(
+      'pg19', ['performer', 'identity'], bindings, 3, 2)
+  for model, result in both.items():
+    assert result['n_params'] == results[model]['n_params']
+    assert len(result['step_seconds']) == 3
+    assert result['seconds'] == np.median(result['step_seconds']) > 0
+
+
+def test_model_bench_memory_on_an_accelerator_is_device_bytes_only(
+    in_repo, monkeypatch):
+  """Where the device reports allocator statistics (GPU, TPU), the model's
+  memory is its device peak less the device bytes in use before it was
+  built, never less the host's resident set."""
+  del in_repo
+  stats = {'bytes_in_use': 1000, 'peak_bytes_in_use': 5000}
+  monkeypatch.setattr(memory, 'device_memory_stats', lambda: dict(stats))
+  result = model_bench.measure_step(
+      'pg19', 'identity', ['D_MODEL=16', 'D_FF=32', 'N_HEADS=2', 'D_HEAD=8',
+                           'N_LAYERS=1', 'SEQUENCE_LENGTH=64',
+                           'N_RANDOM_FEATURES=8'], 1, 1)
+  assert (result['peak_bytes'], result['model_peak_bytes']) == (5000, 4000)
+  monkeypatch.setattr(memory, 'device_memory_stats', dict)  # CPU: none
+  assert report.memory_in_use_bytes() == pytest.approx(
+      memory.process_memory_bytes('VmRSS'), rel=0.05)
+
+
+def test_model_bench_plot_draws_the_panels_that_have_data(tmp_path):
+  machine = {'platform': 'test', 'cpu_count': 2}
+  runs = [{'seconds': 1.9, 'model_peak_bytes': 2**30},  # fresh processes
+          {'seconds': 2.1, 'model_peak_bytes': 2**30 + 2**20}]
+  steps = {'imagenet64/performer': {'seconds': 2.0, 'model_peak_bytes': 2**30,
+                                    'runs': runs},
+           'imagenet64/identity': {'seconds': 1.0, 'model_peak_bytes': 2**29}}
+  record = {'machine': machine, 'steps': steps,
+            'interleaved': {'imagenet64/performer': {'seconds': 2.5}},
+            'depth': {}, 'decoding': {}}
+  path = tmp_path / 'steps_only.png'
+  assert model_bench.plot(record, str(path)) == ['training step',
+                                                 'step memory']
+  assert path.stat().st_size > 0
+  record.update(
+      depth={'performer/6': {'model_peak_bytes': 1.0},
+             'reformer/12': {'model_peak_bytes': 2.0}},
+      decoding={'performer/128': {'seconds_per_token': 0.004},
+                'transformer/8192': {'failed': ['MemoryError']}})
+  assert model_bench.plot(record, str(tmp_path / 'all.png')) == [
+      'training step', 'step memory', 'memory against depth', 'decoding']
+  failed_only = {'machine': machine,
+                 'steps': {'imagenet64/exact': {'failed': ['MemoryError']}},
+                 'interleaved': {'imagenet64/exact': {'failed': ['Killed']}}}
+  assert model_bench.plot(failed_only, str(tmp_path / 'none.png')) == []
+  assert not (tmp_path / 'none.png').exists()
+
+
+def test_model_bench_child_failure_is_the_error_line(in_repo):
+  del in_repo
+  failed = model_bench.measure_step_repeated(
+      'pg19', 'performer', ['N_RANDOM_FEATURES=0'], 1, 1, 2)['failed']
+  # The exception's line, not gin's "In call to configurable" lines after it.
+  assert failed == ['ValueError: n_random_features must be a positive int, '
+                    'got 0.']
+
+
+def test_benchmark_timing_interleaves_compiled_steps():
+  x = jax.numpy.arange(12.0).reshape(3, 4)
+  run, peak = report.compile_step(lambda x: (x @ x.T).sum(axis=0), x)
+  np.testing.assert_allclose(run(), (x @ x.T).sum(axis=0))
+  assert peak >= x.nbytes  # the argument is part of the planned peak
+  calls = []
+  times = report.time_interleaved(
+      {name: (lambda i, name=name: calls.append((i, name))) for name in 'ab'},
+      3)
+  # One call of each per round, in turn: drift hits both sides alike.
+  assert calls == [(0, 'a'), (0, 'b'), (1, 'a'), (1, 'b'), (2, 'a'),
+                   (2, 'b')]
+  assert [len(t) for t in times.values()] == [3, 3]
+
+
+def test_decoding_state_is_constant_for_performer_and_grows_for_transformer():
+  width = (16, 32, 2, 1)  # d_model, d_ff, n_heads, n_layers
+  decoders = [(kind, p) for kind in ('performer', 'transformer')
+              for p in (8, 64)]
+  found = model_bench.measure_decoding(decoders, 4, width)
+  assert sorted(found) == sorted(f'{k}/{p}' for k, p in decoders)
+  assert (found['performer/8']['state_bytes'] ==
+          found['performer/64']['state_bytes'])
+  assert (found['transformer/64']['state_bytes'] >
+          found['transformer/8']['state_bytes'])
+  for result in found.values():
+    assert len(result['token_seconds']) == 4
+    assert result['seconds_per_token'] == np.median(result['token_seconds'])
+  # Ratios of interleaved decoders pair the tokens of one round.
+  found['performer/8']['token_seconds'] = [1.0, 2.0, 4.0, 8.0]
+  found['performer/64']['token_seconds'] = [3.0, 2.0, 4.0, 16.0]
+  ratio = model_bench.ratios({'decoding': found})
+  assert ratio['decode performer: per-token time at prefix 64 / 8'] == 1.5
+
+
+def test_attention_benchmark_resumes_finished_lengths(tmp_path, in_repo):
+  del in_repo
+  bench = attention_bench
+  out = str(tmp_path / 'attention')
+  tiny = ['--out', out, '--d_model=16', '--n_heads=2',
+          '--n_random_features=8', '--repeats=2', '--product_rounds=1',
+          '--exact_max_len=64', '--lsh_max_len=0', '--core_max_len=64',
+          '--unblocked_max_len=0', '--favor_extra_lengths=']
+  bench.main(tiny + ['--lengths=64'])
+  first = report.load_json(out + '.json')
+  assert first['finished'] == ['64']
+  assert len(first['layers']['favor_bidir']['64']['round_seconds']) == 2
+  # Rerun with one more length: 64 is kept as measured, only 128 is new.
+  bench.main(tiny + ['--lengths=64', '--favor_extra_lengths=128'])
+  second = report.load_json(out + '.json')
+  assert second['finished'] == ['64', '128']
+  assert second['layers']['favor_bidir']['64'] == (
+      first['layers']['favor_bidir']['64'])
+  assert set(second['paired']['128']) == {'bidir_over_identity',
+                                          'causal_over_bidir'}
+  # Other settings: the earlier record is not mixed in.
+  bench.main(tiny[:3] + ['--n_random_features=4'] + tiny[4:] +
+             ['--lengths=', '--favor_extra_lengths=128'])
+  assert report.load_json(out + '.json')['finished'] == ['128']
+
+
+def test_benchmark_records_resume_only_with_the_same_settings(tmp_path,
+                                                            monkeypatch):
+  path = str(tmp_path / 'bench.json')
+  assert report.earlier_record(path, {}, ()) is None  # nothing yet
+  report.save_json({'config': {'width': 8, 'steps': 3}, 'machine': {
+      'git_sha': 'an older commit', 'xla_flags': 'a --b'},
+                    'steps': {'a': 1}}, path)
+  monkeypatch.setenv('XLA_FLAGS', 'a --b')
+  # Precision settings (steps) may change; measured ones (width) may not.
+  assert report.earlier_record(path, {'width': 8, 'steps': 5},
+                               ('width',))['steps'] == {'a': 1}
+  assert report.earlier_record(path, {'width': 16, 'steps': 3},
+                               ('width',)) is None
+  assert report.earlier_record(path, {'width': 8, 'steps': 3}, ('width',),
+                               same_code=True) is None
+  monkeypatch.setenv('XLA_FLAGS', 'a')  # XLA's settings shape every number
+  assert report.earlier_record(path, {'width': 8, 'steps': 3},
+                               ('width',)) is None
+
+
+def test_records_name_the_checkout_when_installed_outside_it(tmp_path,
+                                                           monkeypatch):
+  """machine_info's git SHA: from the checkout the package is installed in,
+  else (a virtualenv elsewhere, e.g. Colab's) from the current directory's."""
+  head = subprocess.run(['git', 'rev-parse', 'HEAD'], capture_output=True,
+                        text=True, check=True,
+                        cwd=gin_helpers.REPO).stdout.strip()
+  monkeypatch.setattr(report, '__file__', str(tmp_path / 'site' / 'report.py'))
+  (tmp_path / 'site').mkdir()
+  monkeypatch.chdir(gin_helpers.REPO)
+  assert report.machine_info()['git_sha'] == head
+  monkeypatch.chdir(tmp_path)  # neither is a checkout
+  assert report.git_sha() == 'unknown'
+
+
+def test_xla_flag_benchmark_compares_children_of_either_setting(
+    tmp_path, in_repo, monkeypatch):
+  del in_repo
+  monkeypatch.delenv('XLA_FLAGS', raising=False)
+  bench = xla_cpu_flag
+  out = str(tmp_path / 'flag')
+  bench.main([f'--out={out}', '--lengths=64', '--pairs=1', '--repeats=1',
+              '--d_model=16', '--n_heads=2', '--n_random_features=4'])
+  record = report.load_json(out + '.json')
+  off, on = record['runs']['off'][0], record['runs']['on'][0]
+  assert off['machine']['compiler_options'] == {
+      xla_cpu.YNN_OPTION: ''}  # trax_favor's default: fusions off
+  assert on['machine']['compiler_options'] == {}  # XLA's default: on
+  for layer in ('favor_bidir', 'favor_causal', 'identity'):
+    assert record['on_over_off']['64'][layer] == pytest.approx(
+        on['layers'][layer]['64']['seconds'] /
+        off['layers'][layer]['64']['seconds'])
+  assert record['paired'] == {'off': off['paired'], 'on': on['paired']}
+  monkeypatch.setenv('XLA_FLAGS',
+                     f'--{xla_cpu.YNN_OPTION}=individual_dot')
+  with pytest.raises(SystemExit):  # both children would run one setting
+    bench.main([f'--out={out}'])
+
+
+def test_benchmark_list_options_are_checked_by_argparse(capsys):
+  parser = argparse.ArgumentParser(prog='bench')
+  parser.add_argument('--lengths', default='64,128',
+                      type=report.comma_list_arg(int))
+  args = parser.parse_args([])
+  assert args.lengths == '64,128'  # kept as given, for the JSON config
+  assert report.comma_list(args.lengths, int) == [64, 128]
+  with pytest.raises(SystemExit):
+    parser.parse_args(['--lengths=64,4k'])
+  assert ("argument --lengths: invalid comma-separated int value: '64,4k'"
+          in capsys.readouterr().err)

@@ -1,0 +1,120 @@
+"""The experiments: the depth ladder resumes instead of starting over and
+pairs n with 2n layers, the approximation sweep, the exact-to-FAVOR+
+transfer."""
+
+import math
+import os
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from experiments import approximation
+from experiments import ladder
+from experiments import transfer
+from trax_favor import checkpoints
+
+def test_ladder_resumes_a_partial_ladder_and_reports(tmp_path, in_repo,
+                                                     capsys):
+  del in_repo
+  work, out = str(tmp_path / 'runs'), str(tmp_path / 'ladder')
+  first = ladder.run_ladder('smoke', work, out, stop_after=1)
+  assert list(first['rungs']) == ['pg19_performer_6l']
+  done_dir = os.path.join(work, 'pg19_performer_6l')
+  mtime = os.path.getmtime(os.path.join(done_dir, checkpoints.CHECKPOINT))
+  capsys.readouterr()
+
+  second = ladder.run_ladder('smoke', work, out)
+  printed = capsys.readouterr().out
+  assert '[pg19_performer_6l] done earlier (step 4), skipping' in printed
+  assert '[pg19_reformer_6l] trained in' in printed
+  assert os.path.getmtime(os.path.join(done_dir, checkpoints.CHECKPOINT)) == mtime
+  with open(out + '.json') as f:
+    assert json.load(f)['rungs'].keys() == second['rungs'].keys()
+  for name, rung in second['rungs'].items():
+    assert rung['step'] == 4, name
+    # Evals at steps 1, 2 and 4: the last one too, which trax's checkpoint
+    # history lacks.
+    assert [s for s, _ in rung['eval_loss']] == [1, 2, 4]
+    for (_, loss), (_, bpd) in zip(rung['eval_loss'],
+                                   rung['eval_bits_per_dim']):
+      assert bpd == pytest.approx(loss / math.log(2), rel=1e-5)
+    seconds = rung['train_seconds_at_eval']
+    assert seconds == sorted(seconds) and seconds[-1] > 0
+    assert rung['n_params'] > 0 and rung['peak_memory_bytes'] > 0
+  # 1 layer each (the smoke preset cuts depth): FAVOR+ has separate q and k
+  # projections, LSH shares them: 2 * d_model * d_head more weights.
+  gap = (second['rungs']['pg19_performer_6l']['n_params'] -
+         second['rungs']['pg19_reformer_6l']['n_params'])
+  assert gap == 16 * 8 * 2
+  table = open(out + '.md').read()
+  assert 'pg19_performer_6l' in table and 'pg19_reformer_6l' in table
+  assert os.path.getsize(out + '.png') > 0
+
+
+def _rung(attention, depth, bits_per_dim):
+  return {'attention': attention, 'depth': depth,
+          'eval_bits_per_dim': [(1, 8.0), (100, bits_per_dim)]}
+
+
+def test_ladder_compares_n_performer_layers_with_2n_reformer_layers():
+  rungs = {f'{a}_{d}': _rung(a, d, bpd) for a, d, bpd in [
+      ('performer', 6, 3.00), ('reformer', 6, 3.10),
+      ('performer', 12, 2.95), ('reformer', 12, 2.90),
+      ('performer', 24, 2.80), ('reformer', 24, 2.85)]}
+  found = ladder.compare(rungs)
+  assert [(c['performer_layers'], c['reformer_layers']) for c in found] == [
+      (6, 12), (12, 24)]
+  assert found[0]['gap_bits_per_dim'] == pytest.approx(3.00 - 2.90)
+  assert not found[0]['matches']  # 0.10 bits/dim worse
+  assert found[1]['gap_bits_per_dim'] == pytest.approx(2.95 - 2.85)
+  rungs['reformer_24'] = _rung('reformer', 24, 2.94)
+  assert ladder.compare(rungs)[1]['matches']  # 0.01 <= MATCH_TOLERANCE
+
+
+def test_approximation_error_falls_with_m_and_ratios_are_paired():
+  rows = approximation.attention_sweep([8, 128], [0.5], length=128,
+                                       n_seeds=4)
+  small, large = rows
+  for name in ('positive_orthogonal', 'positive_iid', 'positive_sqrt_d'):
+    assert large['errors'][name][0] < 0.5 * small['errors'][name][0], name
+    assert np.isfinite(large['errors'][name][1])
+  # A paired ratio is the mean of per-seed ratios, recomputed here.
+  per_seed = [approximation.seed_errors(128, 0.5, seed, length=128)
+              for seed in range(4)]
+  ratios = [e['positive_iid'] / e['positive_orthogonal'] for e in per_seed]
+  assert large['ratios']['positive_iid'][0] == pytest.approx(
+      np.mean(ratios), rel=1e-6)
+  assert large['ratios']['positive_iid'][1] == pytest.approx(
+      2 * np.std(ratios, ddof=1) / 2, rel=1e-6)
+
+
+TINY_TEXT = [  # the offline default at a few seconds per run
+    'D_MODEL=16', 'SEQUENCE_LENGTH=32', 'N_LAYERS=1', 'BATCH_SIZE=2',
+    'STEPS=4', 'train.eval_frequency=2', 'train.eval_steps=1',
+    'trax_favor.PerformerLM.d_ff=32', 'trax_favor.PerformerLM.d_qk=8',
+    'trax_favor.PerformerLM.d_v=8', 'trax_favor.PerformerLM.n_heads=2',
+    'trax_favor.FavorSelfAttention.chunk_size=8']
+
+
+def test_transfer_measures_the_gap_and_fine_tunes_resumably(tmp_path, in_repo):
+  del in_repo
+  loop = transfer.train_exact(str(tmp_path / 'exact'), TINY_TEXT)
+  weights = loop.model.weights
+  batches = transfer.eval_batches(TINY_TEXT, 2)
+  rows = transfer.gap_by_m(weights, [4, 1024], batches, TINY_TEXT)
+  # One exact model for every m; FAVOR+ loads its weights unchanged and
+  # comes closer to it with more features.
+  assert rows[0]['accuracy_exact'] == rows[1]['accuracy_exact']
+  assert 0 < rows[1]['mean_kl'] < rows[0]['mean_kl']
+  history, tuned = transfer.fine_tune(weights, str(tmp_path / 'tune'), 4, 2,
+                                      TINY_TEXT)
+  assert [s for s, _ in history['accuracy']] == [1, 2, 4]
+  again, tuned_again = transfer.fine_tune(weights, str(tmp_path / 'tune'), 4,
+                                          2, TINY_TEXT)  # resumed: no steps
+  assert again == history
+  for a, b in zip(jax.tree_util.tree_leaves(tuned),
+                  jax.tree_util.tree_leaves(tuned_again)):
+    np.testing.assert_array_equal(a, b)
+

@@ -1,0 +1,31 @@
+"""Argument checks shared by ops, layers, models and data: one clear
+ValueError naming the argument, never a traceback from inside JAX.
+
+Pure Python (no jax, no trax), so `trax_favor.ops` can use it.
+"""
+
+MODES = ('train', 'eval', 'predict')
+
+
+def check_positive_int(**values):
+  """Raises ValueError naming the first value that is not an int > 0.
+
+  bool is refused (True is an int in Python, never a size here).
+  """
+  for name, value in values.items():
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+      raise ValueError(f'{name} must be a positive int, got {value!r}.')
+
+
+def check_rate(**values):
+  """Raises ValueError unless every value is a float (or int) in [0, 1)."""
+  for name, value in values.items():
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+        or not 0.0 <= value < 1.0):
+      raise ValueError(f'{name} must be a float in [0, 1), got {value!r}.')
+
+
+def check_mode(mode):
+  """Raises ValueError unless mode is 'train', 'eval' or 'predict'."""
+  if mode not in MODES:
+    raise ValueError(f'mode must be one of {MODES}, got {mode!r}.')

@@ -1,0 +1,85 @@
+"""Finding FAVOR layers in a model, and moving their fixed projections.
+
+A FavorSelfAttention layer's random projection is state, not a weight
+(it is not trained). Checkpoints written by trax's Loop hold it (in the
+model state), but a model built in another mode, or loaded from weights
+only, needs it copied:
+
+  transfer_projections(trained, model)   from a model in memory
+  load_projections(model, file_name)     from a trax checkpoint file
+"""
+
+import gzip
+import pickle
+
+import numpy as np
+
+from trax_favor.layers import self_attention
+
+
+def all_layers(layer):
+  """`layer` and every layer inside it, depth first, each before its own."""
+  yield layer
+  for sublayer in layer.sublayers:
+    yield from all_layers(sublayer)
+
+
+def favor_layers(layer):
+  """All FavorSelfAttention layers inside `layer`, in a fixed tree order."""
+  return [sub for sub in all_layers(layer)
+          if isinstance(sub, self_attention.FavorSelfAttention)]
+
+
+def _set_projection(layer, projection):
+  expected = layer.projection_matrix.shape
+  if tuple(projection.shape) != tuple(expected):
+    raise ValueError(f'projection shapes differ: {tuple(projection.shape)} '
+                     f'vs {tuple(expected)}.')
+  if isinstance(layer.state, tuple):  # predict mode: (projection, sums)
+    layer.state = (projection, layer.state[1])
+  else:
+    layer.state = projection
+
+
+def transfer_projections(source, target):
+  """Copies each FAVOR layer's fixed projection from `source` to `target`.
+
+  Use it after loading trained weights into a model built in another mode (for
+  example a predict-mode decoder), so that both use the same random features.
+  Both models must be initialized and have the same FAVOR layers in the same
+  order; raises ValueError otherwise.
+  """
+  src, dst = favor_layers(source), favor_layers(target)
+  if len(src) != len(dst):
+    raise ValueError(f'source has {len(src)} FAVOR layers, target {len(dst)}.')
+  for s_layer, t_layer in zip(src, dst):
+    _set_projection(t_layer, s_layer.projection_matrix)
+
+
+def load_projections(model, file_name):
+  """Copies the FAVOR projections saved in a trax checkpoint into `model`.
+
+  `file_name` is a checkpoint written by trax (`model.pkl.gz` of a training
+  run, or `Layer.save_to_file` with state). Its state holds, in tree order,
+  one (n_random_features, d_qk) projection per FAVOR layer; `model` (any
+  mode, initialized) must have as many FAVOR layers, in the same order.
+
+  Raises:
+    ValueError: the file holds no state, or not one projection per layer.
+  """
+  with gzip.open(file_name, 'rb') as f:
+    flat_state = pickle.load(f).get('flat_state')
+  if flat_state is None:
+    raise ValueError(f'{file_name} holds no model state (saved weights-only),'
+                     ' so it has no FAVOR projections.')
+  layers = favor_layers(model)
+  shapes = {tuple(layer.projection_matrix.shape) for layer in layers}
+  projections = [np.asarray(s) for s in flat_state
+                 if tuple(np.shape(s)) in shapes]
+  if len(projections) != len(layers):
+    raise ValueError(
+        f'{file_name} holds {len(projections)} arrays shaped like a FAVOR '
+        f'projection, but the model has {len(layers)} FAVOR layers: was it '
+        'saved from a model of this config?')
+  for layer, projection in zip(layers, projections):
+    _set_projection(layer, projection)

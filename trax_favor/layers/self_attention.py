@@ -1,0 +1,337 @@
+"""FavorSelfAttention: FAVOR+ self-attention as a Trax layer.
+
+A drop-in `attention_type` for `trax.models.ReformerLM` (it accepts exactly the
+keywords Reformer passes: n_heads, d_qk, d_v, causal, masked, output_dropout,
+attention_dropout, mode) whose weights have the structure of
+`tl.SelfAttention`'s (or `tl.LSHSelfAttention`'s with share_qk=True), so a
+trained exact-attention Reformer's weights load into it unchanged.
+
+Weights (per head, stacked on a leading head axis h):
+  w_q (h, d_model, d_qk), [w_k (h, d_model, d_qk)], w_v (h, d_model, d_v),
+  w_o (h, d_v, d_model).
+State:
+  train / eval:  projection (m, d_qk), the fixed random projection.
+  predict:       (projection, (kv (b, h, m', d_v), z (b, h, m'), ref (b, h))),
+                 the causal prefix sums: O(1) in the decoded length.
+
+The fixed projection is drawn from the init rng, so every layer draws its own.
+It is state, not a weight: copy it between models with `transfer_projections`
+or `load_projections` (see `projections.py`). A predict-mode layer whose
+weights were loaded without its projection (trax's `init_from_file(...,
+weights_only=True)`) refuses to run, with an error naming those two calls,
+instead of decoding with fresh random features.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from trax.layers import base
+from trax.layers.research import efficient_attention
+
+from trax_favor import checks
+from trax_favor.ops import attention
+from trax_favor.ops import favor
+from trax_favor.ops import feature_maps
+from trax_favor.ops import random_features
+
+REDRAW_POLICIES = ('fixed', 'step')
+
+LOAD_PROJECTIONS_HINT = (
+    'copy them with trax_favor.transfer_projections(trained_model, model) '
+    'or trax_favor.load_projections(model, checkpoint_file)')
+
+
+def _differ(tree, drawn):
+  """Whether a tree of concrete arrays differs from `drawn` in value (the
+  same leaves, as objects, are equal without a look at their values)."""
+  leaves, drawn_leaves = (jax.tree_util.tree_leaves(t) for t in (tree, drawn))
+  if len(leaves) != len(drawn_leaves):
+    return True
+  return any(a is not b and not np.array_equal(np.asarray(a), np.asarray(b))
+             for a, b in zip(leaves, drawn_leaves))
+
+
+def _is_concrete(tree):
+  """Whether no leaf of tree is a tracer (a value set outside jit)."""
+  return not any(isinstance(leaf, jax.core.Tracer)
+                 for leaf in jax.tree_util.tree_leaves(tree))
+
+
+def _output_dropout(rng, x, rate):
+  """Inverted dropout on (b, l, d), one keep-mask per (b, d) for all of l."""
+  keep = jax.random.bernoulli(rng, 1.0 - rate, (x.shape[0], 1, x.shape[2]))
+  return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+
+
+class FavorSelfAttention(base.Layer):
+  """Multi-head self-attention by FAVOR+ random features (Performer).
+
+  Dropout semantics (train mode only):
+    attention_dropout: each entry of the key features phi(K) (b, h, l, m) is
+      dropped with this probability (see `ops.attention.favor_attention`):
+      rows stay normalized averages of values and the kernel estimate stays
+      unbiased; the linear-attention analogue of dropping attention weights,
+      without an (l, l) matrix.
+    output_dropout: dropout on the layer output (b, l, d_model) with the mask
+      shared along the length axis, as tl.SelfAttention does.
+  """
+
+  def __init__(self, n_heads=2, d_qk=64, d_v=64, share_qk=False,
+               causal=False, masked=False, output_dropout=0.0,
+               attention_dropout=0.0, mode='train', n_random_features=256,
+               feature_map='softmax', projection='orthogonal',
+               projection_scaling='norm', redraw='fixed',
+               numerical_stabilizer=None, chunk_size=None, block_size=512):
+    """Builds the layer.
+
+    Args:
+      n_heads: number of attention heads.
+      d_qk: depth of one head's queries and keys.
+      d_v: depth of one head's values.
+      share_qk: one projection for queries and keys (keys are the RMS-normalized
+        queries), mirroring tl.LSHSelfAttention's weights.
+      causal: each position attends to itself and earlier positions only.
+      masked: take a second input, a (batch, length) bool mask of valid tokens;
+        masked keys are removed from numerator and denominator.
+      output_dropout: dropout rate on the output (see class docstring).
+      attention_dropout: dropout rate on key features (see class docstring).
+      mode: 'train', 'eval' or 'predict' (causal decoding with O(1) state).
+      n_random_features: m, random projections per head (any positive int).
+      feature_map: 'softmax' (FAVOR+ positive features), 'relu', 'elu' or
+        'exp' (see trax_favor.ops.FEATURE_MAPS; the signed 'softmax_trig' is
+        refused: its denominators can vanish).
+      projection: 'orthogonal' (block-orthogonal rows) or 'iid'.
+      projection_scaling: 'norm' (chi-distributed row norms) or 'sqrt_d'.
+      redraw: 'fixed' (the projection drawn at init) or 'step' (a new one from
+        the layer rng at every train-mode call; the reversible recompute sees
+        the same rng, hence the same matrix). Eval and predict always use the
+        fixed projection.
+      numerical_stabilizer: non-negative floor added to the features,
+        relative to each vector's largest feature, so that every denominator
+        is at least this times the largest feature product (a relative bias
+        of the same order); None: 1e-6.
+      chunk_size: causal only: tokens per chunk of the chunked causal form
+        (None: 128, or 64 for relu/elu, see
+        ops.attention.default_chunk_size); setting it with causal=False is an
+        error.
+      block_size: inputs longer than this many tokens are attended in blocks
+        whose features are recomputed in the backward pass, so no (length,
+        n_random_features) tensor is ever stored (see ops/attention.py);
+        None computes features at full length (more memory, no recompute).
+    """
+    super().__init__(n_in=(2 if masked else 1), n_out=1)
+    checks.check_positive_int(n_heads=n_heads, d_qk=d_qk, d_v=d_v)
+    if chunk_size is not None and not causal:
+      raise ValueError('chunk_size applies to causal attention only; got '
+                       f'chunk_size={chunk_size!r} with causal=False.')
+    if chunk_size is not None:
+      checks.check_positive_int(chunk_size=chunk_size)
+    if block_size is not None:
+      checks.check_positive_int(block_size=block_size)
+    checks.check_rate(output_dropout=output_dropout,
+                      attention_dropout=attention_dropout)
+    checks.check_mode(mode)
+    if mode == 'predict' and not causal:
+      raise ValueError('mode=\'predict\' (incremental decoding) needs '
+                       'causal=True.')
+    if redraw not in REDRAW_POLICIES:
+      raise ValueError(f'redraw must be one of {REDRAW_POLICIES}, got '
+                       f'{redraw!r}.')
+    self._feature_map = feature_maps.get_feature_map(feature_map)
+    if not self._feature_map.non_negative:
+      raise ValueError(
+          f'feature_map={feature_map!r} has signed features, whose '
+          'denominators can vanish (relative errors in the thousands at '
+          'logit std 1, docs/results.md): the layer takes only the '
+          'non-negative maps '
+          f'{sorted(k for k, v in feature_maps.FEATURE_MAPS.items() if v.non_negative)}'
+          '; trax_favor.ops keeps it for comparisons.')
+    numerical_stabilizer = (1e-6 if numerical_stabilizer is None
+                            else numerical_stabilizer)
+    if not isinstance(numerical_stabilizer, (int, float)) or (
+        numerical_stabilizer < 0):
+      raise ValueError('numerical_stabilizer must be a non-negative float, got '
+                       f'{numerical_stabilizer!r}.')
+    random_features.check_projection_args(n_random_features, d_qk, projection,
+                                          projection_scaling)
+    self._n_heads, self._d_qk, self._d_v = n_heads, d_qk, d_v
+    self._share_qk, self._causal, self._masked = share_qk, causal, masked
+    self._mode = mode
+    training = mode == 'train'
+    self._output_dropout = output_dropout if training else 0.0
+    self._attention_dropout = attention_dropout if training else 0.0
+    self._feature_map_name = feature_map
+    self._n_random_features = n_random_features
+    self._projection = projection
+    self._projection_scaling = projection_scaling
+    self._redraw = redraw if training else 'fixed'
+    self._numerical_stabilizer = float(numerical_stabilizer)
+    self._chunk_size = chunk_size
+    self._block_size = block_size
+
+  # -- initialization ---------------------------------------------------------
+
+  def _kernel_init(self, rng, shape):
+    # Glorot-uniform over the total width of all heads, as tl.SelfAttention.
+    lim = jnp.sqrt(6.0 / (shape[0] + shape[1] * self._n_heads))
+    return jax.random.uniform(rng, shape, jnp.float32, -lim, lim)
+
+  def draw_projection(self, rng):
+    """A fresh (n_random_features, d_qk) projection from `rng`."""
+    return random_features.draw_projection(
+        rng, self._n_random_features, self._d_qk, self._projection,
+        self._projection_scaling)
+
+  def init_weights_and_state(self, input_signature):
+    if self._masked and not isinstance(input_signature, (tuple, list)):
+      raise ValueError('FavorSelfAttention(masked=True) takes two inputs, '
+                       '(x, mask), but was given one.')
+    x_sig = input_signature[0] if self._masked else input_signature
+    if len(x_sig.shape) != 3:
+      raise ValueError('FavorSelfAttention expects inputs of shape (batch, '
+                       f'length, d_model), got {tuple(x_sig.shape)}.')
+    batch, d_model = int(x_sig.shape[0]), int(x_sig.shape[-1])
+
+    def head_weights(rng):  # same rng use as tl.SelfAttention, per head
+      rng_q, rng_k, rng_v, rng_o = jax.random.split(rng, 4)
+      w_q = self._kernel_init(rng_q, (d_model, self._d_qk))
+      w_v = self._kernel_init(rng_v, (d_model, self._d_v))
+      w_o = self._kernel_init(rng_o, (d_model, self._d_v)).T
+      if self._share_qk:
+        return (w_q, w_v, w_o)
+      return (w_q, self._kernel_init(rng_k, (d_model, self._d_qk)), w_v, w_o)
+
+    head_rngs = jax.random.split(self.rng, self._n_heads)
+    self.weights = jax.vmap(head_weights)(head_rngs)  # each (h, ...)
+    projection = self.draw_projection(jax.random.fold_in(self.rng, 1))
+    if self._mode == 'predict':
+      m_out = self._n_random_features * self._feature_map.features_per_row
+      self.state = (projection, tuple(favor.empty_state(
+          (batch, self._n_heads), m_out, self._d_v)))
+    else:
+      self.state = projection
+    # What init drew, to tell loaded weights and projections from these (see
+    # the `weights` and `state` setters). Not for a traced init (trax's
+    # abstract evaluation of shapes), which changes nothing it keeps.
+    if _is_concrete((self.weights, projection)):
+      self._drawn = (self.weights, projection)
+      self._weights_loaded = self._projection_loaded = False
+
+  # -- loaded weights without their projection --------------------------------
+
+  @property
+  def weights(self):
+    return self._weights
+
+  @weights.setter
+  def weights(self, weights):
+    base.Layer.weights.fset(self, weights)
+    drawn = getattr(self, '_drawn', None)
+    if (drawn is None or self._mode != 'predict' or self._weights_loaded
+        or isinstance(weights, dict) or not _is_concrete(weights)):
+      return
+    if _differ(weights, drawn[0]):
+      self._weights_loaded = True
+    else:  # the same values (trax re-packs them): compare by identity next
+      self._drawn = (weights, drawn[1])
+
+  @property
+  def state(self):
+    return self._state
+
+  @state.setter
+  def state(self, state):
+    base.Layer.state.fset(self, state)
+    drawn = getattr(self, '_drawn', None)
+    if (drawn is None or self._mode != 'predict' or self._projection_loaded
+        or isinstance(state, dict) or not _is_concrete(state)):
+      return
+    if _differ(state[0], drawn[1]):
+      self._projection_loaded = True
+    else:
+      self._drawn = (drawn[0], state[0])
+
+  def _check_projection_loaded(self):
+    """Refuses to decode with trained weights and fresh random features."""
+    if self._weights_loaded and not self._projection_loaded:
+      raise ValueError(
+          'FavorSelfAttention(mode=\'predict\'): weights were loaded without '
+          'the trained FAVOR projections (for example by init_from_file(..., '
+          'weights_only=True)), so it would decode with fresh random '
+          f'features; {LOAD_PROJECTIONS_HINT}.')
+
+  @property
+  def projection_matrix(self):
+    """The fixed (n_random_features, d_qk) projection held in state."""
+    return self.state[0] if self._mode == 'predict' else self.state
+
+  # -- forward ----------------------------------------------------------------
+
+  def forward(self, inputs):
+    x, mask = inputs if self._masked else (inputs, None)
+    if self._share_qk:
+      w_q, w_v, w_o = self.weights
+      w_k = None
+    else:
+      w_q, w_k, w_v, w_o = self.weights
+    if x.ndim != 3 or x.shape[-1] != w_q.shape[1]:
+      raise ValueError(f'FavorSelfAttention with d_model={w_q.shape[1]} '
+                       'expects inputs of shape (batch, length, '
+                       f'{w_q.shape[1]}), got {tuple(x.shape)}.')
+    if self._mode == 'predict':
+      self._check_projection_loaded()
+    if mask is not None and mask.shape != x.shape[:2]:
+      raise ValueError(f'mask must have shape (batch, length) = {x.shape[:2]}, '
+                       f'got {tuple(mask.shape)}.')
+    rng_proj, rng_attn, rng_out = jax.random.split(self.rng, 3)
+
+    q = jnp.einsum('bld,hdk->bhlk', x, w_q)  # (b, h, l, d_qk)
+    if self._share_qk:
+      k = efficient_attention.length_normalized(q)  # as tl.LSHSelfAttention
+    else:
+      k = jnp.einsum('bld,hdk->bhlk', x, w_k)  # (b, h, l, d_qk)
+    v = jnp.einsum('bld,hdv->bhlv', x, w_v)  # (b, h, l, d_v)
+
+    if self._mode == 'predict':
+      projection, decode_state = self.state
+    else:
+      projection, decode_state = self.state, None
+    if self._redraw == 'step':
+      projection = self.draw_projection(rng_proj)
+    if projection.shape != (self._n_random_features, self._d_qk):
+      raise ValueError(f'the projection in state has shape {projection.shape},'
+                       ' expected (n_random_features, d_qk) = '
+                       f'{(self._n_random_features, self._d_qk)}.')
+
+    key_mask = None if mask is None else mask[:, None, :].astype(jnp.bool_)
+    o = self.attend(q, k, v, projection, decode_state, key_mask, rng_attn)
+    out = jnp.einsum('bhlv,hvd->bld', o, w_o)  # (b, l, d_model)
+    if self._output_dropout:
+      out = _output_dropout(rng_out, out, self._output_dropout)
+    return out
+
+  def attend(self, q, k, v, projection, decode_state, key_mask, rng):
+    """The attention core: q, k (b, h, l, d_qk), v (b, h, l, d_v) -> o."""
+    common = dict(feature_map=self._feature_map_name, key_mask=key_mask,
+                  numerical_stabilizer=self._numerical_stabilizer,
+                  attention_dropout=self._attention_dropout, rng=rng,
+                  block_size=self._block_size)
+    if not self._causal:
+      return attention.favor_attention(q, k, v, projection, **common)
+    if decode_state is not None:
+      decode_state = self._checked_decode_state(decode_state, q.shape[0])
+    o, final = attention.favor_attention(
+        q, k, v, projection, causal=True, initial_state=decode_state,
+        chunk_size=self._chunk_size, **common)  # (b, h, l, d_v)
+    if self._mode == 'predict':
+      self.state = (projection, tuple(final))
+    return o
+
+  def _checked_decode_state(self, decode_state, batch):
+    state = favor.KeySums(*decode_state)
+    if state.ref.shape != (batch, self._n_heads):
+      raise ValueError(
+          f'predict-mode state was initialized for batch size '
+          f'{state.ref.shape[0]}, but the input has batch size {batch}; '
+          'init the predict-mode model with the decoding batch size.')
+    return state
