@@ -1,18 +1,13 @@
 """Model-level benchmark: reversible training step, depth, decoding.
 
-    python scripts/benchmark_model.py --out results/model_cpu   # CPU widths
-    python scripts/benchmark_model.py --out results/model_gpu \
-        --width_bindings=''                                      # config widths
-    python scripts/benchmark_model.py --out results/model_cpu_full_width \
+    python -m benchmarks.model --out results/model_cpu   # CPU widths
+    python -m benchmarks.model --out results/model_gpu \
+        --width_bindings=''                             # the configs' widths
+    python -m benchmarks.model --out results/model_cpu_full_width \
         --width_bindings=N_LAYERS=2 --pg19_length=0 --depths= --prefixes= \
-        --steps=5                  # config widths on CPU: ImageNet64, 2 layers
-    python scripts/benchmark_model.py --out results/model_cpu_full_width \
-        --width_bindings=N_LAYERS=2 --pg19_length=0 --depths= --prefixes= \
-        --interleave=performer,identity,reformer --steps=3
-                        # then the three models' steps alternating, one process
-    python scripts/benchmark_model.py --out results/model_cpu_full_width_repeats \
-        --width_bindings=N_LAYERS=2 --pg19_length=0 --depths= --prefixes= \
-        --steps=3 --repeats=3  # each model in 3 fresh processes: medians
+        --steps=6 --repeats=3 --interleave=performer,reformer
+        # the configs' widths on CPU: ImageNet64, 2 layers, each model in 3
+        # fresh processes (medians), then Performer and LSH steps alternating
 
 Writes <out>.json (machine, versions, git SHA) after every measurement and
 <out>.png at the end; rerunning with the same widths skips what the JSON

@@ -210,7 +210,8 @@ def measure_decoding(decoders, n_tokens, width):
   n_tokens greedily in turn, one token each per round (after 2 warm-up
   rounds), so that a slow spell of a shared host hits every decoder alike.
   Returns {'kind/prefix': {kind, prefix, seconds_per_token (median),
-  token_seconds (per round), state_bytes}}.
+  token_seconds (per round), state_bytes, prompt_seconds: {one_call,
+  token_by_token}}}.
   """
   steps, found = {}, {}
   for kind, prefix in decoders:
@@ -224,7 +225,8 @@ def measure_decoding(decoders, n_tokens, width):
     name = f'{kind}/{prefix}'
     found[name] = {'kind': kind, 'prefix': prefix, 'state_bytes': sum(
         int(np.size(s)) * np.dtype(s.dtype).itemsize
-        for s in jax.tree_util.tree_leaves(state))}
+        for s in jax.tree_util.tree_leaves(state)),
+                   'prompt_seconds': _prompt_seconds(model, fill, prompt)}
     steps[name] = functools.partial(
         _decode_token, decoding._step_fn(model),  # pylint: disable=protected-access
         model.weights, {'token': prompt[:, -1:], 'state': state})
@@ -234,6 +236,25 @@ def measure_decoding(decoders, n_tokens, width):
     found[name].update(seconds_per_token=float(np.median(seconds)),
                        token_seconds=seconds)
   return found
+
+
+def _prompt_seconds(model, fill, prompt):
+  """Seconds to feed the prompt (1, p): in one predict-mode call (what
+  `trax_favor.decoding.sample` does) and one token per call (what it did
+  before), each compiled first."""
+  rng = jax.random.PRNGKey(0)
+  start = time.perf_counter()
+  jax.block_until_ready(fill(prompt, model.weights, model.state, rng))
+  one_call = time.perf_counter() - start
+  token = jax.jit(model.pure_fn)
+  jax.block_until_ready(token(prompt[:, :1], model.weights, model.state, rng))
+  state = model.state
+  start = time.perf_counter()
+  for t in range(prompt.shape[1]):
+    _, state = token(prompt[:, t:t + 1], model.weights, state, rng)
+  jax.block_until_ready(state)
+  return {'one_call': one_call,
+          'token_by_token': time.perf_counter() - start}
 
 
 def _decode_token(step, weights, carry, i):
@@ -302,6 +323,11 @@ def ratios(record):
     found[f'decode at prefix {hi}: transformer / performer time'] = _ratio(
         decoding, f'transformer/{hi}', f'performer/{hi}', 'seconds_per_token',
         'token_seconds')
+  for name, result in sorted(decoding.items()):
+    prompt = result.get('prompt_seconds')
+    if prompt:
+      found[f'prompt {name}: token by token / one call'] = (
+          prompt['token_by_token'] / prompt['one_call'])
   return {k: v for k, v in found.items() if v is not None}
 
 

@@ -31,6 +31,9 @@ SHRINK = [  # the offline default at a few seconds per run
     'trax_favor.FavorSelfAttention.chunk_size=16',
 ]
 
+# Every test here runs the command lines in fresh processes, end to end.
+pytestmark = pytest.mark.slow
+
 
 def _env(cache_dir, **extra):
   return dict(os.environ, PYTHONPATH=REPO,

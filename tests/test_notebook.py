@@ -19,6 +19,7 @@ NOTEBOOK = os.path.join(gin_helpers.REPO, 'notebooks',
                         'trax_favor_quickstart.ipynb')
 
 
+@pytest.mark.slow
 def test_quickstart_notebook_executes(tmp_path, monkeypatch, pytestconfig):
   monkeypatch.setenv('JAX_COMPILATION_CACHE_DIR', str(
       pytestconfig.cache.mkdir('xla_compilation_cache')))

@@ -29,7 +29,8 @@ _EXPORTS = {
     'compiler_options': 'trax_favor.xla_cpu',
 }
 _SUBMODULES = ('ops', 'layers', 'models', 'data', 'compat', 'xla_cpu',
-               'decoding', 'training', 'checkpoints', 'configurables')
+               'configs', 'training', 'checkpoints', 'decoding',
+               'configurables')
 
 __all__ = sorted(_EXPORTS) + list(_SUBMODULES)
 

@@ -18,6 +18,7 @@ from benchmarks import xla_cpu_flag
 from trax_favor import memory
 from trax_favor import xla_cpu
 
+@pytest.mark.slow
 def test_model_bench_step_is_trax_reversible_training(in_repo):
   del in_repo
   bindings = ['D_MODEL=16', 'D_FF=32', 'N_HEADS=2', 'D_HEAD=8', 'N_LAYERS=1',
@@ -100,6 +101,7 @@ def test_model_bench_plot_draws_the_panels_that_have_data(tmp_path):
   assert not (tmp_path / 'none.png').exists()
 
 
+@pytest.mark.slow
 def test_model_bench_child_failure_is_the_error_line(in_repo):
   del in_repo
   failed = model_bench.measure_step_repeated(
@@ -124,6 +126,7 @@ def test_benchmark_timing_interleaves_compiled_steps():
   assert [len(t) for t in times.values()] == [3, 3]
 
 
+@pytest.mark.slow
 def test_decoding_state_is_constant_for_performer_and_grows_for_transformer():
   width = (16, 32, 2, 1)  # d_model, d_ff, n_heads, n_layers
   decoders = [(kind, p) for kind in ('performer', 'transformer')
@@ -144,6 +147,7 @@ def test_decoding_state_is_constant_for_performer_and_grows_for_transformer():
   assert ratio['decode performer: per-token time at prefix 64 / 8'] == 1.5
 
 
+@pytest.mark.slow
 def test_attention_benchmark_resumes_finished_lengths(tmp_path, in_repo):
   del in_repo
   bench = attention_bench
@@ -205,6 +209,7 @@ def test_records_name_the_checkout_when_installed_outside_it(tmp_path,
   assert report.git_sha() == 'unknown'
 
 
+@pytest.mark.slow
 def test_xla_flag_benchmark_compares_children_of_either_setting(
     tmp_path, in_repo, monkeypatch):
   del in_repo

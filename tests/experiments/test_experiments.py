@@ -15,6 +15,7 @@ from experiments import ladder
 from experiments import transfer
 from trax_favor import checkpoints
 
+@pytest.mark.slow
 def test_ladder_resumes_a_partial_ladder_and_reports(tmp_path, in_repo,
                                                      capsys):
   del in_repo
@@ -98,6 +99,7 @@ TINY_TEXT = [  # the offline default at a few seconds per run
     'trax_favor.FavorSelfAttention.chunk_size=8']
 
 
+@pytest.mark.slow
 def test_transfer_measures_the_gap_and_fine_tunes_resumably(tmp_path, in_repo):
   del in_repo
   loop = transfer.train_exact(str(tmp_path / 'exact'), TINY_TEXT)

@@ -45,6 +45,7 @@ def _cross_entropy(model, seq):
   return -float(np.mean(np.take_along_axis(logp, seq[..., None], -1)))
 
 
+@pytest.mark.slow
 def test_reformer_with_favor_trains_in_a_loop(tmp_path):
   model = _reformer('train', dropout=0.05)
   task = training.TrainTask(
