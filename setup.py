@@ -8,12 +8,11 @@ setuptools.setup(
     description="Performer's FAVOR+ attention as a first-class Trax layer.",
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',
-    url='https://github.com/trax-favor/trax_favor',
     license='Apache-2.0',
+    license_files=['LICENSE'],
     classifiers=[
         'Development Status :: 3 - Alpha',
         'Intended Audience :: Science/Research',
-        'License :: OSI Approved :: Apache Software License',
         'Programming Language :: Python :: 3',
         'Programming Language :: Python :: 3.11',
         'Topic :: Scientific/Engineering :: Artificial Intelligence',

@@ -45,7 +45,7 @@ from trax import shapes
 import trax_favor
 from trax_favor import ops
 from benchmarks import baselines
-from benchmarks import report
+from benchmarks import harness
 
 
 def _layers(args, length):
@@ -200,14 +200,14 @@ def time_all(steps, rounds, label, statistic=np.median):
   for name, (fn, fn_args) in steps.items():
     start = time.time()
     try:
-      run, peaks[name] = report.compile_step(fn, *fn_args)
+      run, peaks[name] = harness.compile_step(fn, *fn_args)
     except Exception as e:  # pylint: disable=broad-except
       print(f'{label} {name}: failed: {type(e).__name__}: {e}'[:300],
             flush=True)
       continue
     runs[name] = lambda i, run=run: run()
     print(f'{label} {name}: compiled ({time.time() - start:.0f}s)', flush=True)
-  times = report.time_interleaved(runs, rounds)
+  times = harness.time_interleaved(runs, rounds)
   return {name: (float(statistic(t)), peaks[name], t)
           for name, t in times.items()}
 
@@ -229,7 +229,7 @@ PAIRED = {
 
 def paired_ratios(timed):
   """The PAIRED ratios whose two steps are both in timed (time_all's)."""
-  return {name: report.paired_ratio(timed[a][2], timed[b][2])
+  return {name: harness.paired_ratio(timed[a][2], timed[b][2])
           for name, (a, b) in PAIRED.items() if a in timed and b in timed}
 
 
@@ -281,9 +281,9 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--out', default='results/attention_cpu')
   parser.add_argument('--lengths', default='1024,2048,4096,8192,16384',
-                      type=report.comma_list_arg(int))
+                      type=harness.comma_list_arg(int))
   parser.add_argument('--favor_extra_lengths', default='65536',
-                      type=report.comma_list_arg(int),
+                      type=harness.comma_list_arg(int),
                       help='lengths run for FAVOR and identity only')
   parser.add_argument('--d_model', type=int, default=512)
   parser.add_argument('--n_heads', type=int, default=8)
@@ -301,17 +301,17 @@ def main(argv=None):
                       help='timed rounds of the products alone (fastest)')
   args = parser.parse_args(argv)
   os.makedirs(os.path.dirname(args.out) or '.', exist_ok=True)
-  lengths = report.comma_list(args.lengths, int)
-  extra = report.comma_list(args.favor_extra_lengths, int)
-  record = report.earlier_record(args.out + '.json', vars(args),
+  lengths = harness.comma_list(args.lengths, int)
+  extra = harness.comma_list(args.favor_extra_lengths, int)
+  record = harness.earlier_record(args.out + '.json', vars(args),
                                  MEASURED_WITH, same_code=True) or {
-      'machine': report.machine_info(), 'layers': {}, 'cores': {},
+      'machine': harness.machine_info(), 'layers': {}, 'cores': {},
       'paired': {}, 'product_gflops': {}, 'floors': {}}
   record['config'] = vars(args)
   record.setdefault('finished', [])
 
   def save():
-    report.save_json(record, args.out + '.json')
+    harness.save_json(record, args.out + '.json')
 
   for length in lengths + extra:
     label, key = f'L={length:6d}', str(length)  # JSON keys are strings
@@ -345,7 +345,7 @@ def main(argv=None):
 
 
 def plot(record, path):
-  fig, (ax_t, ax_m) = report.subplots(1, 2, figsize=(11, 4))
+  fig, (ax_t, ax_m) = harness.subplots(1, 2, figsize=(11, 4))
   for name, by_len in record['layers'].items():
     ls = sorted(by_len, key=int)
     ax_t.loglog([int(l) for l in ls], [by_len[l]['seconds'] for l in ls],

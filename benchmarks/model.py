@@ -18,7 +18,7 @@ import argparse
 import sys
 
 from benchmarks import model_bench
-from benchmarks import report
+from benchmarks import harness
 
 # CPU widths: the configs' layout (heads of 64, ff 4x, m=256, LSH chunks of
 # 128) at a quarter of the width and 2 layers.
@@ -40,11 +40,11 @@ def main(argv=None):
                       help='PG-19 step length (0: no PG-19 steps)')
   parser.add_argument('--exact_max_len', type=int, default=8192)
   parser.add_argument('--depths', default='6,12,24',
-                      type=report.comma_list_arg(int))
+                      type=harness.comma_list_arg(int))
   parser.add_argument('--depth_length', type=int, default=2048,
                       help='PG-19 length of the depth sweep')
   parser.add_argument('--interleave', default='',
-                      type=report.comma_list_arg(_model_name),
+                      type=harness.comma_list_arg(_model_name),
                       help='ImageNet64 models also timed in one process, their '
                       'steps alternating (steadier ratios on a shared host): '
                       + ', '.join(model_bench.MODELS))
@@ -55,21 +55,21 @@ def main(argv=None):
                       'the JSON keeps each and their medians (memory varies '
                       'between processes)')
   parser.add_argument('--prefixes', default='128,8192',
-                      type=report.comma_list_arg(int))
+                      type=harness.comma_list_arg(int))
   parser.add_argument('--decode_tokens', type=int, default=64)
   parser.add_argument('--decode_width', default='256,1024,4,2',
-                      type=report.comma_list_arg(int),
+                      type=harness.comma_list_arg(int),
                       help='d_model,d_ff,n_heads,n_layers of the decoders')
   args = parser.parse_args(argv)
   if args.repeats < 1:
     parser.error(f'--repeats must be at least 1, got {args.repeats}')
-  decode_width = tuple(report.comma_list(args.decode_width, int))
+  decode_width = tuple(harness.comma_list(args.decode_width, int))
   if len(decode_width) != 4:
     parser.error(f'--decode_width takes 4 ints, got {args.decode_width!r}')
-  width = _rejoin_tuples(report.comma_list(args.width_bindings))
-  record = report.earlier_record(args.out + '.json', vars(args),
+  width = _rejoin_tuples(harness.comma_list(args.width_bindings))
+  record = harness.earlier_record(args.out + '.json', vars(args),
                                  MEASURED_WITH) or {}
-  record.update(machine=report.machine_info(), config=vars(args))
+  record.update(machine=harness.machine_info(), config=vars(args))
   record.setdefault('steps', {})
   record.setdefault('depth', {})
   record.setdefault('decoding', {})
@@ -81,7 +81,7 @@ def main(argv=None):
       return
     record[table][key] = result = fn(*fn_args)
     print(f'{table} {key}: {result}', flush=True)
-    report.save_json(record, args.out + '.json')
+    harness.save_json(record, args.out + '.json')
 
   def run_together(table, prefix, names, fn, *fn_args):
     """Like run, for an fn that measures several names at once (alternating
@@ -101,14 +101,14 @@ def main(argv=None):
     for name, r in result.items():
       record[table][prefix + name] = r
       print(f'{table} {prefix}{name}: {r}', flush=True)
-    report.save_json(record, args.out + '.json')
+    harness.save_json(record, args.out + '.json')
 
   step = lambda family, model, bindings: model_bench.measure_step_repeated(
       family, model, width + bindings, args.steps, args.batch, args.repeats)
   for model in model_bench.MODELS:  # ImageNet64: 12288 tokens
     if model != 'exact' or 12288 <= args.exact_max_len:
       run('steps', f'imagenet64/{model}', step, 'imagenet64', model, [])
-  interleave = report.comma_list(args.interleave)
+  interleave = harness.comma_list(args.interleave)
   run_together('interleaved', 'imagenet64/', interleave,
                model_bench.measure_step_in_child, 'imagenet64', interleave,
                width, args.steps, args.batch)
@@ -120,19 +120,19 @@ def main(argv=None):
           pg19)
   depth_bindings = [f'SEQUENCE_LENGTH={args.depth_length}',
                     f'LSH_N_BUCKETS={2 * args.depth_length // 128}']
-  for depth in report.comma_list(args.depths, int):
+  for depth in harness.comma_list(args.depths, int):
     for model in ('performer', 'reformer'):
       run('depth', f'{model}/{depth}', step, 'pg19', model,
           depth_bindings + [f'N_LAYERS={depth}'])
   decoders = [(kind, prefix) for kind in ('performer', 'transformer')
-              for prefix in report.comma_list(args.prefixes, int)]
+              for prefix in harness.comma_list(args.prefixes, int)]
   run_together('decoding', '', [f'{k}/{p}' for k, p in decoders],
                model_bench.measure_decoding, decoders, args.decode_tokens,
                decode_width)
   record['ratios'] = model_bench.ratios(record)
-  report.save_json(record, args.out + '.json')
+  harness.save_json(record, args.out + '.json')
   plotted = model_bench.plot(record, args.out + '.png')
-  print(report.markdown_table(['ratio', 'value'],
+  print(harness.markdown_table(['ratio', 'value'],
                               sorted(record['ratios'].items())))
   print(f'wrote {args.out}.json' + (f' and {args.out}.png' if plotted else
                                     ' (nothing measured to plot)'))

@@ -45,7 +45,7 @@ from trax.optimizers import trainer as trax_trainer
 
 from trax_favor import configs
 from trax_favor import decoding
-from benchmarks import report
+from benchmarks import harness
 from trax_favor.models import performer
 
 MODELS = {  # name -> (config files, after the family's <attention>_6l.gin)
@@ -59,7 +59,7 @@ MODELS = {  # name -> (config files, after the family's <attention>_6l.gin)
 def _reversible_trainer(family, model, bindings, batch):
   """Trax's ReversibleSerialTrainer for one config'd model, with a batch."""
   attention, extra_files = MODELS[model]
-  files = [report.repo_path(f) for f in
+  files = [harness.repo_path(f) for f in
            [f'gin/{family}/{attention}_6l.gin'] + extra_files]
   configs.parse_config(files, bindings)
   length = configs.configured_value('trax_favor.PerformerLM.max_len')
@@ -99,15 +99,15 @@ def measure_step(family, model, bindings, steps, batch):
   earlier work can leave the peak below that starting point. On an
   accelerator the device peak also covers the warm-up steps (the same step).
   """
-  before = report.memory_in_use_bytes()
+  before = harness.memory_in_use_bytes()
   trainer, data, info = _reversible_trainer(family, model, bindings, batch)
   times = []
   for i in range(steps + 2):  # two warm-up steps compile everything
     if i == 2:
-      report.reset_peak_memory()
+      harness.reset_peak_memory()
     seconds, loss = _timed_step(trainer, data, i)
     times.append(seconds)
-  peak = report.peak_memory_bytes()
+  peak = harness.peak_memory_bytes()
   return dict(info, seconds=float(np.median(times[2:])),
               steps_per_s=float(1.0 / np.median(times[2:])),
               peak_bytes=int(peak), model_peak_bytes=int(peak - before),
@@ -125,8 +125,8 @@ def measure_steps_interleaved(family, models, bindings, steps, batch):
            for model in models}
   step_fns = {model: functools.partial(_timed_step, trainer, data)
               for model, (trainer, data, _) in built.items()}
-  report.time_interleaved(step_fns, 2)  # warm-up rounds compile everything
-  times = report.time_interleaved(step_fns, steps)
+  harness.time_interleaved(step_fns, 2)  # warm-up rounds compile everything
+  times = harness.time_interleaved(step_fns, steps)
   return {model: dict(built[model][2], seconds=float(np.median(ts)),
                       step_seconds=ts)
           for model, ts in times.items()}
@@ -140,7 +140,7 @@ def measure_step_in_child(family, model, bindings, steps, batch):
   args = json.dumps([family, model, list(bindings), steps, batch])
   result = subprocess.run(
       [sys.executable, '-m', 'benchmarks.model_bench', args],
-      capture_output=True, text=True, check=False, cwd=report.REPO)
+      capture_output=True, text=True, check=False, cwd=harness.REPO)
   lines = [l for l in result.stdout.splitlines() if l.startswith('{')]
   if result.returncode or not lines:
     # The exception's own line: the last one not indented (gin adds an
@@ -230,8 +230,8 @@ def measure_decoding(decoders, n_tokens, width):
     steps[name] = functools.partial(
         _decode_token, decoding._step_fn(model),  # pylint: disable=protected-access
         model.weights, {'token': prompt[:, -1:], 'state': state})
-  report.time_interleaved(steps, 2)  # warm-up rounds compile the steps
-  times = report.time_interleaved(steps, n_tokens)
+  harness.time_interleaved(steps, 2)  # warm-up rounds compile the steps
+  times = harness.time_interleaved(steps, n_tokens)
   for name, seconds in times.items():
     found[name].update(seconds_per_token=float(np.median(seconds)),
                        token_seconds=seconds)
@@ -283,7 +283,7 @@ def _ratio(table, a, b, field, series=None):
   over rounds of the ratio within a round where both records have it.
   """
   if series and all(series in table.get(x, {}) for x in (a, b)):
-    return report.paired_ratio(table[a][series], table[b][series])
+    return harness.paired_ratio(table[a][series], table[b][series])
   if a in table and b in table and field in table[a] and field in table[b]:
     return table[a][field] / table[b][field]
   return None
@@ -403,7 +403,7 @@ def plot(record, path):
       ('decoding', draw_decoding, decoding)) if has_data]
   if not panels:
     return []
-  fig, axes = report.subplots(1, len(panels), figsize=(4.7 * len(panels), 4),
+  fig, axes = harness.subplots(1, len(panels), figsize=(4.7 * len(panels), 4),
                            squeeze=False)
   for ax, (title, draw) in zip(axes[0], panels):
     draw(ax)

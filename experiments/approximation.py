@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks import report
+from benchmarks import harness
 from experiments import transfer
 from trax_favor.ops import attention
 from trax_favor.ops import random_features
@@ -98,7 +98,7 @@ def plot(rows, model_rows, path):
   model-level gap where it was measured."""
   scales = sorted({r['scale'] for r in rows})
   n_panels = len(scales) + bool(model_rows)
-  fig, axes = report.subplots(1, n_panels, figsize=(4.2 * n_panels, 3.8),
+  fig, axes = harness.subplots(1, n_panels, figsize=(4.2 * n_panels, 3.8),
                               squeeze=False)
   axes = axes[0]
   for ax, scale in zip(axes, scales):
@@ -135,16 +135,16 @@ def table(rows):
             + [f'{n} / {BASELINE}' for n in others])
   body = [[r['scale'], r['m']] + [cell(r['errors'][n]) for n in VARIANTS]
           + [cell(r['ratios'][n]) for n in others] for r in rows]
-  return report.markdown_table(header, body)
+  return harness.markdown_table(header, body)
 
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--out', default='results/approximation_cpu')
   parser.add_argument('--ms', default='16,64,256,512',
-                      type=report.comma_list_arg(int))
+                      type=harness.comma_list_arg(int))
   parser.add_argument('--scales', default='0.25,0.5,1.0',
-                      type=report.comma_list_arg(float),
+                      type=harness.comma_list_arg(float),
                       help='std of q, k entries (logit std = scale^2)')
   parser.add_argument('--length', type=int, default=512)
   parser.add_argument('--seeds', type=int, default=64)
@@ -152,18 +152,18 @@ def main(argv=None):
                       help="exact-attention model ('' to skip that part)")
   parser.add_argument('--eval_batches', type=int, default=4)
   args = parser.parse_args(argv)
-  ms = report.comma_list(args.ms, int)
-  record = {'machine': report.machine_info(), 'config': vars(args)}
+  ms = harness.comma_list(args.ms, int)
+  record = {'machine': harness.machine_info(), 'config': vars(args)}
   record['attention'] = attention_sweep(
-      ms, report.comma_list(args.scales, float), n_seeds=args.seeds,
+      ms, harness.comma_list(args.scales, float), n_seeds=args.seeds,
       length=args.length)
-  report.save_json(record, args.out + '.json')
+  harness.save_json(record, args.out + '.json')
   record['model'] = []
   if args.exact_run:
     loop = transfer.train_exact(args.exact_run)
     batches = transfer.eval_batches([], args.eval_batches)
     record['model'] = transfer.gap_by_m(loop.model.weights, ms, batches)
-    report.save_json(record, args.out + '.json')
+    harness.save_json(record, args.out + '.json')
   plot(record['attention'], record['model'], args.out + '.png')
   print(table(record['attention']))
   print(f'wrote {args.out}.json and {args.out}.png')

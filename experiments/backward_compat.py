@@ -1,9 +1,9 @@
 """Backward compatibility: exact-attention weights in FAVOR+, fine-tuned.
 
-    python scripts/backward_compat.py --out results/backward_compat_cpu
+    python -m experiments.backward_compat --out results/backward_compat_cpu
 
 Trains the offline default's exact-attention twin (runs/exact_default,
-resumable, shared with scripts/approximation.py), loads its weights into
+resumable, shared with experiments/approximation.py), loads its weights into
 the FAVOR+ model unchanged, reports accuracy (on the same fixed eval
 batches) of the exact model, of FAVOR+ right after the transfer and after
 FAVOR+ fine-tuning (runs/exact_to_favor, resumable). Writes
@@ -13,7 +13,7 @@ FAVOR+ fine-tuning (runs/exact_to_favor, resumable). Writes
 import argparse
 import sys
 
-from benchmarks import report
+from benchmarks import harness
 from trax_favor import training as trax_favor_training
 from experiments import transfer
 
@@ -30,7 +30,7 @@ def main(argv=None):
   parser.add_argument('--config', action='append', default=[],
                       help='extra gin binding for every model (repeatable)')
   args = parser.parse_args(argv)
-  record = {'machine': report.machine_info(), 'config': vars(args)}
+  record = {'machine': harness.machine_info(), 'config': vars(args)}
   loop = transfer.train_exact(args.exact_run, args.config)
   weights = loop.model.weights
   exact_history = trax_favor_training.read_eval_history(args.exact_run)
@@ -44,7 +44,7 @@ def main(argv=None):
       args.config)
   record['after_fine_tuning'] = transfer.gap_by_m(
       weights, m, batches, args.config, favor_weights=tuned)[0]
-  report.save_json(record, args.out + '.json')
+  harness.save_json(record, args.out + '.json')
   plot(record, args.out + '.png')
   before, after = record['right_after_transfer'], record['after_fine_tuning']
   print(f"accuracy on {args.eval_batches} fixed eval batches: exact model "
@@ -55,7 +55,7 @@ def main(argv=None):
 
 
 def plot(record, path):
-  fig, ax = report.subplots(figsize=(6, 4))
+  fig, ax = harness.subplots(figsize=(6, 4))
   steps, acc = zip(*record['exact_training']['accuracy'])
   ax.plot(steps, acc, 'o-', label='exact attention, from scratch')
   offset = steps[-1]

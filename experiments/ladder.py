@@ -36,7 +36,7 @@ from trax.supervised import training
 from trax_favor import configs
 from trax_favor import checkpoints
 from trax_favor import training as trax_favor_training
-from benchmarks import report
+from benchmarks import harness
 
 ATTENTIONS = ('performer', 'reformer')
 # A Performer "matches" a Reformer when its final eval bits/dim is at most
@@ -81,7 +81,7 @@ def rungs(preset):
   """[(name, config file, attention, depth)] in the order they run."""
   spec = PRESETS[preset]
   return [(f'{spec["family"]}_{attention}_{depth}l',
-           report.repo_path(f'gin/{spec["family"]}/{attention}_{depth}l.gin'),
+           harness.repo_path(f'gin/{spec["family"]}/{attention}_{depth}l.gin'),
            attention, depth)
           for depth in spec['depths'] for attention in ATTENTIONS]
 
@@ -161,7 +161,7 @@ def run_ladder(preset, work_dir, out, extra_bindings=(), stop_after=None):
     raise ValueError(f'preset must be one of {sorted(PRESETS)}, '
                      f'got {preset!r}.')
   bindings = PRESETS[preset]['bindings'] + list(extra_bindings)
-  record = {'machine': report.machine_info(), 'preset': preset,
+  record = {'machine': harness.machine_info(), 'preset': preset,
             'bindings': bindings, 'work_dir': work_dir, 'rungs': {}}
   trained = 0
   for name, config_file, attention, depth in rungs(preset):
@@ -183,9 +183,9 @@ def run_ladder(preset, work_dir, out, extra_bindings=(), stop_after=None):
       print(f'[{name}] trained in {time.time() - start:.0f}s', flush=True)
     record['rungs'][name] = dict(collect(rung_dir), config=config_file,
                                  attention=attention, depth=depth)
-    report.save_json(record, out + '.json')
+    harness.save_json(record, out + '.json')
   record['comparisons'] = compare(record['rungs'])
-  report.save_json(record, out + '.json')
+  harness.save_json(record, out + '.json')
   with open(out + '.md', 'w') as f:
     f.write(markdown(record))
   plot(record, out + '.png')
@@ -223,7 +223,7 @@ def markdown(record):
                  rung['eval_loss'][-1][1], _final(rung), rung['steps_per_s'],
                  rung['train_seconds_at_eval'][-1],
                  (rung['peak_memory_bytes'] or 0) / 2**20])
-  text = report.markdown_table(
+  text = harness.markdown_table(
       ['rung', 'params', 'steps', 'eval loss', 'bits/dim', 'steps/s',
        'train s', 'peak MiB'], rows)
   comparisons = [[f'Performer {c["performer_layers"]}L vs Reformer '
@@ -232,7 +232,7 @@ def markdown(record):
                   'yes' if c['matches'] else 'no']
                  for c in record.get('comparisons', [])]
   if comparisons:
-    text += '\n' + report.markdown_table(
+    text += '\n' + harness.markdown_table(
         ['comparison', 'Performer bits/dim', 'Reformer bits/dim', 'gap',
          f'matches (gap <= {MATCH_TOLERANCE})'], comparisons)
   return text
@@ -240,7 +240,7 @@ def markdown(record):
 
 def plot(record, path):
   """Eval bits/dim against steps and against training seconds."""
-  fig, (ax_steps, ax_time) = report.subplots(1, 2, figsize=(11, 4))
+  fig, (ax_steps, ax_time) = harness.subplots(1, 2, figsize=(11, 4))
   for name, rung in record['rungs'].items():
     style = '-' if rung['attention'] == 'performer' else '--'
     steps, bpd = zip(*rung['eval_bits_per_dim'])

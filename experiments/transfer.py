@@ -17,12 +17,12 @@ from trax import layers as tl
 from trax import shapes
 from trax.supervised import training
 
-from benchmarks import report
+from benchmarks import harness
 from trax_favor import configs
 from trax_favor import training as trax_favor_training
 from trax_favor.data import streams
 
-CONFIG = report.repo_path('gin/offline_default.gin')
+CONFIG = harness.repo_path('gin/offline_default.gin')
 EXACT = ['trax_favor.PerformerLM.attention_type=@trax.layers.SelfAttention',
          'trax.layers.SelfAttention.chunk_len=None']  # full causal softmax
 

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import jax
 import numpy as np
@@ -126,6 +127,36 @@ def test_trainer_lib_saves_computation_graphs(tmp_path):
   if _needed('xla_computation'):
     with compat.undone('xla_computation'), pytest.raises(AttributeError):
       run(str(tmp_path / 'undone'))
+
+
+def _warnings_of(fn):
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter('always')
+    fn()
+  return [f'{w.category.__name__}: {w.message}' for w in caught]
+
+
+def test_checkpoints_and_host_setup_warn_nothing(tmp_path):
+  """trax's checkpoint writers open GzipFile without a mode, and its Loop
+  set-up calls the deprecated jax.host_count: each warned at every call."""
+  model = tl.Dense(3)
+  model.init(shapes.ShapeDtype((1, 2)))
+
+  def run():
+    model.save_to_file(str(tmp_path / 'model.pkl.gz'),
+                       input_signature=shapes.ShapeDtype((1, 2)))
+    training.init_host_and_devices()
+
+  assert _warnings_of(run) == []
+  restored = tl.Dense(3)
+  restored.init_from_file(str(tmp_path / 'model.pkl.gz'))
+  np.testing.assert_array_equal(restored.weights[0], model.weights[0])
+  if _needed('gzip_explicit_mode'):
+    with compat.undone('gzip_explicit_mode'):
+      assert any('GzipFile' in w for w in _warnings_of(run))
+  if _needed('host_count_alias'):
+    with compat.undone('host_count_alias'):
+      assert any('process_count' in w for w in _warnings_of(run))
 
 
 def _run(cmd, env_extra=None, timeout=600):

@@ -122,6 +122,10 @@ class _Progress(callbacks.TrainingStepCallback):
       n_evals = len(self._loop.history.get('eval', 'metrics/loss'))
       if n_evals != self._n_evals:  # an eval ran after the last step
         save_eval_history(self._loop, self._output_dir)
+        if self._n_evals == 0 and self._last[1] == step - 1:
+          # The first eval of this process compiled the eval step: start
+          # the rate here, or the first ETA counts that compilation.
+          self._last = (time.time(), step - 1)
         self._n_evals = n_evals
 
   def on_step_end(self, step):

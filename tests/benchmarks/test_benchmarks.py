@@ -13,7 +13,7 @@ import pytest
 import gin_helpers
 from benchmarks import attention as attention_bench
 from benchmarks import model_bench
-from benchmarks import report
+from benchmarks import harness
 from benchmarks import xla_cpu_flag
 from trax_favor import memory
 from trax_favor import xla_cpu
@@ -69,7 +69,7 @@ def test_model_bench_memory_on_an_accelerator_is_device_bytes_only(
                            'N_RANDOM_FEATURES=8'], 1, 1)
   assert (result['peak_bytes'], result['model_peak_bytes']) == (5000, 4000)
   monkeypatch.setattr(memory, 'device_memory_stats', dict)  # CPU: none
-  assert report.memory_in_use_bytes() == pytest.approx(
+  assert harness.memory_in_use_bytes() == pytest.approx(
       memory.process_memory_bytes('VmRSS'), rel=0.05)
 
 
@@ -113,11 +113,11 @@ def test_model_bench_child_failure_is_the_error_line(in_repo):
 
 def test_benchmark_timing_interleaves_compiled_steps():
   x = jax.numpy.arange(12.0).reshape(3, 4)
-  run, peak = report.compile_step(lambda x: (x @ x.T).sum(axis=0), x)
+  run, peak = harness.compile_step(lambda x: (x @ x.T).sum(axis=0), x)
   np.testing.assert_allclose(run(), (x @ x.T).sum(axis=0))
   assert peak >= x.nbytes  # the argument is part of the planned peak
   calls = []
-  times = report.time_interleaved(
+  times = harness.time_interleaved(
       {name: (lambda i, name=name: calls.append((i, name))) for name in 'ab'},
       3)
   # One call of each per round, in turn: drift hits both sides alike.
@@ -157,12 +157,12 @@ def test_attention_benchmark_resumes_finished_lengths(tmp_path, in_repo):
           '--exact_max_len=64', '--lsh_max_len=0', '--core_max_len=64',
           '--unblocked_max_len=0', '--favor_extra_lengths=']
   bench.main(tiny + ['--lengths=64'])
-  first = report.load_json(out + '.json')
+  first = harness.load_json(out + '.json')
   assert first['finished'] == ['64']
   assert len(first['layers']['favor_bidir']['64']['round_seconds']) == 2
   # Rerun with one more length: 64 is kept as measured, only 128 is new.
   bench.main(tiny + ['--lengths=64', '--favor_extra_lengths=128'])
-  second = report.load_json(out + '.json')
+  second = harness.load_json(out + '.json')
   assert second['finished'] == ['64', '128']
   assert second['layers']['favor_bidir']['64'] == (
       first['layers']['favor_bidir']['64'])
@@ -171,26 +171,26 @@ def test_attention_benchmark_resumes_finished_lengths(tmp_path, in_repo):
   # Other settings: the earlier record is not mixed in.
   bench.main(tiny[:3] + ['--n_random_features=4'] + tiny[4:] +
              ['--lengths=', '--favor_extra_lengths=128'])
-  assert report.load_json(out + '.json')['finished'] == ['128']
+  assert harness.load_json(out + '.json')['finished'] == ['128']
 
 
 def test_benchmark_records_resume_only_with_the_same_settings(tmp_path,
                                                             monkeypatch):
   path = str(tmp_path / 'bench.json')
-  assert report.earlier_record(path, {}, ()) is None  # nothing yet
-  report.save_json({'config': {'width': 8, 'steps': 3}, 'machine': {
+  assert harness.earlier_record(path, {}, ()) is None  # nothing yet
+  harness.save_json({'config': {'width': 8, 'steps': 3}, 'machine': {
       'git_sha': 'an older commit', 'xla_flags': 'a --b'},
                     'steps': {'a': 1}}, path)
   monkeypatch.setenv('XLA_FLAGS', 'a --b')
   # Precision settings (steps) may change; measured ones (width) may not.
-  assert report.earlier_record(path, {'width': 8, 'steps': 5},
+  assert harness.earlier_record(path, {'width': 8, 'steps': 5},
                                ('width',))['steps'] == {'a': 1}
-  assert report.earlier_record(path, {'width': 16, 'steps': 3},
+  assert harness.earlier_record(path, {'width': 16, 'steps': 3},
                                ('width',)) is None
-  assert report.earlier_record(path, {'width': 8, 'steps': 3}, ('width',),
+  assert harness.earlier_record(path, {'width': 8, 'steps': 3}, ('width',),
                                same_code=True) is None
   monkeypatch.setenv('XLA_FLAGS', 'a')  # XLA's settings shape every number
-  assert report.earlier_record(path, {'width': 8, 'steps': 3},
+  assert harness.earlier_record(path, {'width': 8, 'steps': 3},
                                ('width',)) is None
 
 
@@ -201,12 +201,12 @@ def test_records_name_the_checkout_when_installed_outside_it(tmp_path,
   head = subprocess.run(['git', 'rev-parse', 'HEAD'], capture_output=True,
                         text=True, check=True,
                         cwd=gin_helpers.REPO).stdout.strip()
-  monkeypatch.setattr(report, '__file__', str(tmp_path / 'site' / 'report.py'))
+  monkeypatch.setattr(report, '__file__', str(tmp_path / 'site' / 'harness.py'))
   (tmp_path / 'site').mkdir()
   monkeypatch.chdir(gin_helpers.REPO)
-  assert report.machine_info()['git_sha'] == head
+  assert harness.machine_info()['git_sha'] == head
   monkeypatch.chdir(tmp_path)  # neither is a checkout
-  assert report.git_sha() == 'unknown'
+  assert harness.git_sha() == 'unknown'
 
 
 @pytest.mark.slow
@@ -218,7 +218,7 @@ def test_xla_flag_benchmark_compares_children_of_either_setting(
   out = str(tmp_path / 'flag')
   bench.main([f'--out={out}', '--lengths=64', '--pairs=1', '--repeats=1',
               '--d_model=16', '--n_heads=2', '--n_random_features=4'])
-  record = report.load_json(out + '.json')
+  record = harness.load_json(out + '.json')
   off, on = record['runs']['off'][0], record['runs']['on'][0]
   assert off['machine']['compiler_options'] == {
       xla_cpu.YNN_OPTION: ''}  # trax_favor's default: fusions off
@@ -237,10 +237,10 @@ def test_xla_flag_benchmark_compares_children_of_either_setting(
 def test_benchmark_list_options_are_checked_by_argparse(capsys):
   parser = argparse.ArgumentParser(prog='bench')
   parser.add_argument('--lengths', default='64,128',
-                      type=report.comma_list_arg(int))
+                      type=harness.comma_list_arg(int))
   args = parser.parse_args([])
   assert args.lengths == '64,128'  # kept as given, for the JSON config
-  assert report.comma_list(args.lengths, int) == [64, 128]
+  assert harness.comma_list(args.lengths, int) == [64, 128]
   with pytest.raises(SystemExit):
     parser.parse_args(['--lengths=64,4k'])
   assert ("argument --lengths: invalid comma-separated int value: '64,4k'"

@@ -108,15 +108,21 @@ def test_imagenet64_tiny_images_are_area_averages():
   np.testing.assert_allclose(x, want, atol=1)  # float32 rounding at .5
 
 
-@pytest.mark.parametrize('make', [
-    lambda d: data.pg19_inputs(batch_size=2, sequence_length=8, data_dir=d),
-    lambda d: data.imagenet64_inputs(batch_size=2, data_dir=d),
+@pytest.mark.parametrize('make,configurable', [
+    (lambda d: data.pg19_inputs(batch_size=2, sequence_length=8, data_dir=d),
+     'pg19_inputs'),
+    (lambda d: data.imagenet64_inputs(batch_size=2, data_dir=d),
+     'imagenet64_inputs'),
 ], ids=['pg19', 'imagenet64'])
-def test_missing_dataset_says_how_to_prepare_it(make, tmp_path):
+def test_missing_dataset_says_how_to_prepare_it(make, configurable, tmp_path):
   with pytest.raises(data.DatasetNotPreparedError) as error:
     make(str(tmp_path))
   message = str(error.value)
   assert 'download_and_prepare' in message and str(tmp_path) in message
+  # The binding to set is this dataset's own, with a runnable value.
+  assert f'--config="trax_favor.{configurable}.data_dir=' in message
+  other = ({'pg19_inputs', 'imagenet64_inputs'} - {configurable}).pop()
+  assert other not in message and 'data_dir=None' not in message
 
 
 def test_local_text_holds_out_whole_files():

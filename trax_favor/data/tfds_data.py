@@ -27,17 +27,22 @@ class DatasetNotPreparedError(RuntimeError):
   """The TFDS dataset is not in data_dir; says how to prepare it."""
 
 
+_CONFIGURABLE = {PG19: 'pg19_inputs', IMAGENET64: 'imagenet64_inputs'}
+
+
 def _prepare_hint(name, data_dir):
-  where = f"data_dir='{data_dir}'" if data_dir else 'data_dir=None'
+  """How to prepare dataset `name` and point this dataset's config at it."""
+  where = f", data_dir='{data_dir}'" if data_dir else ''
+  configurable = _CONFIGURABLE.get(name, 'the inputs function')
   return (
       f'TFDS dataset {name!r} is not prepared in '
       f'{data_dir or "the default TFDS data_dir (~/tensorflow_datasets or $TFDS_DATA_DIR)"}. '
       'Prepare it once on a machine with internet access:\n'
       '  python -c "import tensorflow_datasets as tfds; '
-      f"tfds.builder('{name}', {where}).download_and_prepare()\"\n"
-      'then copy the data_dir to this machine and point the config at it, '
-      'e.g. --config="pg19_inputs.data_dir=\'/path/to/tensorflow_datasets\'" '
-      '(imagenet64_inputs.data_dir for ImageNet64).')
+      f"tfds.builder('{name}'{where}).download_and_prepare()\"\n"
+      'then copy that data_dir to this machine and point the config at it: '
+      f'--config="trax_favor.{configurable}.data_dir=\'/path/to/'
+      'tensorflow_datasets\'"')
 
 
 def load_split(name, split, data_dir=None, shuffle=False, seed=0):

@@ -1,6 +1,6 @@
-"""What every experiment and benchmark writes: machine, versions, git SHA,
-JSON saved after each measurement (`trax_favor.files`), Markdown tables,
-figures, and timing helpers.
+"""The benchmark harness: what every experiment and benchmark writes (machine,
+versions, git SHA; JSON saved after each measurement with `trax_favor.files`),
+Markdown tables, figures, and timing helpers.
 
 Each result file is rewritten whole after every measurement (to a temporary
 name, then renamed), so an interrupted run keeps everything measured so far

@@ -1,125 +1,16 @@
-"""trax 1.4.1 on current JAX: the only place where trax_favor patches anything.
+"""The fixes: each repairs one trax call on current JAX, in trax's modules.
 
-Trax's last release (1.4.1, 2021) calls JAX APIs that have since changed or
-gone. Each fix below is the smallest change that restores one upstream call
-and names that call. Rules:
-
-- A fix decides whether it is needed by a version, `hasattr` or a signature,
-  never by running JAX code (that would start the backend: on a GPU it
-  preallocates memory, and `jax.distributed.initialize()` must come first).
-- A fix changes trax's modules only: the name trax looks up (an entry of
-  trax's fastmath backend table, a function of a trax module, or the `jax`
-  global of one trax module, replaced by a view of jax with one name added).
-  No attribute of `jax` itself changes, so other code that feature-detects
-  JAX sees JAX as it is.
-- Each is applied once; `applied()` says which were needed, and `undone(name)`
-  reverts one temporarily (the tests use it to show the fix is needed).
-
-`install_import_hook()` (called by `import trax_favor`) adds a finder to
-`sys.meta_path` that acts on trax's own modules only: it applies the fixes
-when `trax` finishes importing and speeds up `trax.layers.assert_shape`
-(see `_fast_inspect`); it removes itself once both are done. Where trax was
-imported before trax_favor, `apply()` (run by trax_favor.layers, models and
-data) applies the fixes then.
-
-This module must not import trax, or anything heavy, at module level.
+Each decides by version, hasattr or signature (never by running JAX code),
+patches the name trax looks up, and returns whether it patched.
 """
 
 import contextlib
-from importlib import metadata
-import importlib.abc
-import importlib.machinery
+import gzip
 import inspect
-import re
 import sys
-import types
 
-_APPLIED = {}
-_UNDO = {}  # fix name -> [(owner, key, old value or _MISSING)]
-_MISSING = object()
-
-
-def applied():
-  """{fix name: True if the fix was installed, False if not needed}."""
-  return dict(_APPLIED)
-
-
-def _fix(name):
-  """Registers a fix; it runs once, and records whether it patched."""
-  def wrap(fn):
-    def run():
-      if name not in _APPLIED:
-        _APPLIED[name] = bool(fn(lambda *change: _patch(name, *change)))
-    _FIXES.append(run)
-    return run
-  return wrap
-
-
-def _get(owner, key):
-  if isinstance(owner, dict):
-    return owner.get(key, _MISSING)
-  return getattr(owner, key, _MISSING)
-
-
-def _set(owner, key, value):
-  if isinstance(owner, dict):
-    if value is _MISSING:
-      owner.pop(key, None)
-    else:
-      owner[key] = value
-  elif value is _MISSING:
-    delattr(owner, key)
-  else:
-    setattr(owner, key, value)
-
-
-def _patch(name, owner, key, value):
-  """Sets owner[key] / owner.key, remembering the old value for `undone`."""
-  _UNDO.setdefault(name, []).append((owner, key, _get(owner, key)))
-  _set(owner, key, value)
-  return True
-
-
-@contextlib.contextmanager
-def undone(name):
-  """Temporarily reverts one applied fix (for tests that show it is needed)."""
-  changes = _UNDO.get(name, [])
-  current = [(owner, key, _get(owner, key)) for owner, key, _ in changes]
-  for owner, key, old in changes:
-    _set(owner, key, old)
-  try:
-    yield bool(changes)
-  finally:
-    for owner, key, value in current:
-      _set(owner, key, value)
-
-
-def _version(package):
-  """(major, minor, patch) of an installed package, or None."""
-  try:
-    found = re.match(r'(\d+)\.(\d+)\.(\d+)', metadata.version(package))
-  except metadata.PackageNotFoundError:
-    return None
-  return tuple(int(x) for x in found.groups()) if found else None
-
-
-class _ModuleView(types.ModuleType):
-  """A module that adds names to another and forwards every other lookup.
-
-  Installed as the `jax` global of one trax module, it gives that module a
-  name jax no longer has without adding it to jax itself.
-  """
-
-  def __init__(self, module, **extra):
-    super().__init__(module.__name__, module.__doc__)
-    self.__dict__.update(extra)
-    self._module = module
-
-  def __getattr__(self, name):
-    return getattr(self._module, name)
-
-
-_FIXES = []
+from trax_favor.compat import import_hook
+from trax_favor.compat import patching
 
 
 # -- trax.fastmath.numpy.tree_unflatten --------------------------------------
@@ -132,7 +23,7 @@ class _MembersByValue(list):
     return any(item == c for c in self)
 
 
-@_fix('tree_unflatten')
+@patching.fix('tree_unflatten')
 def _fix_tree_unflatten(patch):
   # Repairs trax.fastmath.numpy.tree_unflatten (used by Loop checkpoint
   # restore and init_from_file): `tree in copy_from_tree` compares a jax Array
@@ -142,7 +33,7 @@ def _fix_tree_unflatten(patch):
   # The module itself: the attribute trax.fastmath.numpy is the backend's np.
   fnp = importlib.import_module('trax.fastmath.numpy')
   # trax <= 1.4.1 tests `tree in copy_from_tree`; later trax may not.
-  if _version('trax') is None or _version('trax') > (1, 4, 1):
+  if patching.version('trax') is None or patching.version('trax') > (1, 4, 1):
     return False
   original = fnp.tree_unflatten
 
@@ -156,7 +47,7 @@ def _fix_tree_unflatten(patch):
 
 
 # -- trax.fastmath.cond ------------------------------------------------------
-@_fix('cond_per_branch_operands')
+@patching.fix('cond_per_branch_operands')
 def _fix_cond(patch):
   # Repairs trax.fastmath.cond(pred=, true_operand=, true_fun=, false_operand=,
   # false_fun=) as called by tl.SelfAttention / tl.LSHSelfAttention predict
@@ -180,14 +71,14 @@ def _fix_cond(patch):
 
 
 # -- trax.fastmath.stop_gradient ---------------------------------------------
-@_fix('stop_gradient_of_python_scalars')
+@patching.fix('stop_gradient_of_python_scalars')
 def _fix_stop_gradient(patch):
   # Repairs trax.fastmath.stop_gradient(seqlen) in the predict mode of
   # tl.SelfAttention / tl.LSHSelfAttention (`q_len=stop_gradient(seqlen)` then
   # `np.arange(q_len)`): since jax 0.8 lax.stop_gradient turns a Python int
   # into a traced array. A Python number has no gradient: return it as is.
   from trax.fastmath import jax as trax_jax  # pylint: disable=g-import-not-at-top
-  if (_version('jax') or (0, 8, 0)) < (0, 8, 0):
+  if (patching.version('jax') or (0, 8, 0)) < (0, 8, 0):
     return False  # before jax 0.8 it returned Python numbers unchanged
   original = trax_jax.JAX_BACKEND['stop_gradient']
 
@@ -200,7 +91,7 @@ def _fix_stop_gradient(patch):
 
 
 # -- trax.layers.acceleration: jax.device_put_replicated -----------------------
-@_fix('device_put_replicated')
+@patching.fix('device_put_replicated')
 def _fix_device_put_replicated(patch):
   # Repairs trax.layers.acceleration.for_n_devices (multi-device training),
   # which calls jax.device_put_replicated, removed from jax. Replicating from a
@@ -216,11 +107,11 @@ def _fix_device_put_replicated(patch):
     return np.broadcast_to(x, (len(devices),) + x.shape)
 
   return patch(acceleration, 'jax',
-               _ModuleView(jax, device_put_replicated=device_put_replicated))
+               patching.ModuleView(jax, device_put_replicated=device_put_replicated))
 
 
 # -- trax.fastmath.pmap -------------------------------------------------------
-@_fix('pmap_single_device_inputs')
+@patching.fix('pmap_single_device_inputs')
 def _fix_pmap_committed_inputs(patch):
   # Repairs multi-device training (trax.optimizers.trainer.Trainer.one_step,
   # `fastmath.pmap(update_fn)(weights_and_slots, ...)`): trax keeps replicated
@@ -230,7 +121,7 @@ def _fix_pmap_committed_inputs(patch):
   # other inputs pass unchanged, so on one device the wrapper changes nothing.
   import jax  # pylint: disable=g-import-not-at-top
   from trax.fastmath import jax as trax_jax  # pylint: disable=g-import-not-at-top
-  if (_version('jax') or (0, 8, 0)) < (0, 8, 0):
+  if (patching.version('jax') or (0, 8, 0)) < (0, 8, 0):
     return False  # measured failing on 0.10.2; 0.7.2 and older accepted them
   original = trax_jax.JAX_BACKEND['pmap']
 
@@ -255,7 +146,7 @@ def _fix_pmap_committed_inputs(patch):
 
 
 # -- trax.supervised.trainer_lib: jax.xla_computation ------------------------
-@_fix('xla_computation')
+@patching.fix('xla_computation')
 def _fix_xla_computation(patch):
   # Repairs Trainer.save_computation_graphs in trax.supervised.trainer_lib
   # (`jax.xla_computation(f)(batch, weights=..., ...)` then `.as_hlo_text()`,
@@ -270,7 +161,56 @@ def _fix_xla_computation(patch):
         *args, **kwargs).compiler_ir('hlo')
 
   return patch(trainer_lib, 'jax',
-               _ModuleView(jax, xla_computation=xla_computation))
+               patching.ModuleView(jax, xla_computation=xla_computation))
+
+
+# -- trax.supervised.training: jax.host_count ----------------------------------
+@patching.fix('host_count_alias')
+def _fix_host_count(patch):
+  # Repairs `jax.host_count()` in trax.supervised.training's
+  # init_host_and_devices (every Loop) and trax.data's batching: a
+  # deprecated alias of jax.process_count that warns on every call.
+  import jax  # pylint: disable=g-import-not-at-top
+  from trax.data import inputs  # pylint: disable=g-import-not-at-top
+  from trax.data import tf_inputs  # pylint: disable=g-import-not-at-top
+  from trax.supervised import training  # pylint: disable=g-import-not-at-top
+  if not hasattr(jax, 'process_count'):
+    return False  # an old jax, whose host_count is no alias
+  view = patching.ModuleView(jax, host_count=jax.process_count,
+                             host_id=jax.process_index)
+  for module in (training, inputs, tf_inputs):
+    patch(module, 'jax', view)
+  return True
+
+
+# -- trax.layers.base, trax.supervised.training: gzip.GzipFile(fileobj=f) ---
+class _GzipFileWithMode(gzip.GzipFile):
+  """GzipFile that takes its mode from the file object when none is given.
+
+  That is what GzipFile does today, but without a mode it warns
+  (FutureWarning) that the default will change; trax's checkpoint writers
+  pass none.
+  """
+
+  def __init__(self, filename=None, mode=None, compresslevel=9, fileobj=None,
+               mtime=None):
+    if mode is None and fileobj is not None:
+      mode = getattr(fileobj, 'mode', 'rb')
+    super().__init__(filename, mode, compresslevel, fileobj, mtime)
+
+
+@patching.fix('gzip_explicit_mode')
+def _fix_gzip_mode(patch):
+  # Repairs `gzip.GzipFile(fileobj=f, compresslevel=...)` in trax's
+  # save_to_file / np_to_file (trax.layers.base) and pickle_to_file
+  # (trax.supervised.training), which warn on every checkpoint written.
+  from trax.layers import base  # pylint: disable=g-import-not-at-top
+  from trax.supervised import training  # pylint: disable=g-import-not-at-top
+  if 'FutureWarning' not in inspect.getsource(gzip.GzipFile.__init__):
+    return False  # a Python whose GzipFile does not warn (before 3.11.6)
+  view = patching.ModuleView(gzip, GzipFile=_GzipFileWithMode)
+  patch(base, 'gzip', view)
+  return patch(training, 'gzip_lib', view)
 
 
 # -- trax/trainer.py: from jax.lib import xla_extension -----------------------
@@ -283,7 +223,7 @@ def import_trainer():
   missing it is offered under that name only while trax.trainer executes, so
   `jax.lib` is left as it was.
   """
-  import_trax()
+  import_hook.import_trax()
   if 'trax.trainer' in sys.modules:
     return sys.modules['trax.trainer']
   import importlib  # pylint: disable=g-import-not-at-top
@@ -301,103 +241,6 @@ def import_trainer():
   finally:
     del sys.modules['jax.lib.xla_extension']
     del jax.lib.xla_extension
-
-
-def apply():
-  """Applies every fix (once); returns applied()."""
-  for fix in _FIXES:
-    fix()
-  return applied()
-
-
-# -- import hook -------------------------------------------------------------
-def _shallow_stack(context=1):
-  """inspect.stack() without source context: frame records, cheaply.
-
-  trax.layers.assert_shape calls `inspect.getframeinfo(inspect.stack()[1][0])`
-  in every decorated layer at import; inspect.stack() reads the source of
-  every frame on the stack, and made `import trax` take over a minute.
-  """
-  del context
-  frame = sys._getframe(1)  # pylint: disable=protected-access
-  records = []
-  while frame is not None:
-    records.append((frame, frame.f_code.co_filename, frame.f_lineno,
-                    frame.f_code.co_name, None, None))
-    frame = frame.f_back
-  return records
-
-
-class _AfterExec(importlib.abc.Loader):
-  """Wraps a module's loader and runs `after(module)` once it has executed."""
-
-  def __init__(self, loader, after):
-    self._loader, self._after = loader, after
-
-  def create_module(self, spec):
-    return self._loader.create_module(spec)
-
-  def exec_module(self, module):
-    self._loader.exec_module(module)
-    self._after(module)
-
-
-def _fast_inspect(module):
-  # Speeds up trax.layers.assert_shape: its `inspect` becomes a copy whose
-  # stack() skips reading source files; nothing else in it changes.
-  shim = types.ModuleType('inspect')
-  shim.__dict__.update(inspect.__dict__)
-  shim.stack = _shallow_stack
-  module.inspect = shim
-
-
-def _after_trax(module):
-  del module
-  apply()
-  _remove_import_hook()
-
-
-_AFTER_IMPORT = {
-    'trax.layers.assert_shape': _fast_inspect,
-    'trax': _after_trax,
-}
-
-
-class _TraxFinder(importlib.abc.MetaPathFinder):
-  """Meta-path finder that post-processes the modules in _AFTER_IMPORT."""
-
-  def find_spec(self, fullname, path, target=None):
-    if fullname not in _AFTER_IMPORT:
-      return None
-    spec = importlib.machinery.PathFinder.find_spec(fullname, path)
-    if spec is None or spec.loader is None:
-      return None
-    spec.loader = _AfterExec(spec.loader, _AFTER_IMPORT[fullname])
-    return spec
-
-
-def _remove_import_hook():
-  sys.meta_path[:] = [f for f in sys.meta_path
-                      if not isinstance(f, _TraxFinder)]
-
-
-def install_import_hook():
-  """Installs the finder until trax is imported (idempotent).
-
-  Where trax is imported already, applies the fixes instead.
-  """
-  if 'trax' in sys.modules:
-    apply()
-  elif not any(isinstance(f, _TraxFinder) for f in sys.meta_path):
-    sys.meta_path.insert(0, _TraxFinder())
-
-
-def import_trax():
-  """Imports trax (fast, through the finder) with every fix applied."""
-  install_import_hook()
-  import trax  # pylint: disable=g-import-not-at-top,unused-import
-  apply()
-  return sys.modules['trax']
 
 
 @contextlib.contextmanager
