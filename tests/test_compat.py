@@ -225,6 +225,8 @@ from jax._src import xla_bridge
 print(json.dumps(dict(
     backend_started=xla_bridge.backends_are_initialized(),
     jax_imported_by_first_line='jax' in FIRST,
+    heavy_imported_by_first_line=sorted(
+        m for m in ('trax', 'tensorflow', 'gym') if m in FIRST),
     env=sorted(k for k, v in os.environ.items() if env.get(k) != v),
     meta_path=sorted(type(f).__name__ for f in sys.meta_path
                      if f not in meta_path),
@@ -241,10 +243,11 @@ def _globals_after(imports):
 
 @pytest.mark.slow
 def test_import_changes_nothing_global_and_starts_no_backend():
-  """`import trax_favor` imports neither JAX nor trax; importing trax
-  through it (its layer) changes what `import trax` alone changes (trax
-  and TensorFlow set environment variables themselves) and nothing more:
-  no backend started, no jax attribute, no redirected stderr."""
+  """`import trax_favor` imports neither JAX nor trax, and
+  `import trax_favor.ops` neither trax, TensorFlow nor gym; importing trax
+  through trax_favor (its layer) changes what `import trax` alone changes
+  (trax and TensorFlow set environment variables themselves) and nothing
+  more: no backend started, no jax attribute, no redirected stderr."""
   alone = _globals_after("import trax_favor; FIRST = set(sys.modules)")
   assert not alone['backend_started'] and not alone['jax_imported_by_first_line']
   assert alone['env'] == [] and alone['fd2']
@@ -253,6 +256,9 @@ def test_import_changes_nothing_global_and_starts_no_backend():
       "import trax_favor; FIRST = set(sys.modules); "
       "trax_favor.FavorSelfAttention")
   plain = _globals_after("import trax; FIRST = set()")
+  ops = _globals_after("import trax_favor.ops; FIRST = set(sys.modules)")
+  assert not ops['backend_started'] and ops['env'] == []
+  assert not set(ops['heavy_imported_by_first_line'])
   assert not through['backend_started'] and through['fd2']
   for key in ('env', 'meta_path', 'jax_names', 'jax_lib_names'):
     assert through[key] == plain[key], key

@@ -174,6 +174,14 @@ def test_bad_configuration_names_the_argument(kwargs, message):
     _performer(**kwargs)
 
 
+def test_an_error_inside_the_attention_constructor_surfaces_as_itself():
+  def attention(**kwargs):
+    del kwargs
+    raise TypeError('a bug inside the attention layer')
+  with pytest.raises(TypeError, match='a bug inside the attention layer'):
+    _performer(attention=attention)
+
+
 def test_predict_needs_causal():
   with pytest.raises(ValueError, match='causal=True'):
     _performer('predict', causal=False)

@@ -214,8 +214,8 @@ class FavorSelfAttention(base.Layer):
     # the `weights` and `state` setters). Not for a traced init (trax's
     # abstract evaluation of shapes), which changes nothing it keeps.
     if _is_concrete((self.weights, projection)):
-      self._drawn = (self.weights, projection)
-      self._weights_loaded = self._projection_loaded = False
+      self._drawn = [self.weights, projection]
+      self._loaded = [False, False]  # weights, projection
 
   # -- loaded weights without their projection --------------------------------
 
@@ -226,14 +226,7 @@ class FavorSelfAttention(base.Layer):
   @weights.setter
   def weights(self, weights):
     base.Layer.weights.fset(self, weights)
-    drawn = getattr(self, '_drawn', None)
-    if (drawn is None or self._mode != 'predict' or self._weights_loaded
-        or isinstance(weights, dict) or not _is_concrete(weights)):
-      return
-    if _differ(weights, drawn[0]):
-      self._weights_loaded = True
-    else:  # the same values (trax re-packs them): compare by identity next
-      self._drawn = (weights, drawn[1])
+    self._note_loaded(0, weights)
 
   @property
   def state(self):
@@ -242,18 +235,24 @@ class FavorSelfAttention(base.Layer):
   @state.setter
   def state(self, state):
     base.Layer.state.fset(self, state)
+    if isinstance(state, tuple):  # predict mode: (projection, sums)
+      self._note_loaded(1, state[0])
+
+  def _note_loaded(self, index, value):
+    """Marks weights (index 0) or the projection (1) as loaded where a
+    concrete value set from outside differs from what init drew."""
     drawn = getattr(self, '_drawn', None)
-    if (drawn is None or self._mode != 'predict' or self._projection_loaded
-        or isinstance(state, dict) or not _is_concrete(state)):
+    if (drawn is None or self._mode != 'predict' or self._loaded[index]
+        or isinstance(value, dict) or not _is_concrete(value)):
       return
-    if _differ(state[0], drawn[1]):
-      self._projection_loaded = True
-    else:
-      self._drawn = (drawn[0], state[0])
+    if _differ(value, drawn[index]):
+      self._loaded[index] = True
+    else:  # the same values (trax re-packs them): compare by identity next
+      drawn[index] = value
 
   def _check_projection_loaded(self):
     """Refuses to decode with trained weights and fresh random features."""
-    if self._weights_loaded and not self._projection_loaded:
+    if self._loaded[0] and not self._loaded[1]:
       raise ValueError(
           'FavorSelfAttention(mode=\'predict\'): weights were loaded without '
           'the trained FAVOR projections (for example by init_from_file(..., '
