@@ -2,11 +2,17 @@
 cached on disk for the session, so configs that compile the same program
 (e.g. the 6-, 12- and 24-layer configs once shrunk) compile it once."""
 
+from trax_favor import cli
+
+cli.quiet_start()  # trax with the fixes, without TensorFlow's and gym's noise
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 import gin
 import jax
 import pytest
 
 import gin_helpers
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 
 def pytest_configure(config):

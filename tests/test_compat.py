@@ -45,6 +45,7 @@ def _toy_loop(output_dir, n_devices=1, batch=2):
                        n_devices=n_devices)
 
 
+@pytest.mark.slow
 def test_loop_resumes_from_checkpoint(tmp_path):
   first = _toy_loop(str(tmp_path))
   first.run(2)
@@ -109,6 +110,7 @@ def test_for_n_devices_replicates():
       tl.for_n_devices(np.arange(3.0), 2)
 
 
+@pytest.mark.slow
 def test_trainer_lib_saves_computation_graphs(tmp_path):
   inputs = trax.data.inputs.simple_sequence_copy_inputs(
       vocab_size=8, batch_size=2, train_length=16, eval_min_length=16,

@@ -201,7 +201,8 @@ def test_records_name_the_checkout_when_installed_outside_it(tmp_path,
   head = subprocess.run(['git', 'rev-parse', 'HEAD'], capture_output=True,
                         text=True, check=True,
                         cwd=gin_helpers.REPO).stdout.strip()
-  monkeypatch.setattr(report, '__file__', str(tmp_path / 'site' / 'harness.py'))
+  monkeypatch.setattr(harness, '__file__',
+                      str(tmp_path / 'site' / 'harness.py'))
   (tmp_path / 'site').mkdir()
   monkeypatch.chdir(gin_helpers.REPO)
   assert harness.machine_info()['git_sha'] == head

@@ -123,9 +123,10 @@ def _by_hand(layer, weights, x, mask):
   return jnp.einsum('bhlv,hvd->bld', o, w_o)  # (b, l, d_model)
 
 
-@pytest.mark.parametrize('share_qk', [False, True], ids=['qkv', 'shared_qk'])
-@pytest.mark.parametrize('causal', [False, True], ids=['bidir', 'causal'])
-@pytest.mark.parametrize('masked', [False, True], ids=['plain', 'masked'])
+@pytest.mark.parametrize('share_qk,causal,masked', [
+    (False, False, False), (False, True, True), (True, False, True),
+    (True, True, False)], ids=['qkv-bidir', 'qkv-causal-masked',
+                               'shared_qk-bidir-masked', 'shared_qk-causal'])
 def test_layer_is_projections_then_ops_then_output(share_qk, causal, masked):
   """Outputs and gradients (weights and inputs) to 1e-5."""
   x = _x(4, length=40)

@@ -136,6 +136,7 @@ def test_reformer_eval_equals_predict(feature_map):
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_autoregressive_sample_decodes_like_the_full_model():
   """trax.supervised.decoding with temperature 0 == greedy on the eval model."""
   from trax.supervised import decoding  # pylint: disable=g-import-not-at-top
