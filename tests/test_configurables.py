@@ -28,13 +28,9 @@ def test_the_config_ladder_is_complete():
   assert all(twin in names for _, twin in pairs)
 
 
-# Shrunk to one layer, the 12- and 24-layer configs compile the program the
-# 6-layer one does: they train in the slow run only.
-TRAINED = [pytest.param(c, marks=pytest.mark.slow)
-           if re.search(r'_(12|24)l\.gin$', c) else c for c in CONFIGS]
-
-
-@pytest.mark.parametrize('config', TRAINED)
+@pytest.mark.slow  # a training run per config (every config parses and
+                   # builds in test_equivalence's default-run tests)
+@pytest.mark.parametrize('config', CONFIGS)
 def test_config_trains_one_step(config, tmp_path):
   gin_helpers.parse(config, shrink=False)
   depth = re.search(r'_(\d+)l\.gin$', config)

@@ -99,6 +99,7 @@ def _counting_batches(vocab, length, batch=4, seed=0):
     yield seq, seq, np.ones_like(seq, np.float32)
 
 
+@pytest.mark.slow
 def test_exact_attention_weights_load_unchanged_and_gap_shrinks_with_m():
   """Train with Trax's exact tl.SelfAttention; the same weights in the FAVOR+
   model approximate it better as n_random_features grows."""

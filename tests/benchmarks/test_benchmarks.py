@@ -55,6 +55,7 @@ def test_model_bench_step_is_trax_reversible_training(in_repo):
     assert result['seconds'] == np.median(result['step_seconds']) > 0
 
 
+@pytest.mark.slow
 def test_model_bench_memory_on_an_accelerator_is_device_bytes_only(
     in_repo, monkeypatch):
   """Where the device reports allocator statistics (GPU, TPU), the model's
