@@ -110,6 +110,7 @@ class _Progress(callbacks.TrainingStepCallback):
     previous = read_progress(output_dir)
     self._seconds = previous[-1]['seconds'] if previous else 0.0
     self._n_evals = 0
+    self._warming_up = True
     state['loop'] = loop  # for the Ctrl-C checkpoint
 
   def call_at(self, step):
@@ -122,10 +123,6 @@ class _Progress(callbacks.TrainingStepCallback):
       n_evals = len(self._loop.history.get('eval', 'metrics/loss'))
       if n_evals != self._n_evals:  # an eval ran after the last step
         save_eval_history(self._loop, self._output_dir)
-        if self._n_evals == 0 and self._last[1] == step - 1:
-          # The first eval of this process compiled the eval step: start
-          # the rate here, or the first ETA counts that compilation.
-          self._last = (time.time(), step - 1)
         self._n_evals = n_evals
 
   def on_step_end(self, step):
@@ -136,6 +133,14 @@ class _Progress(callbacks.TrainingStepCallback):
       self._last = (time.time(), step)  # rates exclude compilation
       _log(f'step {step}/{self._total}: compiled and ran the first step')
       self._record(step, None)
+      return
+    if (self._warming_up and step == self._last[1] + 1
+        and step != self._total):
+      # The first eval (compiled after the first step) and the second step
+      # (trax compiles its step again for the first step's outputs) would
+      # make the first rate, and its ETA, several times too slow.
+      self._warming_up = False
+      self._last = (time.time(), step)
       return
     if step % self._every and step != self._total:
       return
