@@ -141,6 +141,7 @@ class _Progress(callbacks.TrainingStepCallback):
       # make the first rate, and its ETA, several times too slow.
       self._warming_up = False
       self._last = (time.time(), step)
+      self._record(step, None)  # no rate; its seconds stay uncounted
       return
     if step % self._every and step != self._total:
       return
