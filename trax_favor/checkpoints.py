@@ -38,10 +38,11 @@ def restore(output_dir, mode='predict', batch_size=1):
   path = os.path.join(output_dir, CHECKPOINT)
   if not os.path.exists(path):
     raise configs.RunError(f'no checkpoint {path}: train first, or point '
-                   '--output_dir at a training run.')
+                           '--output_dir at a training run.')
   model_fn = configs.configured_model_fn()
   trained = model_fn(mode='eval')
-  image_size = configs.configured_image_size()  # axial positions need whole images
+  # Axial positions need whole images.
+  image_size = configs.configured_image_size()
   length = 1 if image_size is None else image_size * image_size * 3
   signature = shapes.ShapeDtype((1, length), np.int32)
   mismatch = (f'checkpoint {path} does not fit the model of this config '
@@ -57,15 +58,16 @@ def restore(output_dir, mode='predict', batch_size=1):
     diffs = [f'{a} vs {b}' for a, b in zip(found[0][1] + found[1][1],
                                            expected[0][1] + expected[1][1])
              if a != b]
-    raise configs.RunError(f'{mismatch}: checkpoint/config shapes differ, first '
-                   f'{diffs[:3]}')
+    raise configs.RunError(f'{mismatch}: checkpoint/config shapes differ, '
+                           f'first {diffs[:3]}')
   if mode == 'eval':
     return trained
   model = model_fn(mode=mode)
   model.init(shapes.ShapeDtype((batch_size, 1), np.int32))
   if (jax.tree_util.tree_structure(model.weights)
       != jax.tree_util.tree_structure(trained.weights)):
-    raise configs.RunError(f'checkpoint {path} does not fit the {mode}-mode model.')
+    raise configs.RunError(
+        f'checkpoint {path} does not fit the {mode}-mode model.')
   model.weights = trained.weights
   projections.transfer_projections(trained, model)
   return model

@@ -34,7 +34,8 @@ def quiet_start():
   level) and gym's deprecation notice. TRAX_FAVOR_VERBOSE_IMPORT=1 shows
   them."""
   from trax_favor import compat  # pylint: disable=g-import-not-at-top
-  if 'trax' in sys.modules or os.environ.get('TRAX_FAVOR_VERBOSE_IMPORT') == '1':
+  verbose = os.environ.get('TRAX_FAVOR_VERBOSE_IMPORT') == '1'
+  if 'trax' in sys.modules or verbose:
     compat.import_trax()
     return
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -59,7 +60,8 @@ def add_config_flags(parser, output_dir_help):
 def main_guard(fn):
   """Runs fn(); a RunError or data error ends the process with its message."""
   from trax_favor import configs  # pylint: disable=g-import-not-at-top
-  from trax_favor.data import DatasetNotPreparedError  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from trax_favor.data import DatasetNotPreparedError
   try:
     return fn()
   except (configs.RunError, DatasetNotPreparedError) as e:

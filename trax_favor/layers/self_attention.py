@@ -139,13 +139,14 @@ class FavorSelfAttention(base.Layer):
                        f'{redraw!r}.')
     self._feature_map = feature_maps.get_feature_map(feature_map)
     if not self._feature_map.non_negative:
+      allowed = sorted(name for name, fmap in feature_maps.FEATURE_MAPS.items()
+                       if fmap.non_negative)
       raise ValueError(
           f'feature_map={feature_map!r} has signed features, whose '
           'denominators can vanish (relative errors in the thousands at '
           'logit std 1, docs/results.md): the layer takes only the '
-          'non-negative maps '
-          f'{sorted(k for k, v in feature_maps.FEATURE_MAPS.items() if v.non_negative)}'
-          '; trax_favor.ops keeps it for comparisons.')
+          f'non-negative maps {allowed}; trax_favor.ops keeps it for '
+          'comparisons.')
     numerical_stabilizer = (1e-6 if numerical_stabilizer is None
                             else numerical_stabilizer)
     if not isinstance(numerical_stabilizer, (int, float)) or (
