@@ -1,10 +1,15 @@
 """Argument checks shared by ops, layers, models and data: one clear
-ValueError naming the argument, never a traceback from inside JAX.
+ConfigError (a ValueError) naming the argument, never a traceback from inside JAX.
 
 Pure Python (no jax, no trax), so `trax_favor.ops` can use it.
 """
 
 MODES = ('train', 'eval', 'predict')
+
+
+class ConfigError(ValueError):
+  """A bad argument or config binding. The command lines print its message
+  as one line; it is a ValueError, so callers may catch either."""
 
 
 def check_positive_int(**values):
@@ -14,7 +19,7 @@ def check_positive_int(**values):
   """
   for name, value in values.items():
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-      raise ValueError(f'{name} must be a positive int, got {value!r}.')
+      raise ConfigError(f'{name} must be a positive int, got {value!r}.')
 
 
 def check_rate(**values):
@@ -22,10 +27,10 @@ def check_rate(**values):
   for name, value in values.items():
     if (isinstance(value, bool) or not isinstance(value, (int, float))
         or not 0.0 <= value < 1.0):
-      raise ValueError(f'{name} must be a float in [0, 1), got {value!r}.')
+      raise ConfigError(f'{name} must be a float in [0, 1), got {value!r}.')
 
 
 def check_mode(mode):
   """Raises ValueError unless mode is 'train', 'eval' or 'predict'."""
   if mode not in MODES:
-    raise ValueError(f'mode must be one of {MODES}, got {mode!r}.')
+    raise ConfigError(f'mode must be one of {MODES}, got {mode!r}.')

@@ -188,6 +188,94 @@ def test_padded_keys_change_nothing(causal):
   np.testing.assert_allclose(out[..., :29, :], trimmed, rtol=RTOL, atol=ATOL)
 
 
+NON_FINITE = [  # (what is spoiled, value): one row of q, k or v, or all
+    pytest.param('q', np.nan, id='nan-q'), pytest.param('k', np.nan, id='nan-k'),
+    pytest.param('v', np.nan, id='nan-v'), pytest.param('qkv', np.inf, id='inf-all'),
+]
+
+
+def _spoil(q, k, v, t, which, value):
+  """q, k, v with row t of the named ones set to a non-finite value."""
+  return tuple(x.at[..., t, :].set(value) if name in which else x
+               for name, x in zip('qkv', (q, k, v)))
+
+
+def _loss_before(run, t):
+  """Sum of the outputs before position t: a loss that sees only them."""
+  return lambda q, k, v: jnp.sum(run(q, k, v)[..., :t, :])
+
+
+@pytest.mark.parametrize('which,value', NON_FINITE)
+@pytest.mark.parametrize('block_size', [None, 16], ids=['whole', 'blocks'])
+def test_non_finite_future_token_reaches_no_past_output_or_gradient(
+    which, value, block_size):
+  """A NaN/Inf at t = 13 (inside the chunk 8..15) leaves tokens < 13, and
+  the gradients of a loss on them, as without it (the spoiled row's own
+  gradient aside); tokens >= 13 become NaN."""
+  t = 13
+  q, k, v = _qkv(21, length=40, d=16)
+  w = ops.draw_projection(jax.random.PRNGKey(2), 24, 16)
+  run = lambda *a: ops.favor_attention(*a, w, causal=True, chunk_size=8,
+                                       block_size=block_size)[0]
+  spoiled = _spoil(q, k, v, t, which, value)
+  out, out_spoiled = run(q, k, v), run(*spoiled)
+  np.testing.assert_array_equal(out_spoiled[..., :t, :], out[..., :t, :])
+  if which != 'q':  # a query spoils its own output only
+    assert np.all(np.isnan(out_spoiled[..., t:, :]))
+  assert np.all(np.isnan(out_spoiled[..., t, :]))
+  grads = jax.grad(_loss_before(run, t), argnums=(0, 1, 2))
+  others = np.arange(40) != t
+  for g, g_spoiled in zip(grads(q, k, v), grads(*spoiled)):
+    assert np.all(np.isfinite(g_spoiled[..., others, :]))
+    np.testing.assert_allclose(g_spoiled[..., :t, :], g[..., :t, :],
+                               rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize('which,value', NON_FINITE)
+@pytest.mark.parametrize('causal', [False, True], ids=['bidir', 'causal'])
+def test_non_finite_padded_token_reaches_no_valid_output_or_gradient(
+    which, value, causal):
+  """Padding selected out, not multiplied by 0: a NaN/Inf in a padded
+  position (q, k and v of it) changes no valid output nor gradient."""
+  q, k, v = _qkv(22, length=30)
+  w = ops.draw_projection(jax.random.PRNGKey(3), 24, 12)
+  valid = jnp.arange(30) != 11  # position 11 is padding
+
+  def run(q, k, v):
+    out = ops.favor_attention(q, k, v, w, causal=causal, key_mask=valid,
+                              chunk_size=8)
+    return out[0] if causal else out
+
+  def loss(q, k, v):
+    return jnp.sum(jnp.where(valid[:, None], run(q, k, v), 0.0))
+
+  spoiled = _spoil(q, k, v, 11, which, value)
+  np.testing.assert_allclose(run(*spoiled)[..., valid, :],
+                             run(q, k, v)[..., valid, :], rtol=1e-6, atol=1e-7)
+  grads = jax.grad(loss, argnums=(0, 1, 2))
+  for g, g_spoiled in zip(grads(q, k, v), grads(*spoiled)):
+    assert np.all(np.isfinite(g_spoiled[..., valid, :]))
+    np.testing.assert_allclose(g_spoiled[..., valid, :], g[..., valid, :],
+                               rtol=1e-6, atol=1e-7)
+
+
+def test_a_non_finite_state_spoils_the_continuation_as_one_call_would():
+  """Split after the NaN token: the carried state is NaN, so the next call's
+  outputs are NaN, as the same tokens in one call."""
+  q, k, v = _qkv(23, length=24, d=16)
+  w = ops.draw_projection(jax.random.PRNGKey(4), 24, 16)
+  k = k.at[..., 5, :].set(np.nan)
+  whole, _ = ops.favor_attention(q, k, v, w, causal=True, chunk_size=8)
+  first, state = ops.favor_attention(q[..., :10, :], k[..., :10, :],
+                                     v[..., :10, :], w, causal=True)
+  second, _ = ops.favor_attention(q[..., 10:, :], k[..., 10:, :],
+                                  v[..., 10:, :], w, causal=True,
+                                  initial_state=state)
+  np.testing.assert_allclose(jnp.concatenate([first, second], -2), whole,
+                             rtol=RTOL, atol=ATOL)  # NaN where NaN
+  assert np.all(np.isnan(second)) and np.all(np.isfinite(whole[..., :5, :]))
+
+
 def test_padding_mask_in_middle_matches_masked_reference():
   q, k, v = _qkv(7, length=33)
   qf, kf, ls = _features('softmax', q, k, 13)

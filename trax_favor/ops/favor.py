@@ -38,6 +38,19 @@ none yet) gets output 0. That is decided from the reference (NEG: no key),
 never from a zero denominator, so a denominator that underflows with keys
 present shows as Inf/NaN instead of passing for an empty row.
 
+Non-finite values stay where they belong. Masks select (`jnp.where`), never
+multiply (NaN x 0 is NaN): a masked or padded key's features, log-scale and
+value are replaced, whatever they hold. In causal FAVOR a non-finite query,
+key or value is replaced by zeros before any product, and the outputs of the
+positions that see it (it and every later one) are set to NaN afterwards, by
+selection; the final state of a sequence that saw one is NaN, and a NaN
+state makes every output of the call that continues it NaN. So a NaN or Inf
+at a future or padded position reaches no other position's output, nor the
+gradients of the others (every replacement is a selection, whose gradient
+is 0 where it replaced). Bidirectionally every query sees every unmasked key,
+so such a key makes every output NaN, as exact attention would; a
+non-finite query is isolated as in causal FAVOR.
+
 Building blocks. `key_sums` gives the sums of a set of keys as a state,
 `combine_sums` adds two states, `read_out` gives queries' outputs from a
 state: `ops/attention.py` assembles bidirectional FAVOR over length blocks
@@ -130,12 +143,6 @@ pair_scores = _product(
     lambda a, b, g: (apply_sums(g, b), sum_over_keys(g, a)))  # g: (..., l, k)
 
 
-def check_positive_int(name, value):
-  """Raises ValueError naming `name` unless value is an int > 0 (not bool)."""
-  if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-    raise ValueError(f'{name} must be a positive int, got {value!r}.')
-
-
 def has_keys(ref):
   """Whether sums with reference `ref` hold at least one key (ref > NEG)."""
   return ref > 0.5 * NEG
@@ -163,24 +170,36 @@ def check_shared_scale_state(initial_state):
     return
   ref = initial_state[2]
   if not isinstance(ref, jax.core.Tracer) and bool(jnp.any(ref > 0.0)):
-    raise ValueError(
+    raise checks.ConfigError(
         'initial_state has a reference log-scale above 0, so it holds sums '
         'of a stabilized feature map (softmax, exp); keys of a shared-scale '
         'map (relu, elu) cannot continue it.')
 
 
-def mask_keys(k_feat, k_log_scale, key_mask):
-  """Zeroes masked keys' features and sets their log-scales to NEG."""
+def non_finite_rows(x):
+  """(..., l) True where a row of x (..., l, f) holds a NaN or Inf."""
+  return ~jnp.all(jnp.isfinite(x), axis=-1)
+
+
+def _zero_rows(x, rows):
+  """x (..., l, f) with the selected rows (..., l) replaced by zeros."""
+  return jnp.where(rows[..., None], 0.0, x)
+
+
+def mask_keys(k_feat, k_log_scale, v, key_mask):
+  """Masked keys' features and values replaced by 0, log-scales by NEG (as
+  float32; selected, not multiplied, so a NaN under the mask stays there)."""
   k_feat = k_feat.astype(jnp.float32)
+  v = v.astype(jnp.float32)
   if k_log_scale is not None:
     k_log_scale = k_log_scale.astype(jnp.float32)
   if key_mask is None:
-    return k_feat, k_log_scale
+    return k_feat, k_log_scale, v
   key_mask = jnp.broadcast_to(key_mask, k_feat.shape[:-1])
-  k_feat = k_feat * key_mask[..., None].astype(jnp.float32)
+  k_feat, v = _zero_rows(k_feat, ~key_mask), _zero_rows(v, ~key_mask)
   if k_log_scale is None:
-    return k_feat, None
-  return k_feat, jnp.where(key_mask, k_log_scale, NEG)
+    return k_feat, None, v
+  return k_feat, jnp.where(key_mask, k_log_scale, NEG), v
 
 
 def key_sums(k_feat, k_log_scale, v, key_mask=None):
@@ -196,7 +215,7 @@ def key_sums(k_feat, k_log_scale, v, key_mask=None):
     KeySums (kv (..., m, v), z (..., m), ref (...,)): the sums of every
     key, the form `combine_sums` adds up and `read_out` reads.
   """
-  k_feat, s = mask_keys(k_feat, k_log_scale, key_mask)
+  k_feat, s, v = mask_keys(k_feat, k_log_scale, v, key_mask)
   if s is None:  # every key's log-scale is 0: ref 0, or NEG without keys
     if key_mask is None:
       ref = jnp.zeros(k_feat.shape[:-2], jnp.float32)
@@ -207,7 +226,7 @@ def key_sums(k_feat, k_log_scale, v, key_mask=None):
   else:
     ref = jax.lax.stop_gradient(jnp.max(s, axis=-1))  # (...,)
     k_scaled = k_feat * jnp.exp(s - ref[..., None])[..., None]  # (..., l, m)
-  kv = sum_over_keys(k_scaled, v.astype(jnp.float32))  # (..., m, v)
+  kv = sum_over_keys(k_scaled, v)  # (..., m, v)
   return KeySums(kv, jnp.sum(k_scaled, axis=-2), ref)
 
 
@@ -217,12 +236,16 @@ def combine_sums(a, b):
 
 
 def read_out(q_feat, sums, dtype):
-  """Outputs Q'((K')^T V) / Q'((K')^T 1) (..., l, v) from key sums."""
+  """Outputs Q'((K')^T V) / Q'((K')^T 1) (..., l, v) from key sums; NaN
+  for a non-finite query row, which no other output or gradient sees."""
   q_feat = q_feat.astype(jnp.float32)
+  bad_q = non_finite_rows(q_feat)  # (..., l)
+  q_feat = _zero_rows(q_feat, bad_q)
   num = apply_sums(q_feat, sums.kv)  # (..., l, v)
   den = jnp.einsum('...lm,...m->...l', q_feat, sums.z)  # (..., l)
   has_key = jnp.broadcast_to(has_keys(sums.ref)[..., None], den.shape)
-  return safe_divide(num, den, has_key).astype(dtype)
+  out = safe_divide(num, den, has_key & ~bad_q)
+  return jnp.where(bad_q[..., None], jnp.nan, out).astype(dtype)
 
 
 @xla_cpu.jit
@@ -294,9 +317,26 @@ def _causal_favor(q_feat, k_feat, k_log_scale, v, initial_state, key_mask,
   d_v = v.shape[-1]
   if initial_state is None:
     initial_state = empty_state(batch, m, d_v)
-  k_feat, s = mask_keys(k_feat, k_log_scale, key_mask)
+  k_feat, s, vf = mask_keys(k_feat, k_log_scale, v, key_mask)
   q_feat = q_feat.astype(jnp.float32)
-  vf = v.astype(jnp.float32)
+  # Non-finite rows are replaced by zeros; `seen_bad` marks the outputs that
+  # see one (NaN at the end), so none reaches an earlier position.
+  bad_q = non_finite_rows(q_feat)  # (..., l)
+  bad_k = non_finite_rows(k_feat) | non_finite_rows(vf)  # (..., l)
+  if s is not None:
+    bad_k = bad_k | ~jnp.isfinite(s)
+    s = jnp.where(bad_k, NEG, s)
+  q_feat = _zero_rows(q_feat, bad_q)
+  k_feat, vf = _zero_rows(k_feat, bad_k), _zero_rows(vf, bad_k)
+  init_kv1 = jnp.concatenate([initial_state.kv, initial_state.z[..., None]],
+                             -1)  # (..., m, v+1)
+  init_ref = initial_state.ref.astype(jnp.float32)  # (...,)
+  bad_init = (~jnp.all(jnp.isfinite(init_kv1), axis=(-2, -1))
+              | ~jnp.isfinite(init_ref))  # (...,)
+  init_kv1 = jnp.where(jnp.isfinite(init_kv1), init_kv1, 0.0)
+  init_ref = jnp.where(jnp.isfinite(init_ref), init_ref, NEG)
+  seen_bad = (bad_init[..., None]
+              | (jnp.cumsum(bad_k, axis=-1) > 0))  # (..., l)
 
   c = min(chunk_size, length)
   n = -(-length // c)
@@ -316,13 +356,13 @@ def _causal_favor(q_feat, k_feat, k_log_scale, v, initial_state, key_mask,
   # together as kv1 = [kv, z].
   vc1 = jnp.concatenate([vc, jnp.ones_like(vc[..., :1])], axis=-1)
   # (..., n, c, v+1)
-  init = (jnp.concatenate([initial_state.kv, initial_state.z[..., None]], -1),
-          jax.lax.stop_gradient(initial_state.ref))  # (..., m, v+1), (...,)
-  if s is None:  # shared log-scale 0: NEG marks masked and padded keys
+  init = (init_kv1, jax.lax.stop_gradient(init_ref))
+  if s is None:  # shared log-scale 0: NEG marks masked, padded and bad keys
     if key_mask is None:
       s = jnp.zeros((*batch, length), jnp.float32)
     else:
       s = jnp.where(jnp.broadcast_to(key_mask, (*batch, length)), 0.0, NEG)
+    s = jnp.where(bad_k, NEG, s)
     if pad:
       s = jnp.pad(s, [(0, 0)] * len(batch) + [(0, pad)], constant_values=NEG)
     num1, q_ref, final = _chunks_shared_scale(qc, kc, vc1,
@@ -330,11 +370,17 @@ def _causal_favor(q_feat, k_feat, k_log_scale, v, initial_state, key_mask,
   else:
     num1, q_ref, final = _chunks_stabilized(qc, kc, vc1,
                                             s.reshape(*batch, n, c), init)
+  poison = seen_bad | bad_q  # (..., l)
+  if pad:
+    poison = jnp.pad(poison, [(0, 0)] * len(batch) + [(0, pad)])
+  poison = poison.reshape(*batch, n, c)  # (..., n, c)
   real = (jnp.arange(n * c) < length).reshape(n, c)  # padded queries: out 0
   out = safe_divide(num1[..., :d_v], num1[..., d_v],
-                    has_keys(q_ref) & real)  # (..., n, c, v)
+                    has_keys(q_ref) & real & ~poison)  # (..., n, c, v)
+  out = jnp.where(poison[..., None], jnp.nan, out)
   out = out.reshape(*batch, n * c, d_v)  # (..., l+pad, v)
   kv1_final, r_final = final
+  kv1_final = jnp.where(seen_bad[..., -1, None, None], jnp.nan, kv1_final)
   return out[..., :length, :].astype(v.dtype), KeySums(
       kv1_final[..., :d_v], kv1_final[..., d_v], r_final)
 

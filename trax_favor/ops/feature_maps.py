@@ -39,6 +39,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from trax_favor import checks
+
 
 @dataclasses.dataclass(frozen=True)
 class FeatureMap:
@@ -142,7 +144,7 @@ FEATURE_MAPS = {
 def get_feature_map(name):
   """Returns the registered FeatureMap, or raises ValueError naming it."""
   if name not in FEATURE_MAPS:
-    raise ValueError(f'feature_map must be one of {sorted(FEATURE_MAPS)}, '
+    raise checks.ConfigError(f'feature_map must be one of {sorted(FEATURE_MAPS)}, '
                      f'got {name!r}.')
   return FEATURE_MAPS[name]
 
@@ -156,7 +158,7 @@ def feature_map(name, x, projection, numerical_stabilizer=1e-6):
   """
   get_feature_map(name)
   if x.shape[-1] != projection.shape[-1]:
-    raise ValueError(f'projection depth {projection.shape[-1]} does not match '
+    raise checks.ConfigError(f'projection depth {projection.shape[-1]} does not match '
                      f'the query/key depth {x.shape[-1]}.')
   return _feature_map(name, x, projection, numerical_stabilizer)
 

@@ -39,10 +39,10 @@ def check_projection_args(n_random_features, d, projection, scaling):
   """Raises ValueError naming the bad argument; returns nothing."""
   checks.check_positive_int(n_random_features=n_random_features, d=d)
   if projection not in PROJECTIONS:
-    raise ValueError(f'projection must be one of {PROJECTIONS}, got '
+    raise checks.ConfigError(f'projection must be one of {PROJECTIONS}, got '
                      f'{projection!r}.')
   if scaling not in PROJECTION_SCALINGS:
-    raise ValueError(f'projection_scaling must be one of {PROJECTION_SCALINGS},'
+    raise checks.ConfigError(f'projection_scaling must be one of {PROJECTION_SCALINGS},'
                      f' got {scaling!r}.')
 
 

@@ -42,19 +42,20 @@ def exact_softmax_attention(q, k, v, causal=False, key_mask=None):
   return jnp.einsum('...ij,...jv->...iv', probs, v)
 
 
-def _key_log_scales(k_feat, k_log_scale, key_mask):
-  """mask_keys, with None log-scales taken as 0: (features, (..., l))."""
+def _key_log_scales(k_feat, k_log_scale, v, key_mask):
+  """mask_keys, with None log-scales taken as 0: (features, (..., l),
+  values)."""
   if k_log_scale is None:
     k_log_scale = jnp.zeros(k_feat.shape[:-1], jnp.float32)
-  return favor.mask_keys(k_feat, k_log_scale, key_mask)
+  return favor.mask_keys(k_feat, k_log_scale, v, key_mask)
 
 
 @functools.partial(jax.jit, static_argnums=(4,))
 def masked_linear_attention(q_feat, k_feat, k_log_scale, v, causal=True,
                             key_mask=None):
   """FAVOR through the explicit (l, l) matrix of kernel estimates."""
-  length = q_feat.shape[-2]
-  k_feat, s = _key_log_scales(k_feat, k_log_scale, key_mask)
+  length, dtype = q_feat.shape[-2], v.dtype
+  k_feat, s, v = _key_log_scales(k_feat, k_log_scale, v, key_mask)
   keep = jnp.ones((length, length), jnp.bool_)
   if causal:
     keep = jnp.tril(keep)
@@ -63,9 +64,9 @@ def masked_linear_attention(q_feat, k_feat, k_log_scale, v, causal=True,
   exponent = jnp.where(keep, s[..., None, :] - ref, favor.NEG)
   a = jnp.einsum('...im,...jm->...ij', q_feat.astype(jnp.float32),
                  k_feat) * jnp.exp(exponent)  # (..., l, l)
-  num = jnp.einsum('...ij,...jv->...iv', a, v.astype(jnp.float32))
+  num = jnp.einsum('...ij,...jv->...iv', a, v)
   return favor.safe_divide(num, jnp.sum(a, axis=-1),
-                           favor.has_keys(ref[..., 0])).astype(v.dtype)
+                           favor.has_keys(ref[..., 0])).astype(dtype)
 
 
 @jax.jit
@@ -75,7 +76,8 @@ def prefix_sum_favor(q_feat, k_feat, k_log_scale, v, initial_state=None,
   *batch, _, m = k_feat.shape
   if initial_state is None:
     initial_state = favor.empty_state(batch, m, v.shape[-1])
-  k_feat, s = _key_log_scales(k_feat, k_log_scale, key_mask)
+  dtype = v.dtype
+  k_feat, s, v = _key_log_scales(k_feat, k_log_scale, v, key_mask)
   axis = len(batch)
 
   def step(state, token):
@@ -92,6 +94,6 @@ def prefix_sum_favor(q_feat, k_feat, k_log_scale, v, initial_state=None,
     return favor.KeySums(kv, z, ref), out
 
   tokens = tuple(jnp.moveaxis(x, axis, 0) for x in (
-      q_feat.astype(jnp.float32), k_feat, s, v.astype(jnp.float32)))
+      q_feat.astype(jnp.float32), k_feat, s, v))
   final, outs = jax.lax.scan(step, initial_state, tokens)
-  return jnp.moveaxis(outs, 0, axis).astype(v.dtype), final
+  return jnp.moveaxis(outs, 0, axis).astype(dtype), final
