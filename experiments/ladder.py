@@ -30,11 +30,11 @@ import sys
 import time
 
 import numpy as np
-from trax import layers as tl
 from trax.supervised import training
 
-from trax_favor import configs
+from trax_favor import checkpoint_files
 from trax_favor import checkpoints
+from trax_favor import configs
 from trax_favor import training as trax_favor_training
 from benchmarks import harness
 
@@ -93,13 +93,6 @@ def _schedule(bindings, config_file):
           configs.configured_value('train.eval_frequency'))
 
 
-def _checkpoint(rung_dir):
-  path = os.path.join(rung_dir, checkpoints.CHECKPOINT)
-  if not os.path.exists(path):
-    return None
-  return training.unpickle_from_file(path, gzip=True)
-
-
 def _train_rung(config_file, bindings, rung_dir, log_every, name):
   """Runs the training CLI for one rung, echoing its progress lines."""
   command = ([sys.executable, '-u', '-m', 'trax_favor.train',
@@ -120,7 +113,8 @@ def _train_rung(config_file, bindings, rung_dir, log_every, name):
 
 def collect(rung_dir):
   """Eval curves, timing and memory of a trained rung."""
-  checkpoint = _checkpoint(rung_dir)
+  path = checkpoints.latest(rung_dir)
+  checkpoint = training.unpickle_from_file(path, gzip=True)
   history = trax_favor_training.read_eval_history(rung_dir)
   progress = {r['step']: r for r in trax_favor_training.read_progress(rung_dir)}
 
@@ -130,9 +124,8 @@ def collect(rung_dir):
   seconds = [progress[s]['seconds'] if s in progress else None
              for s, _ in curve('loss')]
   rates = [r['steps_per_s'] for r in progress.values() if r['steps_per_s']]
-  weights = tl.np_from_file(  # trax keeps the weights beside the pickle
-      os.path.join(rung_dir, 'model.weights.npy.gz'),
-      compresslevel=checkpoint['flat_weights'])
+  weights = checkpoint_files.read_arrays(  # beside the pickle, as in trax
+      path.replace('.pkl.gz', '.weights.npy.gz'))
   n_params = sum(int(np.size(w)) for w in weights)
   return {
       'step': int(checkpoint['step']), 'n_params': n_params,
@@ -170,9 +163,9 @@ def run_ladder(preset, work_dir, out, extra_bindings=(), stop_after=None):
         f'N_LAYERS={n}' for n in [PRESETS[preset].get('n_layers', {}).get(
             depth)] if n]
     steps, eval_frequency = _schedule(rung_bindings, config_file)
-    checkpoint = _checkpoint(rung_dir)
-    if checkpoint is not None and checkpoint['step'] >= steps:
-      print(f'[{name}] done earlier (step {checkpoint["step"]}), skipping',
+    done = checkpoint_files.steps(rung_dir)
+    if done and done[0][0] >= steps:
+      print(f'[{name}] done earlier (step {done[0][0]}), skipping',
             flush=True)
     elif stop_after is not None and trained >= stop_after:
       continue

@@ -14,6 +14,7 @@ import pytest
 from trax.supervised import training
 
 import gin_helpers
+from trax_favor import checkpoint_files
 from trax_favor import checkpoints
 from trax_favor import configs
 from trax_favor import decoding
@@ -86,8 +87,8 @@ def test_training_resumes_after_kill_9(text_run):
   resumed_at = int(second.split('step ')[1].split('/')[0])
   assert resumed_at > 1 and (resumed_at - 1) % 4 == 0  # after a checkpoint
   assert f'done: step {STEPS}/{STEPS}' in second
-  checkpoint = training.unpickle_from_file(str(output_dir / 'model.pkl.gz'),
-                                           gzip=True)
+  checkpoint = training.unpickle_from_file(
+      checkpoints.latest(str(output_dir)), gzip=True)
   assert checkpoint['step'] == STEPS
   assert 'bits_per_dim' in second
   for name in ('config.gin', 'operative_config.gin'):
@@ -95,6 +96,30 @@ def test_training_resumes_after_kill_9(text_run):
   for mode in ('train', 'eval'):
     assert any(f.startswith('events.out.tfevents')
                for f in os.listdir(output_dir / mode))
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_143(tmp_path, cache_dir):
+  command = _command('trax_favor.train', tmp_path, '--log_every=1')
+  env = _env(cache_dir)
+  run = subprocess.Popen(command, cwd=REPO, env=env, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  try:
+    lines = []
+    for line in run.stdout:
+      lines.append(line)
+      if line.startswith('step 6/'):
+        run.send_signal(signal.SIGTERM)
+    run.wait(timeout=120)
+  finally:
+    run.kill()
+  out = ''.join(lines)
+  assert run.returncode == 143, out[-3000:]
+  stopped_at = int(out.split('interrupted at step ')[1].split(':')[0])
+  assert stopped_at >= 6
+  assert checkpoint_files.steps(str(tmp_path))[0][0] == stopped_at
+  second = _run(command, env)
+  assert f'at step {stopped_at}' in second.stdout
+  assert f'done: step {STEPS}/{STEPS}' in second.stdout
 
 
 def test_sampling_in_predict_mode_equals_the_eval_model(text_run):
@@ -200,11 +225,11 @@ def test_two_devices_follow_the_one_device_trajectory(tmp_path, cache_dir):
      ["trax_favor.pg19_inputs.data_dir='/nonexistent/tfds'"],
      'download_and_prepare'),
     ('trax_favor.sample', 'gin/pg19/performer_tiny.gin', [],
-     'does not fit the model of this config'),
-], ids=['missing_config', 'missing_dataset', 'checkpoint_mismatch'])
+     'where it shapes the model'),
+], ids=['missing_config', 'missing_dataset', 'changed_model'])
 def test_errors_are_one_clear_line(module, config, bindings, message,
-                                   text_run, cache_dir):
-  output_dir, _, _ = text_run
+                                   text_run, cache_dir, tmp_path):
+  output_dir = text_run[0] if module == 'trax_favor.sample' else tmp_path
   result = _run(_command(module, output_dir, config=config,
                          bindings=bindings), _env(cache_dir))
   assert result.returncode == 2

@@ -49,6 +49,7 @@ def test_config_trains_one_step(config, tmp_path):
   bits = loop.history.get('eval', 'metrics/bits_per_dim')
   assert np.isfinite(losses[0][1])
   np.testing.assert_allclose(bits[0][1], losses[0][1] / np.log(2), rtol=1e-5)
-  for name in ('config.gin', 'operative_config.gin', 'model.pkl.gz'):
+  for name in ('config.gin', 'operative_config.gin',
+               'checkpoints/step_00000001/model.pkl.gz'):
     assert (tmp_path / name).exists(), name
   assert 'PerformerLM' in (tmp_path / 'operative_config.gin').read_text()

@@ -2,14 +2,40 @@
 
 import os
 
+import gin
 import jax
 import numpy as np
 from trax import shapes
 
+from trax_favor import checkpoint_files
 from trax_favor import configs
+from trax_favor import run_dir
 from trax_favor.layers import projections
 
-CHECKPOINT = 'model.pkl.gz'
+CHECKPOINT = 'model.pkl.gz'  # trax's file name, inside each checkpoint
+
+
+def latest(output_dir):
+  """The path of the newest whole checkpoint's model.pkl.gz in a training
+  run's directory (checked against its manifest), for trax's
+  `init_from_file` or `load_projections`.
+
+  Raises:
+    RunError: no checkpoint, or none that is whole (each damaged one named).
+  """
+  damaged = []
+  for _, path in checkpoint_files.steps(output_dir):
+    try:
+      checkpoint_files.verify(path)
+    except checkpoint_files.DamagedCheckpoint as e:
+      damaged.append(str(e))
+      continue
+    return os.path.join(path, CHECKPOINT)
+  if damaged:
+    raise configs.RunError('no whole checkpoint in '
+                           f'{output_dir}: {"; ".join(damaged)}')
+  raise configs.RunError(f'no checkpoint in {output_dir}: train first, or '
+                         'point --output_dir at a training run.')
 
 
 def _shapes(tree):
@@ -25,7 +51,8 @@ def restore(output_dir, mode='predict', batch_size=1):
   FavorSelfAttention) both come from the checkpoint.
 
   Args:
-    output_dir: a training run's directory (holding model.pkl.gz).
+    output_dir: a training run's directory (its newest whole checkpoint is
+      used, see `latest`).
     mode: 'eval' or 'predict'.
     batch_size: predict mode: the batch size of the decoding state.
 
@@ -33,12 +60,11 @@ def restore(output_dir, mode='predict', batch_size=1):
     The model, ready to call.
 
   Raises:
-    RunError: no checkpoint, or one that does not fit the configured model.
+    RunError: no whole checkpoint, a config whose model differs from the
+      run's config.gin, or a checkpoint that does not fit the model.
   """
-  path = os.path.join(output_dir, CHECKPOINT)
-  if not os.path.exists(path):
-    raise configs.RunError(f'no checkpoint {path}: train first, or point '
-                           '--output_dir at a training run.')
+  path = latest(output_dir)
+  run_dir.check_config(output_dir, gin.config_str(), allow_changes=True)
   model_fn = configs.configured_model_fn()
   trained = model_fn(mode='eval')
   # Axial positions need whole images.

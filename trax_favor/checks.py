@@ -1,5 +1,6 @@
 """Argument checks shared by ops, layers, models and data: one clear
-ConfigError (a ValueError) naming the argument, never a traceback from inside JAX.
+ConfigError (a ValueError) naming the argument, never a traceback from
+inside JAX.
 
 Pure Python (no jax, no trax), so `trax_favor.ops` can use it.
 """
@@ -13,7 +14,7 @@ class ConfigError(ValueError):
 
 
 def check_positive_int(**values):
-  """Raises ValueError naming the first value that is not an int > 0.
+  """Raises ConfigError naming the first value that is not an int > 0.
 
   bool is refused (True is an int in Python, never a size here).
   """
@@ -23,7 +24,7 @@ def check_positive_int(**values):
 
 
 def check_rate(**values):
-  """Raises ValueError unless every value is a float (or int) in [0, 1)."""
+  """Raises ConfigError unless every value is a float (or int) in [0, 1)."""
   for name, value in values.items():
     if (isinstance(value, bool) or not isinstance(value, (int, float))
         or not 0.0 <= value < 1.0):
@@ -31,6 +32,6 @@ def check_rate(**values):
 
 
 def check_mode(mode):
-  """Raises ValueError unless mode is 'train', 'eval' or 'predict'."""
+  """Raises ConfigError unless mode is 'train', 'eval' or 'predict'."""
   if mode not in MODES:
     raise ConfigError(f'mode must be one of {MODES}, got {mode!r}.')

@@ -57,15 +57,49 @@ def add_config_flags(parser, output_dir_help):
   parser.add_argument('--output_dir', required=True, help=output_dir_help)
 
 
-def main_guard(fn):
-  """Runs fn(); a RunError or data error ends the process with its message."""
-  from trax_favor import configs  # pylint: disable=g-import-not-at-top
-  # pylint: disable-next=g-import-not-at-top
+def add_verbose_flag(parser):
+  parser.add_argument('--verbose', action='store_true',
+                      help='on an error, show the full traceback')
+
+
+def user_error(error):
+  """The one line to print for an ordinary fault (a bad config or binding,
+  a missing or damaged file, a directory that cannot be written, a full
+  disk), or None for an unexpected internal error."""
+  # pylint: disable=g-import-not-at-top
+  from trax_favor import checkpoint_files
+  from trax_favor import checks
+  from trax_favor import configs
   from trax_favor.data import DatasetNotPreparedError
+  # pylint: enable=g-import-not-at-top
+  if isinstance(error, (configs.RunError, DatasetNotPreparedError,
+                        checks.ConfigError,
+                        checkpoint_files.DamagedCheckpoint)):
+    message = str(error)
+  elif isinstance(error, OSError):
+    where = f': {error.filename}' if error.filename else ''
+    message = f'{error.strerror or error}{where}'
+  elif type(error).__module__.startswith('tensorflow') and hasattr(
+      error, 'message'):  # tf.io.gfile's errors (e.g. TensorBoard files)
+    message = error.message
+  else:
+    return None
+  # gin adds "In call to configurable X" on a line of its own: keep it.
+  return ' '.join(line.strip() for line in message.splitlines() if line.strip())
+
+
+def main_guard(fn, verbose=False):
+  """Runs fn(). An ordinary fault (see user_error) ends the process with one
+  line and exit code 2 (its traceback with verbose); Ctrl-C and SIGTERM end
+  it with 130 and 143; an unexpected error shows its traceback."""
+  from trax_favor import interrupts  # pylint: disable=g-import-not-at-top
   try:
     return fn()
-  except (configs.RunError, DatasetNotPreparedError) as e:
-    print(f'error: {e}', file=sys.stderr)
+  except KeyboardInterrupt as e:
+    sys.exit(interrupts.exit_code(e))
+  except Exception as e:  # pylint: disable=broad-except
+    line = user_error(e)
+    if line is None or verbose:
+      raise
+    print(f'error: {line}', file=sys.stderr)
     sys.exit(2)
-  except KeyboardInterrupt:
-    sys.exit(130)

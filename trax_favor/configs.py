@@ -4,6 +4,8 @@
 parents, so a config runs from any working directory.
 """
 
+import contextlib
+import logging
 import os
 
 import gin
@@ -27,6 +29,23 @@ def _search_paths(config_file):
     path = parent
 
 
+def _not_path_not_found(record):
+  return not record.getMessage().startswith('Path not found')
+
+
+@contextlib.contextmanager
+def _quiet_include_search():
+  """Drops gin's "Path not found" errors (logged as each search path is
+  tried for an `include`, also when a later one resolves it); an include
+  that resolves nowhere still fails the parse."""
+  root_logger = logging.getLogger()
+  root_logger.addFilter(_not_path_not_found)
+  try:
+    yield
+  finally:
+    root_logger.removeFilter(_not_path_not_found)
+
+
 def parse_config(config_files, bindings=()):
   """Clears gin, then parses config files (in order) and bindings.
 
@@ -46,8 +65,9 @@ def parse_config(config_files, bindings=()):
     for path in _search_paths(config_file):
       gin.add_config_file_search_path(path)
   try:
-    gin.parse_config_files_and_bindings(list(config_files), list(bindings),
-                                        finalize_config=False)
+    with _quiet_include_search():
+      gin.parse_config_files_and_bindings(list(config_files), list(bindings),
+                                          finalize_config=False)
   except (ValueError, IOError, SyntaxError) as e:
     raise RunError(f'cannot parse {list(config_files)} with bindings '
                    f'{list(bindings)}: {e}') from e
@@ -74,3 +94,12 @@ def configured_value(binding):
   if isinstance(value, gin.config.ConfigurableReference):  # a %MACRO
     value = value.scoped_configurable_fn()
   return value
+
+
+def operative_config_str():
+  """gin's operative config (the bindings used so far) plus the config's
+  `train.*` block, which trax_favor's Loop reads without calling trax's
+  `train`."""
+  blocks = gin.config_str().split('\n\n')
+  train = [b for b in blocks if '# Parameters for train:' in b]
+  return '\n\n'.join([gin.operative_config_str().rstrip(), *train]) + '\n'

@@ -94,11 +94,11 @@ def sample(model, prompt, n_tokens, temperature=1.0, seed=0):
   """
   checks.check_positive_int(n_tokens=n_tokens)
   if temperature < 0:
-    raise ValueError(f'temperature must be >= 0, got {temperature}.')
+    raise checks.ConfigError(f'temperature must be >= 0, got {temperature}.')
   prompt = np.asarray(prompt, np.int32).reshape(-1)
   left = positions_left(model)
   if left is not None and len(prompt) + n_tokens > left:
-    raise ValueError(
+    raise checks.ConfigError(
         f'a prompt of {len(prompt)} tokens and n_tokens={n_tokens} make '
         f'{len(prompt) + n_tokens} positions, but the model has {left} '
         'left (its max_len, less tokens it was fed before): shorten the '
@@ -147,15 +147,16 @@ def complete_image(model, image_size, prompt_image=None, prompt_rows=0,
   n_tokens = image_size * image_size * 3
   if prompt_image is None:
     if prompt_rows:
-      raise ValueError('prompt_rows needs a prompt image.')
+      raise checks.ConfigError('prompt_rows needs a prompt image.')
     prompt = np.zeros((0,), np.int32)
   else:
     prompt_image = np.asarray(prompt_image)
     if prompt_image.shape != (image_size, image_size, 3):
-      raise ValueError(f'prompt image has shape {prompt_image.shape}, the '
-                       f'model takes ({image_size}, {image_size}, 3).')
+      raise checks.ConfigError(
+          f'prompt image has shape {prompt_image.shape}, the '
+          f'model takes ({image_size}, {image_size}, 3).')
     if not 0 <= prompt_rows < image_size:
-      raise ValueError(f'prompt_rows must be in [0, {image_size}), got '
+      raise checks.ConfigError(f'prompt_rows must be in [0, {image_size}), got '
                        f'{prompt_rows}.')
     prompt = prompt_image[:prompt_rows].reshape(-1).astype(np.int32)
   generated, _ = sample(model, prompt, n_tokens - len(prompt), temperature,

@@ -40,7 +40,22 @@ def parse_args(argv):
   parser.add_argument('--temperature', type=float, default=1.0,
                       help='0 takes the most likely token')
   parser.add_argument('--seed', type=int, default=0)
+  cli.add_verbose_flag(parser)
   return parser.parse_args(argv)
+
+
+def check_flags(args, image_size):
+  """One line for flags that do not apply to the config's data."""
+  # pylint: disable-next=g-import-not-at-top
+  from trax_favor import configs
+  if image_size is None and (args.image or args.prompt_rows):
+    raise configs.RunError('--image and --prompt_rows apply to image configs; '
+                           'this config is text: use --prompt and --length.')
+  if image_size is not None and args.prompt:
+    raise configs.RunError('--prompt applies to text configs; this config is '
+                           'images: use --image and --prompt_rows.')
+  if image_size is None and args.length < 1:
+    raise configs.RunError(f'--length must be at least 1, got {args.length}.')
 
 
 def _read_png(path, image_size):
@@ -64,6 +79,7 @@ def main(argv=None):
   def run():
     configs.parse_config(args.config_file, args.config)
     image_size = configs.configured_image_size()
+    check_flags(args, image_size)
     model = checkpoints.restore(args.output_dir, mode='predict')
     try:
       sample(model, image_size)
@@ -85,7 +101,7 @@ def main(argv=None):
     panels = [image] if prompt is None else [prompt, image]
     matplotlib.image.imsave(args.png, np.concatenate(panels, axis=1))
     print(f'wrote {args.png} ({"prompt | completion" if prompt is not None else "sample"})')
-  cli.main_guard(run)
+  cli.main_guard(run, verbose=args.verbose)
 
 
 if __name__ == '__main__':

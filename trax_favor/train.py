@@ -11,6 +11,12 @@ Flags:
                  checkpoint
   --n_devices    data-parallel devices (default: all local devices)
   --log_every    progress line every this many steps
+  --allow_config_change
+                 resume although the config's data, optimizer or schedule
+                 differ from the run's saved config.gin (a changed model is
+                 refused regardless; train.steps and eval/checkpoint timing
+                 may always change)
+  --verbose      on an error, the full traceback instead of one line
 """
 
 import argparse
@@ -28,6 +34,10 @@ def parse_args(argv):
                       help='data-parallel devices (default: all)')
   parser.add_argument('--log_every', type=int, default=10,
                       help='print progress every this many steps')
+  parser.add_argument('--allow_config_change', action='store_true',
+                      help="resume although the config's data, optimizer "
+                      'or schedule changed (never the model)')
+  cli.add_verbose_flag(parser)
   return parser.parse_args(argv)
 
 
@@ -40,8 +50,9 @@ def main(argv=None):
   def run():
     configs.parse_config(args.config_file, args.config)
     training.train(args.output_dir, n_devices=args.n_devices,
-                   log_every=args.log_every)
-  cli.main_guard(run)
+                   log_every=args.log_every,
+                   allow_config_change=args.allow_config_change)
+  cli.main_guard(run, verbose=args.verbose)
 
 
 if __name__ == '__main__':

@@ -23,14 +23,14 @@ def test_ladder_resumes_a_partial_ladder_and_reports(tmp_path, in_repo,
   first = ladder.run_ladder('smoke', work, out, stop_after=1)
   assert list(first['rungs']) == ['pg19_performer_6l']
   done_dir = os.path.join(work, 'pg19_performer_6l')
-  mtime = os.path.getmtime(os.path.join(done_dir, checkpoints.CHECKPOINT))
+  mtime = os.path.getmtime(checkpoints.latest(done_dir))
   capsys.readouterr()
 
   second = ladder.run_ladder('smoke', work, out)
   printed = capsys.readouterr().out
   assert '[pg19_performer_6l] done earlier (step 4), skipping' in printed
   assert '[pg19_reformer_6l] trained in' in printed
-  assert os.path.getmtime(os.path.join(done_dir, checkpoints.CHECKPOINT)) == mtime
+  assert os.path.getmtime(checkpoints.latest(done_dir)) == mtime
   with open(out + '.json') as f:
     assert json.load(f)['rungs'].keys() == second['rungs'].keys()
   for name, rung in second['rungs'].items():

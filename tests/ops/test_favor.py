@@ -189,8 +189,10 @@ def test_padded_keys_change_nothing(causal):
 
 
 NON_FINITE = [  # (what is spoiled, value): one row of q, k or v, or all
-    pytest.param('q', np.nan, id='nan-q'), pytest.param('k', np.nan, id='nan-k'),
-    pytest.param('v', np.nan, id='nan-v'), pytest.param('qkv', np.inf, id='inf-all'),
+    pytest.param('q', np.nan, id='nan-q'),
+    pytest.param('k', np.nan, id='nan-k'),
+    pytest.param('v', np.nan, id='nan-v'),
+    pytest.param('qkv', np.inf, id='inf-all'),
 ]
 
 

@@ -35,8 +35,9 @@ def read_corpus(root=None):
   root = root or stdlib_dir()
   names = sorted(n for n in os.listdir(root) if n.endswith('.py'))
   if len(names) < _EVAL_EVERY:
-    raise ValueError(f'local text: {root} has {len(names)} .py files; at '
-                     f'least {_EVAL_EVERY} are needed to hold some out.')
+    raise checks.ConfigError(
+        f'local text: {root} has {len(names)} .py files; at '
+        f'least {_EVAL_EVERY} are needed to hold some out.')
   parts = ([], [])
   for i, name in enumerate(names):
     with open(os.path.join(root, name), 'rb') as f:
@@ -77,7 +78,7 @@ def local_text_inputs(batch_size, sequence_length, root=None, seed=0,
   checks.check_positive_int(sequence_length=sequence_length)
   train, evaluation = read_corpus(root)
   if len(train) < sequence_length or len(evaluation) < sequence_length:
-    raise ValueError(
+    raise checks.ConfigError(
         f'local text: sequence_length={sequence_length} is longer than the '
         f'corpus ({len(train)} train / {len(evaluation)} eval bytes).')
   return streams.make_inputs(

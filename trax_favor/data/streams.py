@@ -101,15 +101,15 @@ def make_inputs(train_examples, eval_examples, batch_size,
   """
   checks.check_positive_int(batch_size=batch_size)
   if objective not in OBJECTIVES:
-    raise ValueError(f'objective must be one of {OBJECTIVES}, '
-                     f'got {objective!r}.')
+    raise checks.ConfigError(f'objective must be one of {OBJECTIVES}, '
+                             f'got {objective!r}.')
   if objective == 'masked' and not 0.0 < mask_rate < 1.0:
-    raise ValueError(f'mask_rate must be in (0, 1), got {mask_rate!r}.')
+    raise checks.ConfigError(f'mask_rate must be in (0, 1), got {mask_rate!r}.')
 
   def stream_fn(examples_fn, stream_seed):
     def stream(n_devices):
       if batch_size % n_devices:
-        raise ValueError(
+        raise checks.ConfigError(
             f'batch_size={batch_size} does not split over n_devices='
             f'{n_devices}: use a multiple of the number of devices.')
       examples = examples_fn()

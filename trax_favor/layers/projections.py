@@ -14,6 +14,7 @@ import pickle
 
 import numpy as np
 
+from trax_favor import checks
 from trax_favor.layers import self_attention
 
 
@@ -33,8 +34,9 @@ def favor_layers(layer):
 def _set_projection(layer, projection):
   expected = layer.projection_matrix.shape
   if tuple(projection.shape) != tuple(expected):
-    raise ValueError(f'projection shapes differ: {tuple(projection.shape)} '
-                     f'vs {tuple(expected)}.')
+    raise checks.ConfigError(
+        f'projection shapes differ: {tuple(projection.shape)} '
+        f'vs {tuple(expected)}.')
   if isinstance(layer.state, tuple):  # predict mode: (projection, sums)
     layer.state = (projection, layer.state[1])
   else:
@@ -51,7 +53,8 @@ def transfer_projections(source, target):
   """
   src, dst = favor_layers(source), favor_layers(target)
   if len(src) != len(dst):
-    raise ValueError(f'source has {len(src)} FAVOR layers, target {len(dst)}.')
+    raise checks.ConfigError(
+        f'source has {len(src)} FAVOR layers, target {len(dst)}.')
   for s_layer, t_layer in zip(src, dst):
     _set_projection(t_layer, s_layer.projection_matrix)
 
@@ -70,14 +73,15 @@ def load_projections(model, file_name):
   with gzip.open(file_name, 'rb') as f:
     flat_state = pickle.load(f).get('flat_state')
   if flat_state is None:
-    raise ValueError(f'{file_name} holds no model state (saved weights-only),'
-                     ' so it has no FAVOR projections.')
+    raise checks.ConfigError(
+        f'{file_name} holds no model state (saved weights-only),'
+        ' so it has no FAVOR projections.')
   layers = favor_layers(model)
   shapes = {tuple(layer.projection_matrix.shape) for layer in layers}
   projections = [np.asarray(s) for s in flat_state
                  if tuple(np.shape(s)) in shapes]
   if len(projections) != len(layers):
-    raise ValueError(
+    raise checks.ConfigError(
         f'{file_name} holds {len(projections)} arrays shaped like a FAVOR '
         f'projection, but the model has {len(layers)} FAVOR layers: was it '
         'saved from a model of this config?')

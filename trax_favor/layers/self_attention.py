@@ -122,8 +122,9 @@ class FavorSelfAttention(base.Layer):
     super().__init__(n_in=(2 if masked else 1), n_out=1)
     checks.check_positive_int(n_heads=n_heads, d_qk=d_qk, d_v=d_v)
     if chunk_size is not None and not causal:
-      raise ValueError('chunk_size applies to causal attention only; got '
-                       f'chunk_size={chunk_size!r} with causal=False.')
+      raise checks.ConfigError(
+          'chunk_size applies to causal attention only; got '
+          f'chunk_size={chunk_size!r} with causal=False.')
     if chunk_size is not None:
       checks.check_positive_int(chunk_size=chunk_size)
     if block_size is not None:
@@ -132,16 +133,16 @@ class FavorSelfAttention(base.Layer):
                       attention_dropout=attention_dropout)
     checks.check_mode(mode)
     if mode == 'predict' and not causal:
-      raise ValueError('mode=\'predict\' (incremental decoding) needs '
-                       'causal=True.')
+      raise checks.ConfigError('mode=\'predict\' (incremental decoding) needs '
+                               'causal=True.')
     if redraw not in REDRAW_POLICIES:
-      raise ValueError(f'redraw must be one of {REDRAW_POLICIES}, got '
-                       f'{redraw!r}.')
+      raise checks.ConfigError(f'redraw must be one of {REDRAW_POLICIES}, got '
+                               f'{redraw!r}.')
     self._feature_map = feature_maps.get_feature_map(feature_map)
     if not self._feature_map.non_negative:
       allowed = sorted(name for name, fmap in feature_maps.FEATURE_MAPS.items()
                        if fmap.non_negative)
-      raise ValueError(
+      raise checks.ConfigError(
           f'feature_map={feature_map!r} has signed features, whose '
           'denominators can vanish (relative errors in the thousands at '
           'logit std 1, docs/results.md): the layer takes only the '
@@ -151,8 +152,9 @@ class FavorSelfAttention(base.Layer):
                             else numerical_stabilizer)
     if not isinstance(numerical_stabilizer, (int, float)) or (
         numerical_stabilizer < 0):
-      raise ValueError('numerical_stabilizer must be a non-negative float, got '
-                       f'{numerical_stabilizer!r}.')
+      raise checks.ConfigError(
+          'numerical_stabilizer must be a non-negative float, got '
+          f'{numerical_stabilizer!r}.')
     random_features.check_projection_args(n_random_features, d_qk, projection,
                                           projection_scaling)
     self._n_heads, self._d_qk, self._d_v = n_heads, d_qk, d_v
@@ -183,14 +185,21 @@ class FavorSelfAttention(base.Layer):
         rng, self._n_random_features, self._d_qk, self._projection,
         self._projection_scaling)
 
+  def _split(self, inputs):
+    """(x, mask or None) of the layer's inputs (or their signatures)."""
+    if not self._masked:
+      return inputs, None
+    if not isinstance(inputs, (tuple, list)) or len(inputs) != 2:
+      raise checks.ConfigError('FavorSelfAttention(masked=True) takes two '
+                               'inputs, (x, mask), but was given one.')
+    return tuple(inputs)
+
   def init_weights_and_state(self, input_signature):
-    if self._masked and not isinstance(input_signature, (tuple, list)):
-      raise ValueError('FavorSelfAttention(masked=True) takes two inputs, '
-                       '(x, mask), but was given one.')
-    x_sig = input_signature[0] if self._masked else input_signature
+    x_sig, _ = self._split(input_signature)
     if len(x_sig.shape) != 3:
-      raise ValueError('FavorSelfAttention expects inputs of shape (batch, '
-                       f'length, d_model), got {tuple(x_sig.shape)}.')
+      raise checks.ConfigError(
+          'FavorSelfAttention expects inputs of shape (batch, '
+          f'length, d_model), got {tuple(x_sig.shape)}.')
     batch, d_model = int(x_sig.shape[0]), int(x_sig.shape[-1])
 
     def head_weights(rng):  # same rng use as tl.SelfAttention, per head
@@ -236,7 +245,7 @@ class FavorSelfAttention(base.Layer):
   @state.setter
   def state(self, state):
     base.Layer.state.fset(self, state)
-    if isinstance(state, tuple):  # predict mode: (projection, sums)
+    if isinstance(state, tuple) and state:  # predict: (projection, sums)
       self._note_loaded(1, state[0])
 
   def _note_loaded(self, index, value):
@@ -254,7 +263,7 @@ class FavorSelfAttention(base.Layer):
   def _check_projection_loaded(self):
     """Refuses to decode with trained weights and fresh random features."""
     if self._loaded[0] and not self._loaded[1]:
-      raise ValueError(
+      raise checks.ConfigError(
           'FavorSelfAttention(mode=\'predict\'): weights were loaded without '
           'the trained FAVOR projections (for example by init_from_file(..., '
           'weights_only=True)), so it would decode with fresh random '
@@ -268,21 +277,23 @@ class FavorSelfAttention(base.Layer):
   # -- forward ----------------------------------------------------------------
 
   def forward(self, inputs):
-    x, mask = inputs if self._masked else (inputs, None)
+    x, mask = self._split(inputs)
     if self._share_qk:
       w_q, w_v, w_o = self.weights
       w_k = None
     else:
       w_q, w_k, w_v, w_o = self.weights
     if x.ndim != 3 or x.shape[-1] != w_q.shape[1]:
-      raise ValueError(f'FavorSelfAttention with d_model={w_q.shape[1]} '
-                       'expects inputs of shape (batch, length, '
-                       f'{w_q.shape[1]}), got {tuple(x.shape)}.')
+      raise checks.ConfigError(
+          f'FavorSelfAttention with d_model={w_q.shape[1]} '
+          'expects inputs of shape (batch, length, '
+          f'{w_q.shape[1]}), got {tuple(x.shape)}.')
     if self._mode == 'predict':
       self._check_projection_loaded()
     if mask is not None and mask.shape != x.shape[:2]:
-      raise ValueError(f'mask must have shape (batch, length) = {x.shape[:2]}, '
-                       f'got {tuple(mask.shape)}.')
+      raise checks.ConfigError(
+          f'mask must have shape (batch, length) = {x.shape[:2]}, '
+          f'got {tuple(mask.shape)}.')
     rng_proj, rng_attn, rng_out = jax.random.split(self.rng, 3)
 
     q = jnp.einsum('bld,hdk->bhlk', x, w_q)  # (b, h, l, d_qk)
@@ -299,9 +310,10 @@ class FavorSelfAttention(base.Layer):
     if self._redraw == 'step':
       projection = self.draw_projection(rng_proj)
     if projection.shape != (self._n_random_features, self._d_qk):
-      raise ValueError(f'the projection in state has shape {projection.shape},'
-                       ' expected (n_random_features, d_qk) = '
-                       f'{(self._n_random_features, self._d_qk)}.')
+      raise checks.ConfigError(
+          f'the projection in state has shape {projection.shape},'
+          ' expected (n_random_features, d_qk) = '
+          f'{(self._n_random_features, self._d_qk)}.')
 
     key_mask = None if mask is None else mask[:, None, :].astype(jnp.bool_)
     o = self.attend(q, k, v, projection, decode_state, key_mask, rng_attn)
@@ -330,7 +342,7 @@ class FavorSelfAttention(base.Layer):
   def _checked_decode_state(self, decode_state, batch):
     state = favor.KeySums(*decode_state)
     if state.ref.shape != (batch, self._n_heads):
-      raise ValueError(
+      raise checks.ConfigError(
           f'predict-mode state was initialized for batch size '
           f'{state.ref.shape[0]}, but the input has batch size {batch}; '
           'init the predict-mode model with the decoding batch size.')

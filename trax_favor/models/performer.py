@@ -4,7 +4,7 @@ The model is assembled from Trax's own parts, so it is a Reformer in every
 respect but the attention layer:
 
   tokens (b, l)
-    -> [ShiftRight if causal] -> Embedding -> Dropout -> positional encoding
+    -> [ShiftRight if causal; PredictPositions in predict mode] -> Embedding -> Dropout -> positional encoding
     -> Dup -> ReversibleSerial(n_layers x [
          ReversibleHalfResidual(LayerNorm, attention) , ReversibleSwap,
          ReversibleHalfResidual(feed-forward, chunked by ff_chunk_size),
@@ -25,6 +25,8 @@ differences are the FAVOR+ default, Trax naming (`d_qk`, `d_v`), a `causal`
 switch for bidirectional (masked-LM) models, and argument checks.
 """
 
+import jax
+import jax.numpy as jnp
 import trax.layers as tl
 from trax.models.research import configurable_transformer as ct
 
@@ -37,29 +39,54 @@ def _attention_types(attention_type, n_layers):
   types = (list(attention_type) if isinstance(attention_type, (list, tuple))
            else [attention_type])
   if not types or n_layers % len(types):
-    raise ValueError(
+    raise checks.ConfigError(
         f'attention_type: a list of {len(types)} attention types does not '
         f'divide n_layers={n_layers}; ReformerLM cycles the list over the '
         'layers, so its length must divide n_layers.')
   for t in types:
     if not callable(t):
-      raise ValueError(f'attention_type: {t!r} is not a layer class.')
+      raise checks.ConfigError(f'attention_type: {t!r} is not a layer class.')
   return [types[i % len(types)] for i in range(n_layers)]
+
+
+class PredictPositions(tl.Layer):
+  """Predict mode: counts the tokens fed and refuses, with one clear error,
+  a call that would run past max_len (trax's position tables would fail
+  deep inside JAX or clamp). Takes ShiftRight's place (identity in predict
+  mode): no weights, so the weight tree is the other modes'."""
+
+  def __init__(self, max_len):
+    super().__init__(name='PredictPositions')
+    self._max_len = max_len
+
+  def init_weights_and_state(self, input_signature):
+    self.state = jnp.zeros((), jnp.int32)
+
+  def forward(self, x):
+    fed = self.state
+    if not isinstance(fed, jax.core.Tracer) and (
+        int(fed) + x.shape[1] > self._max_len):
+      raise checks.ConfigError(
+          f'predict mode: {int(fed)} tokens fed before and {x.shape[1]} in '
+          f'this call exceed max_len={self._max_len}; start a new sequence '
+          '(a fresh model state) or build the model with a larger max_len.')
+    self.state = fed + x.shape[1]
+    return x
 
 
 def _check_axial(pos_axial_shape, pos_d_axial_embs, d_model, max_len):
   if len(pos_axial_shape) != len(pos_d_axial_embs):
-    raise ValueError(
+    raise checks.ConfigError(
         f'pos_d_axial_embs {pos_d_axial_embs} needs one depth per axis of '
         f'pos_axial_shape {pos_axial_shape}.')
   if sum(pos_d_axial_embs) != d_model:
-    raise ValueError(
+    raise checks.ConfigError(
         f'pos_d_axial_embs {pos_d_axial_embs} must sum to d_model={d_model}.')
   n_positions = 1
   for n in pos_axial_shape:
     n_positions *= n
   if n_positions > max_len:
-    raise ValueError(
+    raise checks.ConfigError(
         f'pos_axial_shape {pos_axial_shape} covers {n_positions} positions, '
         f'more than max_len={max_len}.')
 
@@ -147,16 +174,18 @@ def PerformerLM(vocab_size,
                             n_heads=n_heads, max_len=max_len)
   checks.check_mode(mode)
   if mode == 'predict' and not causal:
-    raise ValueError('mode=predict decodes left to right: it needs '
-                     'causal=True (this model is bidirectional).')
+    raise checks.ConfigError('mode=predict decodes left to right: it needs '
+                             'causal=True (this model is bidirectional).')
   checks.check_rate(dropout=dropout)
   if pos_type not in (None, 'axial'):
-    raise ValueError(f"pos_type must be None or 'axial', got {pos_type!r}.")
+    raise checks.ConfigError(
+        f"pos_type must be None or 'axial', got {pos_type!r}.")
   if pos_type == 'axial':
     _check_axial(tuple(pos_axial_shape), tuple(pos_d_axial_embs or ()),
                  d_model, max_len)
   if ff_chunk_size < 0:
-    raise ValueError(f'ff_chunk_size must be >= 0, got {ff_chunk_size}.')
+    raise checks.ConfigError(
+        f'ff_chunk_size must be >= 0, got {ff_chunk_size}.')
   blocks = [
       PerformerBlock(d_model=d_model, d_ff=d_ff, d_qk=d_qk, d_v=d_v,
                      n_heads=n_heads, attention_type=layer_attention,
@@ -169,7 +198,8 @@ def PerformerLM(vocab_size,
       pos_axial_shape=tuple(pos_axial_shape),
       pos_d_axial_embs=pos_d_axial_embs)
   return tl.Serial(
-      tl.ShiftRight(mode=mode) if causal else [],
+      PredictPositions(max_len) if mode == 'predict' else (
+          tl.ShiftRight(mode=mode) if causal else []),
       tl.Embedding(vocab_size, d_model),
       tl.Dropout(rate=dropout, shared_axes=[-2], mode=mode),
       positional_encoding,

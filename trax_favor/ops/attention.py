@@ -86,24 +86,28 @@ def favor_attention(q, k, v, projection, feature_map='softmax', causal=False,
   if block_size is not None:
     checks.check_positive_int(block_size=block_size)
   if q.shape != k.shape or q.shape[:-1] != v.shape[:-1]:
-    raise checks.ConfigError(f'q and k must have one shape (..., l, d) and v the shape '
-                     f'(..., l, d_v); got q {q.shape}, k {k.shape}, '
-                     f'v {v.shape}.')
+    raise checks.ConfigError(
+        f'q and k must have one shape (..., l, d) and v the shape '
+        f'(..., l, d_v); got q {q.shape}, k {k.shape}, '
+        f'v {v.shape}.')
   if q.shape[-1] != projection.shape[-1]:
-    raise checks.ConfigError(f'projection depth {projection.shape[-1]} does not match '
-                     f'the query/key depth {q.shape[-1]}.')
+    raise checks.ConfigError(
+        f'projection depth {projection.shape[-1]} does not match '
+        f'the query/key depth {q.shape[-1]}.')
   if attention_dropout and rng is None:
     raise checks.ConfigError('attention_dropout > 0 needs an rng.')
   if not causal and initial_state is not None:
-    raise checks.ConfigError('initial_state is only meaningful with causal=True.')
+    raise checks.ConfigError(
+        'initial_state is only meaningful with causal=True.')
   if feature_maps.get_feature_map(feature_map).shared_log_scale:
     favor.check_shared_scale_state(initial_state)
   if key_mask is not None:
     try:
       key_mask = jnp.broadcast_to(key_mask, k.shape[:-1])
     except ValueError:
-      raise checks.ConfigError(f'key_mask of shape {jnp.shape(key_mask)} does not '
-                       f'broadcast to (..., l) = {k.shape[:-1]}.') from None
+      raise checks.ConfigError(
+          f'key_mask of shape {jnp.shape(key_mask)} does not '
+          f'broadcast to (..., l) = {k.shape[:-1]}.') from None
   if causal and block_size is not None:
     block_size = -(-block_size // chunk_size) * chunk_size  # whole chunks
   if block_size is None or q.shape[-2] <= block_size:

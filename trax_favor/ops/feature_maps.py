@@ -144,8 +144,9 @@ FEATURE_MAPS = {
 def get_feature_map(name):
   """Returns the registered FeatureMap, or raises ValueError naming it."""
   if name not in FEATURE_MAPS:
-    raise checks.ConfigError(f'feature_map must be one of {sorted(FEATURE_MAPS)}, '
-                     f'got {name!r}.')
+    raise checks.ConfigError(
+        f'feature_map must be one of {sorted(FEATURE_MAPS)}, '
+        f'got {name!r}.')
   return FEATURE_MAPS[name]
 
 
@@ -158,8 +159,9 @@ def feature_map(name, x, projection, numerical_stabilizer=1e-6):
   """
   get_feature_map(name)
   if x.shape[-1] != projection.shape[-1]:
-    raise checks.ConfigError(f'projection depth {projection.shape[-1]} does not match '
-                     f'the query/key depth {x.shape[-1]}.')
+    raise checks.ConfigError(
+        f'projection depth {projection.shape[-1]} does not match '
+        f'the query/key depth {x.shape[-1]}.')
   return _feature_map(name, x, projection, numerical_stabilizer)
 
 

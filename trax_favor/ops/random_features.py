@@ -40,10 +40,11 @@ def check_projection_args(n_random_features, d, projection, scaling):
   checks.check_positive_int(n_random_features=n_random_features, d=d)
   if projection not in PROJECTIONS:
     raise checks.ConfigError(f'projection must be one of {PROJECTIONS}, got '
-                     f'{projection!r}.')
+                             f'{projection!r}.')
   if scaling not in PROJECTION_SCALINGS:
-    raise checks.ConfigError(f'projection_scaling must be one of {PROJECTION_SCALINGS},'
-                     f' got {scaling!r}.')
+    raise checks.ConfigError(
+        f'projection_scaling must be one of {PROJECTION_SCALINGS},'
+        f' got {scaling!r}.')
 
 
 def _orthogonal_rows(rng, n_rows, d):
