@@ -1,6 +1,7 @@
 """Each trax-on-current-JAX fix: its user path works, and fails when undone."""
 
 import importlib
+import inspect
 import json
 import os
 import subprocess
@@ -108,6 +109,18 @@ def test_for_n_devices_replicates():
     with compat.undone('device_put_replicated'), pytest.raises(
         AttributeError):
       tl.for_n_devices(np.arange(3.0), 2)
+
+
+def test_on_cpu_uses_this_process_device():
+  from trax.layers import acceleration  # pylint: disable=g-import-not-at-top
+  placed = tl.on_cpu(np.arange(3.0))
+  assert placed.devices() == {jax.local_devices(backend='cpu')[0]}
+  assert tl.on_cpu is acceleration.on_cpu
+  if _needed('on_cpu_local_device'):
+    with compat.undone('on_cpu_local_device'):
+      assert "jax.devices('cpu')[0]" in inspect.getsource(tl.on_cpu)
+      assert tl.on_cpu is acceleration.on_cpu
+    assert "jax.devices('cpu')[0]" not in inspect.getsource(tl.on_cpu)
 
 
 @pytest.mark.slow

@@ -157,7 +157,8 @@ def test_predict_past_max_len_is_one_clear_error():
   with pytest.raises(Exception, match='6 tokens fed before and 3 in this call '
                      'exceed max_len=8'):
     model(np.zeros((1, 3), np.int32))
-  assert isinstance(model.sublayers[0], performer.PredictPositions)
+  assert isinstance(model.sublayers[3].sublayers[1],
+                    performer.PositionalEncoding)
 
 
 def test_includes_found_on_a_later_search_path_log_no_errors(

@@ -30,6 +30,9 @@ class Interrupts:
   def __init__(self, log):
     self.running = False
     self.pending = None
+    # Several processes: a signal acts after the step in which every process
+    # learned of it (distributed.GlobalStep), never before a step.
+    self.coordinated = False
     self._log = log
 
   def handle(self, signum, frame):  # pylint: disable=unused-argument

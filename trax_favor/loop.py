@@ -18,6 +18,7 @@ So an interrupted and resumed run follows the uninterrupted run's loss
 trajectory (tests/test_resume.py checks it to float tolerance).
 """
 
+import contextlib
 import inspect
 import os
 
@@ -33,6 +34,7 @@ from trax.supervised import training
 from trax_favor import checkpoint_files
 from trax_favor import checks
 from trax_favor import configs
+from trax_favor import distributed
 from trax_favor import files
 
 _TRAIN = 'trax.supervised.trainer_lib.train'
@@ -176,9 +178,11 @@ class Loop(training.Loop):
     for _, path in checkpoint_files.steps(self._output_dir):
       try:
         manifest = self._check(path)
-      except checkpoint_files.DamagedCheckpoint as e:
-        aside = checkpoint_files.set_aside(path)
-        self.fell_back_from.append(f'{e} (set aside as {aside})')
+      except (checkpoint_files.DamagedCheckpoint, OSError) as e:
+        if self.is_chief:  # the others only read
+          aside = checkpoint_files.set_aside(path)
+          e = f'{e} (set aside as {aside})'
+        self.fell_back_from.append(str(e))
         continue
       super().load_checkpoint(path, 'model')
       self._rng = jax.numpy.asarray(np.asarray(manifest['rng'], np.uint32))
@@ -207,6 +211,20 @@ class Loop(training.Loop):
       summary_writer.text('gin_config',
                           jaxboard.markdownify_operative_config_str(text))
 
+  @property
+  def trainers(self):
+    """The trax Trainer of each task (their `one_step` is the update)."""
+    return self._trainer_per_task
+
+  @contextlib.contextmanager
+  def _open_summary_writers(self):
+    """TensorBoard writers: process 0's only, in a multi-process run."""
+    if self.is_chief:
+      with super()._open_summary_writers() as writers:
+        yield writers
+    else:
+      yield [None] * len(self._tasks), [None] * len(self._eval_tasks)
+
   def rewind_to(self, step):
     """Sets the step back to the last completed one (a stop at the start of
     a step that has not read its batch or key yet)."""
@@ -227,6 +245,11 @@ def train_args():
   args = {**defaults, **bound}
   if args['model'] is gin.REQUIRED:
     raise configs.RunError('the config binds no train.model.')
+  if jax.process_count() > 1 and args['random_seed'] is None:
+    raise configs.RunError(
+        'a multi-process run needs train.random_seed: without it trax draws '
+        'different weights and FAVOR projections per process and averages '
+        'them, which destroys the projections\' orthogonality.')
   used = [name for name in _UNSUPPORTED if args[name] not in (None, False, 1)]
   if used:
     raise configs.RunError(
@@ -243,7 +266,11 @@ def build_loop(output_dir, args, callbacks=()):
   whole checkpoint if there is one."""
   n_devices = trainer_lib.num_devices() or fastmath.local_device_count()
   inputs = args['inputs']() if callable(args['inputs']) else args['inputs']
-  train_stream = CountedStream(inputs.train_stream(n_devices))
+  train_batches = inputs.train_stream(n_devices)
+  if jax.process_count() > 1:  # the same global stream, this process's rows
+    train_batches = distributed.process_rows(
+        train_batches, jax.process_count(), jax.process_index())
+  train_stream = CountedStream(train_batches)
   eval_stream = CountedStream(inputs.eval_stream(n_devices))
   train_task = training.TrainTask(
       train_stream, loss_layer=args['loss_fn'], optimizer=args['optimizer'](),

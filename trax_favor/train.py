@@ -17,6 +17,13 @@ Flags:
                  refused regardless; train.steps and eval/checkpoint timing
                  may always change)
   --verbose      on an error, the full traceback instead of one line
+
+Several processes (one per device; see trax_favor/distributed.py), each
+started with the same flags plus its id, on a shared --output_dir:
+  --coordinator_address  HOST:PORT of process 0's coordinator
+  --num_processes        how many processes
+  --process_id           this process's id, 0 .. num_processes - 1
+(or JAX's JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID).
 """
 
 import argparse
@@ -37,6 +44,12 @@ def parse_args(argv):
   parser.add_argument('--allow_config_change', action='store_true',
                       help="resume although the config's data, optimizer "
                       'or schedule changed (never the model)')
+  parser.add_argument('--coordinator_address', default=None,
+                      help='several processes: HOST:PORT of the coordinator')
+  parser.add_argument('--num_processes', type=int, default=None,
+                      help='several processes: how many')
+  parser.add_argument('--process_id', type=int, default=None,
+                      help="several processes: this one's id")
   cli.add_verbose_flag(parser)
   return parser.parse_args(argv)
 
@@ -44,10 +57,16 @@ def parse_args(argv):
 def main(argv=None):
   args = parse_args(sys.argv[1:] if argv is None else argv)
   cli.quiet_start()
-  from trax_favor import configs  # pylint: disable=g-import-not-at-top
-  from trax_favor import training  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from trax_favor import configs
+  from trax_favor import distributed
+  from trax_favor import training
+  # pylint: enable=g-import-not-at-top
 
   def run():
+    # Before anything starts the backend (importing trax does not).
+    distributed.initialize(args.coordinator_address, args.num_processes,
+                           args.process_id)
     configs.parse_config(args.config_file, args.config)
     training.train(args.output_dir, n_devices=args.n_devices,
                    log_every=args.log_every,

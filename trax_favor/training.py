@@ -40,6 +40,7 @@ from trax.supervised import callbacks as trax_callbacks
 
 from trax_favor import checkpoint_files
 from trax_favor import configs
+from trax_favor import distributed
 from trax_favor import files
 from trax_favor import interrupts as interrupts_lib
 from trax_favor import loop as loop_lib
@@ -83,8 +84,10 @@ def save_eval_history(loop, output_dir):
   """Writes the loop's eval metrics to output_dir/eval_history.json.
 
   {metric: [[step, value], ...]}; a resumed run's evals are merged into the
-  file, not written over it.
+  file, not written over it. Process 0 only, in a multi-process run.
   """
+  if not distributed.is_chief():
+    return
   history = {metric: dict(points)
              for metric, points in read_eval_history(output_dir).items()}
   for metric in loop.history.metrics_for_mode('eval'):
@@ -133,9 +136,10 @@ class _Progress(trax_callbacks.TrainingStepCallback):
     if self._n_evals is not None and n_evals != self._n_evals:
       save_eval_history(self._loop, self._output_dir)  # an eval just ran
     self._n_evals = n_evals
-    if self._interrupts.pending is not None:
+    interrupts = self._interrupts
+    if interrupts.pending is not None and not interrupts.coordinated:
       self._loop.rewind_to(step - 1)  # this step has not started
-      self._interrupts.check()
+      interrupts.check()
     if self._last is None:
       self._last = (None, step)
       self._interrupts.running = True
@@ -168,6 +172,8 @@ class _Progress(trax_callbacks.TrainingStepCallback):
     self._record(step, rate)
 
   def _record(self, step, rate):
+    if not distributed.is_chief():
+      return
     record = {'step': step, 'seconds': round(self._seconds, 3),
               'steps_per_s': rate,
               'peak_memory_bytes': memory.peak_memory_bytes()}
@@ -237,9 +243,10 @@ def train(output_dir, n_devices=None, log_every=10, allow_config_change=False,
     gin.bind_parameter('trax.supervised.trainer_lib.num_devices.value',
                        n_devices)
   os.makedirs(output_dir, exist_ok=True)
-  lock = run_dir.Lock(output_dir)
+  chief = distributed.is_chief()  # the writer of a multi-process run
+  lock = run_dir.Lock(output_dir) if chief else None
   try:
-    for path in checkpoint_files.remove_leftovers(output_dir):
+    for path in checkpoint_files.remove_leftovers(output_dir) if chief else ():
       _log(f'removed {path}, left by an interrupted write')
     _check_layout(output_dir)
     config_text = gin.config_str()
@@ -250,7 +257,8 @@ def train(output_dir, n_devices=None, log_every=10, allow_config_change=False,
     with interrupts_lib.deferred(_log) as interrupts:
       return _train(output_dir, log_every, config_text, callbacks, interrupts)
   finally:
-    lock.release()
+    if lock is not None:
+      lock.release()
 
 
 def _train(output_dir, log_every, config_text, callbacks, interrupts):
@@ -265,8 +273,11 @@ def _train(output_dir, log_every, config_text, callbacks, interrupts):
       loop = loop_lib.build_loop(
           output_dir, args,
           [functools.partial(progress, total_steps=total_steps), *callbacks])
-      # After the check: a refused run leaves the saved config as it was.
-      files.save_text(config_text, os.path.join(output_dir, run_dir.CONFIG))
+      if distributed.is_chief():
+        # After the check: a refused run leaves the saved config as it was.
+        files.save_text(config_text, os.path.join(output_dir, run_dir.CONFIG))
+      if distributed.is_multiprocess():
+        distributed.install(loop, interrupts)
       _report_resume(loop)
       _run_missed_eval(loop, output_dir)
       if loop.step < total_steps:

@@ -108,8 +108,8 @@ def test_model_bench_child_failure_is_the_error_line(in_repo):
   failed = model_bench.measure_step_repeated(
       'pg19', 'performer', ['N_RANDOM_FEATURES=0'], 1, 1, 2)['failed']
   # The exception's line, not gin's "In call to configurable" lines after it.
-  assert failed == ['ValueError: n_random_features must be a positive int, '
-                    'got 0.']
+  assert failed == ['trax_favor.checks.ConfigError: n_random_features must '
+                    'be a positive int, got 0.']
 
 
 def test_benchmark_timing_interleaves_compiled_steps():

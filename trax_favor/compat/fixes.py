@@ -145,6 +145,31 @@ def _fix_pmap_committed_inputs(patch):
   return patch(trax_jax.JAX_BACKEND, 'pmap', pmap)
 
 
+# -- trax.layers.on_cpu --------------------------------------------------------
+@patching.fix('on_cpu_local_device')
+def _fix_on_cpu(patch):
+  # Repairs tl.on_cpu (the optimizer slots of every trax Trainer, and the
+  # Loop's random key with the memory-efficient trainer): it puts arrays on
+  # jax.devices('cpu')[0], which in a multi-process job is process 0's
+  # device on every process (others then fail: "spans non-addressable
+  # devices"). This process's own CPU device is meant; in a one-process
+  # job it is the same device, so nothing changes there.
+  import jax  # pylint: disable=g-import-not-at-top
+  import trax.layers as tl  # pylint: disable=g-import-not-at-top
+  from trax import fastmath  # pylint: disable=g-import-not-at-top
+  from trax.layers import acceleration  # pylint: disable=g-import-not-at-top
+  if "jax.devices('cpu')[0]" not in inspect.getsource(acceleration.on_cpu):
+    return False
+
+  def on_cpu(x):
+    if fastmath.is_backend(fastmath.Backend.JAX):
+      return jax.device_put(x, jax.local_devices(backend='cpu')[0])
+    return x
+
+  patch(acceleration, 'on_cpu', on_cpu)
+  return patch(tl, 'on_cpu', on_cpu)  # trax calls it as tl.on_cpu
+
+
 # -- trax.supervised.trainer_lib: jax.xla_computation ------------------------
 @patching.fix('xla_computation')
 def _fix_xla_computation(patch):

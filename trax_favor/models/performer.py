@@ -4,7 +4,7 @@ The model is assembled from Trax's own parts, so it is a Reformer in every
 respect but the attention layer:
 
   tokens (b, l)
-    -> [ShiftRight if causal; PredictPositions in predict mode] -> Embedding -> Dropout -> positional encoding
+    -> [ShiftRight if causal] -> Embedding -> Dropout -> positional encoding
     -> Dup -> ReversibleSerial(n_layers x [
          ReversibleHalfResidual(LayerNorm, attention) , ReversibleSwap,
          ReversibleHalfResidual(feed-forward, chunked by ff_chunk_size),
@@ -15,8 +15,9 @@ respect but the attention layer:
 Nothing here re-implements those pieces: the blocks come from
 `tl.ReversibleHalfResidual` / `tl.ReversibleSwap` / `tl.ReversibleSerial`, the
 (chunked) feed-forward from `FeedForwardWithOptions` in trax's
-configurable_transformer, the positional encodings (including axial ones for
-images) from its `PositionalEncoder`. The attention layer is built directly
+configurable_transformer, the positional encodings (learned, or axial for
+images) are trax's as its `PositionalEncoder` builds them, plus a clear
+error when predict mode runs past their table. The attention layer is built directly
 with ReformerLM's keywords (trax's `ApplyAttentionLayer` would retry another
 signature on any TypeError, hiding errors raised inside the layer).
 With causal=True the model computes exactly what `trax.models.ReformerLM`
@@ -26,7 +27,7 @@ switch for bidirectional (masked-LM) models, and argument checks.
 """
 
 import jax
-import jax.numpy as jnp
+import numpy as np
 import trax.layers as tl
 from trax.models.research import configurable_transformer as ct
 
@@ -49,29 +50,53 @@ def _attention_types(attention_type, n_layers):
   return [types[i % len(types)] for i in range(n_layers)]
 
 
-class PredictPositions(tl.Layer):
-  """Predict mode: counts the tokens fed and refuses, with one clear error,
-  a call that would run past max_len (trax's position tables would fail
-  deep inside JAX or clamp). Takes ShiftRight's place (identity in predict
-  mode): no weights, so the weight tree is the other modes'."""
-
-  def __init__(self, max_len):
-    super().__init__(name='PredictPositions')
-    self._max_len = max_len
-
-  def init_weights_and_state(self, input_signature):
-    self.state = jnp.zeros((), jnp.int32)
+class _PredictLimit:
+  """Mixin for trax's position tables: in predict mode a call that would run
+  past the table (max_len positions) is refused with one clear error (trax
+  would fail deep inside JAX, or clamp and give later tokens the last
+  position). Weights and state are trax's, so checkpoints and the other
+  modes are unchanged."""
 
   def forward(self, x):
     fed = self.state
-    if not isinstance(fed, jax.core.Tracer) and (
-        int(fed) + x.shape[1] > self._max_len):
-      raise checks.ConfigError(
-          f'predict mode: {int(fed)} tokens fed before and {x.shape[1]} in '
-          f'this call exceed max_len={self._max_len}; start a new sequence '
-          '(a fresh model state) or build the model with a larger max_len.')
-    self.state = fed + x.shape[1]
-    return x
+    if self._mode == 'predict' and not isinstance(fed, jax.core.Tracer):
+      if int(fed) + x.shape[1] > self._table_size:
+        raise checks.ConfigError(
+            f'predict mode: {int(fed)} tokens fed before and {x.shape[1]} '
+            f'in this call exceed max_len={self._table_size}; start a new '
+            'sequence (a fresh model state) or build the model with a '
+            'larger max_len.')
+    return super().forward(x)
+
+
+class PositionalEncoding(_PredictLimit, tl.PositionalEncoding):
+  """trax's learned positions, with the predict-mode limit."""
+
+  def __init__(self, max_len, dropout, mode):
+    super().__init__(max_len=max_len, dropout=dropout, mode=mode)
+    self._name = 'PositionalEncoding'
+    self._table_size = max_len
+
+
+class AxialPositionalEncoding(_PredictLimit, tl.AxialPositionalEncoding):
+  """trax's axial positions (images), with the predict-mode limit."""
+
+  def __init__(self, shape, d_embs, dropout, mode):
+    super().__init__(shape=shape, d_embs=d_embs, dropout=dropout, mode=mode,
+                     dropout_broadcast_dims=tuple(range(1, len(shape) + 1)))
+    self._name = 'AxialPositionalEncoding'
+    self._table_size = int(np.prod(shape))
+
+
+@tl.assert_shape('...d->...d')  # as trax's PositionalEncoder: same weight tree
+def _positional_encoder(max_len, dropout, mode, pos_type, pos_axial_shape,
+                        pos_d_axial_embs):
+  """trax's positional encodings as its PositionalEncoder builds them for
+  pos_type None and 'axial', with the predict-mode limit."""
+  if pos_type == 'axial':
+    return AxialPositionalEncoding(pos_axial_shape, pos_d_axial_embs,
+                                   dropout, mode)
+  return PositionalEncoding(max_len, dropout, mode)
 
 
 def _check_axial(pos_axial_shape, pos_d_axial_embs, d_model, max_len):
@@ -193,13 +218,11 @@ def PerformerLM(vocab_size,
                      ff_activation=ff_activation, ff_chunk_size=ff_chunk_size,
                      mode=mode)
       for layer_attention in _attention_types(attention_type, n_layers)]
-  positional_encoding = ct.PositionalEncoder(
-      mode=mode, dropout=dropout, max_len=max_len, pos_type=pos_type,
-      pos_axial_shape=tuple(pos_axial_shape),
-      pos_d_axial_embs=pos_d_axial_embs)
+  positional_encoding = _positional_encoder(
+      max_len, dropout, mode, pos_type, tuple(pos_axial_shape),
+      tuple(pos_d_axial_embs or ()))
   return tl.Serial(
-      PredictPositions(max_len) if mode == 'predict' else (
-          tl.ShiftRight(mode=mode) if causal else []),
+      tl.ShiftRight(mode=mode) if causal else [],
       tl.Embedding(vocab_size, d_model),
       tl.Dropout(rate=dropout, shared_axes=[-2], mode=mode),
       positional_encoding,

@@ -1,0 +1,104 @@
+"""Two processes x one CPU device on JAX's distributed runtime (127.0.0.1):
+they stay bit-identical at every step, equal the one-process run with the
+same global batch, write one set of files, and resume together."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from trax_favor import checkpoint_files
+from trax_favor import training
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHILD = os.path.join(REPO, 'tests', 'distributed_child.py')
+TIMEOUT = 300  # seconds per phase; a hang fails the test, not CI
+
+
+def _free_port():
+  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def _start(args, log):
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=REPO)
+  env.pop('XLA_FLAGS', None)  # one device per process
+  return subprocess.Popen([sys.executable, CHILD, *map(str, args)],
+                          stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def _wait_all(processes, logs):
+  """Waits for every child; on a timeout kills them all (by handle)."""
+  try:
+    for process in processes:
+      process.wait(timeout=TIMEOUT)
+  finally:
+    for process in processes:
+      if process.poll() is None:
+        process.kill()
+        process.wait()
+  for process, log in zip(processes, logs):
+    assert process.returncode == 0, log.read_text()[-3000:]
+
+
+def _pair(tmp_path, name, steps, run_dir, dumps):
+  coordinator = f'127.0.0.1:{_free_port()}'
+  logs = [tmp_path / f'{name}{i}.log' for i in range(2)]
+  processes = [_start([run_dir, dumps, steps, coordinator, 2, i],
+                      open(log, 'w')) for i, log in enumerate(logs)]
+  return processes, logs
+
+
+def _weights(dumps, process, step):
+  return np.load(dumps / f'p{process}_step{step}.npy')
+
+
+@pytest.fixture(name='runs', scope='module')
+def fixture_runs(tmp_path_factory):
+  """(pair dumps, reference dumps, pair run dir): the pair trains 3 steps
+  and resumes to 5; the reference trains 5 steps in one process."""
+  tmp = tmp_path_factory.mktemp('distributed')
+  pair, reference, run_dir = tmp / 'pair', tmp / 'reference', tmp / 'run'
+  pair.mkdir()
+  reference.mkdir()
+  processes, logs = _pair(tmp, 'first', 3, run_dir, pair)
+  ref_log = tmp / 'reference.log'
+  processes.append(_start([tmp / 'ref_run', reference, 5], open(ref_log, 'w')))
+  _wait_all(processes, logs + [ref_log])
+  processes, logs = _pair(tmp, 'resumed', 5, run_dir, pair)
+  _wait_all(processes, logs)
+  return pair, reference, run_dir, logs
+
+
+def test_processes_stay_bit_identical_and_equal_one_process(runs):
+  pair, reference, _, _ = runs
+  for step in range(1, 6):
+    np.testing.assert_array_equal(_weights(pair, 0, step),
+                                  _weights(pair, 1, step))
+    np.testing.assert_allclose(_weights(pair, 0, step),
+                               _weights(reference, 0, step), rtol=1e-5,
+                               atol=1e-5)
+  losses = {name: json.loads((d / f'p0_losses_5.json').read_text())
+            for name, d in (('pair', pair), ('reference', reference))}
+  assert [s for s, _ in losses['pair']] == [1, 2, 3, 4, 5]
+  np.testing.assert_allclose([v for _, v in losses['pair']],
+                             [v for _, v in losses['reference']], rtol=1e-5)
+  assert losses['pair'] == json.loads((pair / 'p1_losses_5.json').read_text())
+
+
+def test_one_process_writes_and_both_resume_from_it(runs):
+  _, _, run_dir, resumed_logs = runs
+  assert [s for s, _ in checkpoint_files.steps(run_dir)] == [5, 3]
+  steps = [r['step'] for r in training.read_progress(str(run_dir))]
+  assert steps == [1, 2, 3, 4, 5]  # one writer: no step recorded twice
+  lines = open(run_dir / 'progress.jsonl').read().splitlines()
+  assert len(lines) == 5
+  evals = training.read_eval_history(str(run_dir))['loss']
+  assert [s for s, _ in evals] == [1, 2, 3, 4, 5]
+  for log in resumed_logs:  # each process resumed from process 0's files
+    assert 'step_00000003' in log.read_text()
