@@ -24,6 +24,7 @@ _EXPORTS = {
     'FavorSelfAttention': 'trax_favor.layers',
     'favor_layers': 'trax_favor.layers',
     'load_projections': 'trax_favor.layers',
+    'load_weights': 'trax_favor.layers',
     'transfer_projections': 'trax_favor.layers',
     'PerformerLM': 'trax_favor.models',
     'compiler_options': 'trax_favor.xla_cpu',

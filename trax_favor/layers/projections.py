@@ -7,11 +7,16 @@ only, needs it copied:
 
   transfer_projections(trained, model)   from a model in memory
   load_projections(model, file_name)     from a trax checkpoint file
+
+and `load_weights(model, file_name)` loads a checkpoint's weights into a
+model that has more (new layer options' weights keep their init values).
 """
 
 import gzip
+import io
 import pickle
 
+import jax
 import numpy as np
 
 from trax_favor import checks
@@ -87,3 +92,44 @@ def load_projections(model, file_name):
         'saved from a model of this config?')
   for layer, projection in zip(layers, projections):
     _set_projection(layer, projection)
+
+
+def load_weights(model, file_name):
+  """Loads a trax checkpoint's weights into `model`, which may have weights
+  the checkpoint lacks: new FavorSelfAttention options (the relative
+  position bias, a learned temperature) keep their initial values, so a
+  model trained without them continues with them and starts out equal.
+
+  The model's weights are walked in tree order; each takes the file's next
+  weight where the shapes agree, and keeps its own otherwise. Every weight
+  of the file must be used.
+
+  Args:
+    model: an initialized trax model.
+    file_name: `model.pkl.gz` of a checkpoint, or `Layer.save_to_file`'s.
+
+  Raises:
+    ValueError: some of the file's weights found no place in the model.
+  """
+  with gzip.open(file_name, 'rb') as f:
+    saved = pickle.load(f)['flat_weights']
+  if isinstance(saved, int):  # trax's Loop keeps them beside the pickle
+    with gzip.open(file_name.replace('.pkl.gz', '.weights.npy.gz'), 'rb') as f:
+      data = f.read()
+    stream, saved = io.BytesIO(data), []
+    while stream.tell() < len(data):
+      saved.append(np.load(stream, allow_pickle=False))
+  leaves, tree = jax.tree_util.tree_flatten(model.weights)
+  taken, merged = 0, []
+  for leaf in leaves:
+    if taken < len(saved) and np.shape(saved[taken]) == np.shape(leaf):
+      merged.append(jax.numpy.asarray(saved[taken], leaf.dtype))
+      taken += 1
+    else:
+      merged.append(leaf)
+  if taken != len(saved):
+    raise checks.ConfigError(
+        f'{file_name}: {len(saved) - taken} of its {len(saved)} weights '
+        f'found no place in the model (the first: shape '
+        f'{np.shape(saved[taken])}); was it saved from this architecture?')
+  model.weights = jax.tree_util.tree_unflatten(tree, merged)

@@ -32,6 +32,7 @@ from trax_favor import checks
 from trax_favor.ops import attention
 from trax_favor.ops import favor
 from trax_favor.ops import feature_maps
+from trax_favor.layers import relative
 from trax_favor.ops import random_features
 
 REDRAW_POLICIES = ('fixed', 'step')
@@ -81,7 +82,9 @@ class FavorSelfAttention(base.Layer):
                attention_dropout=0.0, mode='train', n_random_features=256,
                feature_map='softmax', projection='orthogonal',
                projection_scaling='norm', redraw='fixed',
-               numerical_stabilizer=None, chunk_size=None, block_size=512):
+               numerical_stabilizer=None, chunk_size=None, block_size=512,
+               relative_position=None, max_relative_distance=128,
+               qk_normalization=None):
     """Builds the layer.
 
     Args:
@@ -118,6 +121,14 @@ class FavorSelfAttention(base.Layer):
         whose features are recomputed in the backward pass, so no (length,
         n_random_features) tensor is ever stored (see ops/attention.py);
         None computes features at full length (more memory, no recompute).
+      relative_position: None, or 'fft': a learned relative positional bias
+        per head, attention by FFT in O(L log L) (see layers/relative.py;
+        not in predict mode).
+      max_relative_distance: relative_position only: distances are clipped
+        at this many tokens, each side.
+      qk_normalization: None, 'fixed' or 'learned': queries and keys at unit
+        L2 norm times a temperature (see layers/relative.py); needed by
+        causal relative positions.
     """
     super().__init__(n_in=(2 if masked else 1), n_out=1)
     checks.check_positive_int(n_heads=n_heads, d_qk=d_qk, d_v=d_v)
@@ -157,6 +168,12 @@ class FavorSelfAttention(base.Layer):
           f'{numerical_stabilizer!r}.')
     random_features.check_projection_args(n_random_features, d_qk, projection,
                                           projection_scaling)
+    relative.check_options(relative_position, qk_normalization,
+                           max_relative_distance, causal, mode,
+                           attention_dropout)
+    self._relative_position = relative_position
+    self._max_relative_distance = max_relative_distance
+    self._qk_normalization = qk_normalization
     self._n_heads, self._d_qk, self._d_v = n_heads, d_qk, d_v
     self._share_qk, self._causal, self._masked = share_qk, causal, masked
     self._mode = mode
@@ -212,7 +229,10 @@ class FavorSelfAttention(base.Layer):
       return (w_q, self._kernel_init(rng_k, (d_model, self._d_qk)), w_v, w_o)
 
     head_rngs = jax.random.split(self.rng, self._n_heads)
-    self.weights = jax.vmap(head_weights)(head_rngs)  # each (h, ...)
+    self.weights = jax.vmap(head_weights)(head_rngs) + relative.extra_weights(
+        self._relative_position, self._qk_normalization,
+        self._max_relative_distance, self._causal, self._n_heads,
+        self._d_qk)  # each (h, ...): projections, then the options' weights
     projection = self.draw_projection(jax.random.fold_in(self.rng, 1))
     if self._mode == 'predict':
       m_out = self._n_random_features * self._feature_map.features_per_row
@@ -278,11 +298,13 @@ class FavorSelfAttention(base.Layer):
 
   def forward(self, inputs):
     x, mask = self._split(inputs)
+    n_projections = 3 if self._share_qk else 4
     if self._share_qk:
-      w_q, w_v, w_o = self.weights
+      w_q, w_v, w_o = self.weights[:3]
       w_k = None
     else:
-      w_q, w_k, w_v, w_o = self.weights
+      w_q, w_k, w_v, w_o = self.weights[:4]
+    extra = list(self.weights[n_projections:])  # [bias], [log temperature]
     if x.ndim != 3 or x.shape[-1] != w_q.shape[1]:
       raise checks.ConfigError(
           f'FavorSelfAttention with d_model={w_q.shape[1]} '
@@ -302,6 +324,12 @@ class FavorSelfAttention(base.Layer):
     else:
       k = jnp.einsum('bld,hdk->bhlk', x, w_k)  # (b, h, l, d_qk)
     v = jnp.einsum('bld,hdv->bhlv', x, w_v)  # (b, h, l, d_v)
+    bias = extra.pop(0) if self._relative_position else None
+    t = None
+    if self._qk_normalization:
+      t = relative.temperature(self._qk_normalization,
+                               extra.pop(0) if extra else None, self._d_qk)
+      q, k = relative.normalize(q, t), relative.normalize(k, t)
 
     if self._mode == 'predict':
       projection, decode_state = self.state
@@ -316,7 +344,12 @@ class FavorSelfAttention(base.Layer):
           f'{(self._n_random_features, self._d_qk)}.')
 
     key_mask = None if mask is None else mask[:, None, :].astype(jnp.bool_)
-    o = self.attend(q, k, v, projection, decode_state, key_mask, rng_attn)
+    if bias is not None:
+      o = relative.attend(q, k, v, projection, bias, t, key_mask,
+                          self._feature_map_name, self._numerical_stabilizer,
+                          self._causal, self._max_relative_distance)
+    else:
+      o = self.attend(q, k, v, projection, decode_state, key_mask, rng_attn)
     out = jnp.einsum('bhlv,hvd->bld', o, w_o)  # (b, l, d_model)
     if self._output_dropout:
       out = _output_dropout(rng_out, out, self._output_dropout)

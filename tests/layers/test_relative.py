@@ -1,0 +1,116 @@
+"""FavorSelfAttention(relative_position='fft', qk_normalization=...): starts
+as plain FAVOR+, loads a plain model's weights, refuses what it cannot do,
+and trains through the reversible stack with exact gradients."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import trax_favor
+from trax import layers as tl
+from trax import shapes
+from trax.layers import reversible
+
+X = np.random.default_rng(0).standard_normal((2, 37, 16)).astype(np.float32)
+TOL = 2e-5  # float32 FFT against plain FAVOR+
+
+
+def _layer(**kwargs):
+  kwargs = dict(dict(n_heads=2, d_qk=8, d_v=8, n_random_features=32,
+                     mode='eval'), **kwargs)
+  layer = trax_favor.FavorSelfAttention(**kwargs)
+  layer.init(shapes.signature(X), rng=jax.random.PRNGKey(0))
+  return layer
+
+
+@pytest.mark.parametrize('causal,norm', [(False, None), (False, 'learned'),
+                                         (True, 'fixed'), (True, 'learned')])
+def test_at_bias_zero_the_layer_is_plain_favor(causal, norm):
+  plain = _layer(causal=causal, qk_normalization=norm)
+  relative = _layer(causal=causal, qk_normalization=norm,
+                    relative_position='fft', max_relative_distance=8)
+  assert len(relative.weights) == len(plain.weights) + 1  # the bias
+  bias = relative.weights[4]
+  assert bias.shape == (2, 9 if causal else 17) and not np.any(bias)
+  np.testing.assert_allclose(relative(X), plain(X), rtol=TOL, atol=TOL)
+  relative.weights = relative.weights[:4] + (bias + 0.5 * jnp.arange(
+      bias.shape[-1]),) + relative.weights[5:]
+  assert not np.allclose(relative(X), plain(X), atol=1e-3)  # bias acts
+
+
+def test_a_plain_models_weights_load_into_the_relative_model(tmp_path):
+  model = lambda **kw: tl.Serial(tl.Dense(16), trax_favor.FavorSelfAttention(
+      n_heads=2, d_qk=8, d_v=8, n_random_features=32, mode='eval', **kw))
+  plain = model()
+  plain.init(shapes.signature(X), rng=jax.random.PRNGKey(1))
+  path = str(tmp_path / 'plain.pkl.gz')
+  plain.save_to_file(path, weights_only=False,
+                     input_signature=shapes.signature(X))
+  relative = model(relative_position='fft', max_relative_distance=8)
+  relative.init(shapes.signature(X), rng=jax.random.PRNGKey(2))
+  with pytest.raises(IndexError):  # trax's loader needs the same weights
+    relative.init_from_file(path, weights_only=True)
+  trax_favor.load_weights(relative, path)
+  trax_favor.load_projections(relative, path)
+  assert not np.any(relative.weights[1][4])  # the new bias: 0
+  np.testing.assert_allclose(relative(X), plain(X), rtol=TOL, atol=TOL)
+
+
+@pytest.mark.parametrize('kwargs,message', [
+    (dict(relative_position='fft', causal=True), 'needs qk_normalization'),
+    (dict(relative_position='fft', causal=True, qk_normalization='fixed',
+          mode='predict'), 'no O[(]1[)] decoding state'),
+    (dict(relative_position='t5'), 'relative_position must be one of'),
+    (dict(qk_normalization='yes'), 'qk_normalization must be one of'),
+    (dict(relative_position='fft', max_relative_distance=0),
+     'max_relative_distance must be a positive int'),
+])
+def test_what_cannot_work_is_one_clear_error(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    trax_favor.FavorSelfAttention(**kwargs)
+
+
+def _model(causal, mode='train'):
+  attention = functools.partial(
+      trax_favor.FavorSelfAttention, n_random_features=16,
+      relative_position='fft', max_relative_distance=6,
+      qk_normalization='learned', chunk_size=8 if causal else None)
+  return trax_favor.PerformerLM(16, d_model=16, d_ff=32, d_qk=8, d_v=8,
+                                n_layers=2, n_heads=2, max_len=64,
+                                causal=causal, mode=mode, dropout=0.0,
+                                attention_type=attention)
+
+
+@pytest.mark.parametrize('causal', [False, True], ids=['bidir', 'causal'])
+def test_reversible_gradients_equal_plain_autodiff(causal, monkeypatch):
+  x = np.random.default_rng(3).integers(0, 16, (2, 24)).astype(np.int32)
+  model = _model(causal)
+  model.init(shapes.signature(x), rng=jax.random.PRNGKey(2))
+  weights = jax.tree.map(lambda w: w + 0.01 * jnp.ones_like(w), model.weights)
+  cot = np.random.default_rng(4).standard_normal((2, 24, 16)).astype(
+      np.float32)
+
+  def loss(w):
+    out, _ = model.pure_fn(x, w, model.state, jax.random.PRNGKey(5))
+    return jnp.sum(out * cot)
+  g_reversible = jax.jit(jax.grad(loss))(weights)
+  monkeypatch.setattr(reversible.ReversibleLayer, 'has_backward',
+                      property(lambda self: False))
+  g_plain = jax.jit(jax.grad(loss))(weights)
+  for a, b in zip(jax.tree.leaves(g_reversible), jax.tree.leaves(g_plain)):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)  # FFT roundoff
+  biases = [g for g in jax.tree.leaves(g_plain) if g.shape == (2, 7 if causal
+                                                              else 13)]
+  assert biases and all(float(jnp.max(jnp.abs(g))) > 0 for g in biases)
+
+
+def test_causal_model_outputs_ignore_later_tokens():
+  x = np.random.default_rng(6).integers(0, 16, (2, 24)).astype(np.int32)
+  model = _model(True, mode='eval')
+  model.init(shapes.signature(x), rng=jax.random.PRNGKey(7))
+  y = x.copy()
+  y[:, 15:] = (y[:, 15:] + 1) % 16
+  gap = np.abs(np.asarray(model(x)) - np.asarray(model(y)))
+  assert gap[:, :15].max() < 1e-4 and gap[:, 15:].max() > 1e-3

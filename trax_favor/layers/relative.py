@@ -1,0 +1,105 @@
+"""FavorSelfAttention's relative positions (by FFT) and query/key L2
+normalization: the options, their weights and their attention path.
+
+  relative_position='fft'   a learned bias per head over relative distances
+      d = j - i clipped at +-max_relative_distance (as T5 clips; the table
+      has 2 D + 1 entries, D + 1 when causal), weight (n_heads, table),
+      initialized to 0 so the layer starts as plain FAVOR+; attention by
+      `ops.rpe` in O(L log L). Extra cost: the FFT of the (L, m, d_v + 1)
+      key-value tensor per head, and that tensor's memory. No O(1) decoding
+      state exists (each query weighs the whole past by distance), so
+      predict mode is refused.
+  qk_normalization='fixed' | 'learned'   queries and keys scaled to unit L2
+      norm, times a temperature t (the softmax logit is t cos(q, k)):
+      t = sqrt(d_qk) fixed, or learned per head (weight (n_heads,), as
+      log t, initialized to log sqrt(d_qk)). It bounds every key's feature
+      log-scale by max_r |w_r| sqrt(t), which causal relative positions use
+      as their reference (it does not depend on future keys); causal
+      relative positions therefore need it.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from trax_favor import checks
+from trax_favor.ops import feature_maps
+from trax_favor.ops import rpe
+
+RELATIVE_POSITIONS = (None, 'fft')
+QK_NORMALIZATIONS = (None, 'fixed', 'learned')
+
+
+def check_options(relative_position, qk_normalization, max_relative_distance,
+                  causal, mode, attention_dropout):
+  """One ConfigError for an option, or a combination, that cannot work."""
+  if relative_position not in RELATIVE_POSITIONS:
+    raise checks.ConfigError(f'relative_position must be one of '
+                             f'{RELATIVE_POSITIONS}, got {relative_position!r}.')
+  if qk_normalization not in QK_NORMALIZATIONS:
+    raise checks.ConfigError(f'qk_normalization must be one of '
+                             f'{QK_NORMALIZATIONS}, got {qk_normalization!r}.')
+  checks.check_positive_int(max_relative_distance=max_relative_distance)
+  if relative_position is None:
+    return
+  if mode == 'predict':
+    raise checks.ConfigError(
+        "relative_position='fft' has no O(1) decoding state (each query "
+        'weighs the whole past by its distance), so predict mode is not '
+        'offered; decode with the full-sequence model, or train without it.')
+  if causal and qk_normalization is None:
+    raise checks.ConfigError(
+        "causal relative_position='fft' needs qk_normalization ('fixed' or "
+        "'learned'): it bounds the keys' feature scales without looking at "
+        'future keys.')
+  if attention_dropout:
+    raise checks.ConfigError(
+        "attention_dropout is not supported with relative_position='fft'.")
+
+
+def extra_weights(relative_position, qk_normalization, max_relative_distance,
+                  causal, n_heads, d_qk):
+  """The weights the options add, after the projections: (bias?, log_t?)."""
+  extra = []
+  if relative_position == 'fft':
+    table = max_relative_distance + 1 if causal else 2 * max_relative_distance + 1
+    extra.append(jnp.zeros((n_heads, table), jnp.float32))
+  if qk_normalization == 'learned':
+    extra.append(jnp.full((n_heads,), 0.5 * jnp.log(float(d_qk)), jnp.float32))
+  return tuple(extra)
+
+
+def temperature(qk_normalization, log_t, d_qk):
+  """t per head (h,) or a scalar."""
+  if qk_normalization == 'learned':
+    return jnp.exp(log_t)
+  return jnp.sqrt(jnp.float32(d_qk))
+
+
+def normalize(x, t):
+  """x (b, h, l, d) at L2 norm sqrt(t) d^(1/4): the feature maps divide by
+  d^(1/4), so q.k / sqrt(d) becomes t cos(q, k)."""
+  d = x.shape[-1]
+  t = jnp.reshape(t, (-1, 1, 1)) if jnp.ndim(t) else t
+  norm = jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32)), -1,
+                          keepdims=True) + 1e-12)
+  return (x / norm * jnp.sqrt(t) * float(d) ** 0.25).astype(x.dtype)
+
+
+def attend(q, k, v, projection, bias, t, key_mask, feature_map_name, eps,
+           causal, max_relative_distance):
+  """Relative-position FAVOR: q, k (b, h, l, d_qk), v (b, h, l, d_v)."""
+  fmap = feature_maps.get_feature_map(feature_map_name)
+  q_feat, _ = feature_maps.feature_map(feature_map_name, q, projection, eps)
+  k_feat, k_log_scale = feature_maps.feature_map(feature_map_name, k,
+                                                 projection, eps)
+  if fmap.shared_log_scale:
+    k_log_scale = None
+  log_ref = None
+  if t is not None and k_log_scale is not None:
+    # |k d^(-1/4)| = sqrt(t): every logit w_r . k is at most |w_r| sqrt(t),
+    # and the other log-scale terms are <= 0.
+    w_max = jnp.max(jnp.linalg.norm(projection.astype(jnp.float32), axis=-1))
+    log_ref = jnp.reshape(w_max * jnp.sqrt(t), (-1, 1))  # (h or 1, 1)
+  c = rpe.bias_weights(bias, q.shape[-2], max_relative_distance, causal)
+  return rpe.rpe_favor(q_feat, k_feat, k_log_scale, v, c[None],
+                       key_mask=key_mask, causal=causal, log_ref=log_ref)
