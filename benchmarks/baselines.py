@@ -4,13 +4,19 @@ IdentityAttention: FavorSelfAttention with the attention core replaced by
 o = v, the lower bound that the Performer paper plots as its "X" line.
 Registered with gin as `benchmarks.IdentityAttention` when this module is
 imported (benchmarks/identity.gin does).
+
+ExactRelativeAttention: exact softmax attention with FavorSelfAttention's
+relative positional bias (same table, same clipping), the quality baseline
+of relative positions (experiments/rpe_quality.py, benchmarks/exact_rpe.gin).
 """
 
 import gin
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from trax_favor.layers import FavorSelfAttention
+from trax_favor.ops import rpe
 
 
 class IdentityAttention(FavorSelfAttention):
@@ -49,4 +55,40 @@ class IdentityAttention(FavorSelfAttention):
 
 
 gin.external_configurable(IdentityAttention, module='benchmarks',
+                          denylist=['mode'])
+
+
+class ExactRelativeAttention(FavorSelfAttention):
+  """Softmax attention, logits q.k / sqrt(d) plus the relative bias b_{j-i}
+  (FavorSelfAttention's table and clipping; no query/key normalization):
+  an (l, l) matrix, for quality comparisons at short lengths."""
+
+  def __init__(self, n_heads=2, d_qk=64, d_v=64, share_qk=False,
+               causal=False, masked=False, output_dropout=0.0,
+               attention_dropout=0.0, mode='train', n_random_features=256,
+               max_relative_distance=128):
+    if mode == 'predict' or masked or attention_dropout:
+      raise ValueError('ExactRelativeAttention: no predict mode, mask or '
+                       'attention dropout.')
+    super().__init__(n_heads=n_heads, d_qk=d_qk, d_v=d_v, share_qk=share_qk,
+                     causal=causal, output_dropout=output_dropout, mode=mode,
+                     n_random_features=n_random_features,
+                     max_relative_distance=max_relative_distance)
+    self._relative_position = 'fft'  # the bias weight, attended exactly
+
+  def attend_relative(self, q, k, v, projection, bias, t, key_mask):
+    del projection, t, key_mask
+    length = q.shape[-2]
+    i = jnp.arange(length)
+    index = rpe.clipped_distances(length, self._max_relative_distance,
+                                  self._causal)[i[None, :] - i[:, None]
+                                                + length - 1]  # (l, l)
+    logits = jnp.einsum('bhid,bhjd->bhij', q, k) / np.sqrt(q.shape[-1])
+    logits = logits + bias[:, index][None]  # (b, h, l, l)
+    if self._causal:
+      logits = jnp.where(i[None, :] <= i[:, None], logits, -jnp.inf)
+    return jnp.einsum('bhij,bhjv->bhiv', jax.nn.softmax(logits, -1), v)
+
+
+gin.external_configurable(ExactRelativeAttention, module='benchmarks',
                           denylist=['mode'])

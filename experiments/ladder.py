@@ -93,11 +93,11 @@ def _schedule(bindings, config_file):
           configs.configured_value('train.eval_frequency'))
 
 
-def _train_rung(config_file, bindings, rung_dir, log_every, name):
-  """Runs the training CLI for one rung, echoing its progress lines."""
+def train_cli(config_files, bindings, rung_dir, name, log_every=10):
+  """Runs the training CLI for one run, echoing its progress lines."""
   command = ([sys.executable, '-u', '-m', 'trax_favor.train',
-              f'--config_file={config_file}', f'--output_dir={rung_dir}',
-              f'--log_every={log_every}'] +
+              *[f'--config_file={c}' for c in config_files],
+              f'--output_dir={rung_dir}', f'--log_every={log_every}'] +
              [f'--config={b}' for b in bindings])
   process = subprocess.Popen(command, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
@@ -171,7 +171,8 @@ def run_ladder(preset, work_dir, out, extra_bindings=(), stop_after=None):
       continue
     else:
       start = time.time()
-      _train_rung(config_file, rung_bindings, rung_dir, eval_frequency, name)
+      train_cli([config_file], rung_bindings, rung_dir, name,
+                log_every=eval_frequency)
       trained += 1
       print(f'[{name}] trained in {time.time() - start:.0f}s', flush=True)
     record['rungs'][name] = dict(collect(rung_dir), config=config_file,

@@ -345,9 +345,7 @@ class FavorSelfAttention(base.Layer):
 
     key_mask = None if mask is None else mask[:, None, :].astype(jnp.bool_)
     if bias is not None:
-      o = relative.attend(q, k, v, projection, bias, t, key_mask,
-                          self._feature_map_name, self._numerical_stabilizer,
-                          self._causal, self._max_relative_distance)
+      o = self.attend_relative(q, k, v, projection, bias, t, key_mask)
     else:
       o = self.attend(q, k, v, projection, decode_state, key_mask, rng_attn)
     out = jnp.einsum('bhlv,hvd->bld', o, w_o)  # (b, l, d_model)
@@ -371,6 +369,12 @@ class FavorSelfAttention(base.Layer):
     if self._mode == 'predict':
       self.state = (projection, tuple(final))
     return o
+
+  def attend_relative(self, q, k, v, projection, bias, t, key_mask):
+    """The core with relative positions (see layers/relative.py)."""
+    return relative.attend(q, k, v, projection, bias, t, key_mask,
+                           self._feature_map_name, self._numerical_stabilizer,
+                           self._causal, self._max_relative_distance)
 
   def _checked_decode_state(self, decode_state, batch):
     state = favor.KeySums(*decode_state)
