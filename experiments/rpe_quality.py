@@ -39,7 +39,7 @@ VARIANTS = {
 }
 
 
-def _train(name, variant, steps, work_dir, bindings):
+def _train(name, variant, steps, work_dir, bindings, extra=()):
   """Trains one run (skipped if finished) and returns its eval history."""
   config_files, variant_bindings = VARIANTS[variant]
   run_dir = os.path.join(work_dir, name)
@@ -48,7 +48,7 @@ def _train(name, variant, steps, work_dir, bindings):
     configs_arg = [harness.repo_path(c) for c in config_files]
     ladder.train_cli(configs_arg, variant_bindings + [
         f'STEPS={steps}', f'train.eval_frequency={EVAL_EVERY}'] + list(
-            bindings), run_dir, name)
+            extra) + list(bindings), run_dir, name)
   return training.read_eval_history(run_dir)['bits_per_dim']
 
 
@@ -56,7 +56,8 @@ def run(args):
   record = {'machine': harness.machine_info(), 'config': vars(args),
             'quality': {}, 'stability': {}}
   for variant in VARIANTS:
-    bits = _train(variant, variant, args.steps, args.work_dir, [])
+    bits = _train(variant, variant, args.steps, args.work_dir, [],
+                  args.config)
     record['quality'][variant] = {'last': bits[-1][1],
                                   'best': min(v for _, v in bits),
                                   'curve': bits}
@@ -66,7 +67,8 @@ def run(args):
     runs = {}
     for rate in rates:
       bits = _train(f'{variant}_lr{rate:g}', variant, args.sweep_steps,
-                    args.work_dir, [f'multifactor.constant={rate}'])
+                    args.work_dir, [f'multifactor.constant={rate}'],
+                    args.config)
       last = bits[-1][1]
       runs[f'{rate:g}'] = {'last': last, 'diverged': not math.isfinite(last)
                                                      or last > args.diverged_above}
@@ -98,6 +100,8 @@ def main(argv=None):
   parser.add_argument('--sweep_steps', type=int, default=60)
   parser.add_argument('--learning_rates', type=harness.comma_list_arg(float),
                       default='0.003,0.01,0.03')
+  parser.add_argument('--config', action='append', default=[],
+                      help='extra gin binding for every run (repeatable)')
   parser.add_argument('--diverged_above', type=float, default=6.0,
                       help='bits/dim: a run ending above this diverged '
                       '(8 is chance for bytes)')

@@ -3,7 +3,9 @@ timing helpers, records that resume only with the same settings, the
 attention and XLA-option benchmarks end to end."""
 
 import argparse
+import json
 import math
+import os
 import subprocess
 
 import jax
@@ -12,7 +14,9 @@ import pytest
 
 import gin_helpers
 from benchmarks import attention as attention_bench
+from benchmarks import distributed as distributed_bench
 from benchmarks import model_bench
+from benchmarks import rpe as rpe_bench
 from benchmarks import harness
 from benchmarks import xla_cpu_flag
 from trax_favor import memory
@@ -247,3 +251,35 @@ def test_benchmark_list_options_are_checked_by_argparse(capsys):
     parser.parse_args(['--lengths=64,4k'])
   assert ("argument --lengths: invalid comma-separated int value: '64,4k'"
           in capsys.readouterr().err)
+
+
+def test_rpe_benchmark_writes_times_memory_and_growth(tmp_path, in_repo):
+  del in_repo
+  out = str(tmp_path / 'rpe')
+  rpe_bench.main([f'--out={out}', '--lengths=32,64', '--exact_max_len=32',
+                      '--rounds=1', '--d=8', '--m=8',
+                      '--max_relative_distance=4'])
+  with open(out + '.json') as f:
+    record = json.load(f)
+  assert set(record['lengths']['32']) == {
+      'rpe_bidir', 'rpe_causal', 'favor_bidir', 'favor_causal', 'exact_bidir',
+      'exact_causal'}
+  assert 'exact_bidir' not in record['lengths']['64']
+  assert all(v['seconds'] > 0 and v['peak_bytes'] > 0
+             for v in record['lengths']['64'].values())
+  assert os.path.exists(out + '.png')
+
+
+@pytest.mark.slow
+def test_distributed_benchmark_runs_one_and_two_processes(tmp_path, in_repo):
+  del in_repo
+  out = str(tmp_path / 'dist')
+  distributed_bench.main([
+      f'--out={out}', '--steps=6', '--rounds=1',
+      '--bindings=D_MODEL=16,SEQUENCE_LENGTH=32,N_LAYERS=1,BATCH_SIZE=4,'
+      'N_RANDOM_FEATURES=8,train.eval_frequency=100,train.eval_steps=1'])
+  with open(out + '.json') as f:
+    record = json.load(f)
+  rates = record['runs'][0]['steps_per_s']
+  assert set(rates) == {'1', '2'} and all(r > 0 for r in rates.values())
+  assert record['ratio_median'] == pytest.approx(rates['2'] / rates['1'])

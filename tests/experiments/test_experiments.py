@@ -12,6 +12,7 @@ import pytest
 
 from experiments import approximation
 from experiments import ladder
+from experiments import rpe_quality
 from experiments import transfer
 from trax_favor import checkpoints
 
@@ -120,3 +121,25 @@ def test_transfer_measures_the_gap_and_fine_tunes_resumably(tmp_path, in_repo):
                   jax.tree_util.tree_leaves(tuned_again)):
     np.testing.assert_array_equal(a, b)
 
+
+
+@pytest.mark.slow
+def test_rpe_quality_trains_every_variant_and_sweeps(tmp_path, in_repo):
+  del in_repo
+  out = str(tmp_path / 'rq')
+  small = ['D_MODEL=16', 'SEQUENCE_LENGTH=32', 'N_LAYERS=1', 'BATCH_SIZE=2',
+           'N_RANDOM_FEATURES=8', 'trax_favor.PerformerLM.d_ff=32',
+           'trax_favor.PerformerLM.d_qk=8', 'trax_favor.PerformerLM.d_v=8',
+           'trax_favor.PerformerLM.n_heads=2', 'train.eval_steps=1']
+  rpe_quality.main([f'--out={out}', f'--work_dir={tmp_path / "runs"}',
+                    '--steps=20', '--sweep_steps=20', '--learning_rates=0.003',
+                    *[f'--config={b}' for b in small]])
+  with open(out + '.json') as f:
+    record = json.load(f)
+  assert set(record['quality']) == set(rpe_quality.VARIANTS)
+  for variant, quality in record['quality'].items():
+    assert [s for s, _ in quality['curve']] == [1, 20], variant
+    assert math.isfinite(quality['last'])
+    assert record['stability'][variant]['runs']['0.003']['last'] == (
+        quality['last'])  # the offline default's rate: the same run
+  assert 'highest stable rate' in open(out + '.md').read()

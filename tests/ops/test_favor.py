@@ -13,6 +13,7 @@ import pytest
 
 from trax_favor import ops
 from trax_favor.ops import favor
+from trax_favor.ops import products
 from trax_favor.ops import reference
 
 RTOL, ATOL = 1e-5, 1e-5
@@ -536,9 +537,9 @@ def test_blocked_dropout_gradient_matches_finite_differences(causal):
 
 
 PRODUCTS = [  # (product, plain einsum, shapes of a, b): batch axes, odd sizes
-    (favor.sum_over_keys, '...lm,...lv->...mv', (2, 3, 11, 7), (2, 3, 11, 5)),
-    (favor.apply_sums, '...lm,...mv->...lv', (2, 3, 11, 7), (2, 3, 7, 5)),
-    (favor.pair_scores, '...lm,...km->...lk', (2, 3, 11, 7), (2, 3, 9, 7)),
+    (products.sum_over_keys, '...lm,...lv->...mv', (2, 3, 11, 7), (2, 3, 11, 5)),
+    (products.apply_sums, '...lm,...mv->...lv', (2, 3, 11, 7), (2, 3, 7, 5)),
+    (products.pair_scores, '...lm,...km->...lk', (2, 3, 11, 7), (2, 3, 9, 7)),
 ]
 
 
