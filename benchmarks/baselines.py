@@ -76,8 +76,8 @@ class ExactRelativeAttention(FavorSelfAttention):
                      max_relative_distance=max_relative_distance)
     self._relative_position = 'fft'  # the bias weight, attended exactly
 
-  def attend_relative(self, q, k, v, projection, bias, t, key_mask):
-    del projection, t, key_mask
+  def attend_relative(self, q, k, v, projection, bias, t, key_mask, rng):
+    del projection, t, key_mask, rng
     length = q.shape[-2]
     i = jnp.arange(length)
     index = rpe.clipped_distances(length, self._max_relative_distance,

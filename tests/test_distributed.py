@@ -4,6 +4,7 @@ same global batch, write one set of files, and resume together."""
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -102,3 +103,40 @@ def test_one_process_writes_and_both_resume_from_it(runs):
   assert [s for s, _ in evals] == [1, 2, 3, 4, 5]
   for log in resumed_logs:  # each process resumed from process 0's files
     assert 'step_00000003' in log.read_text()
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_stops_both_after_one_step(tmp_path):
+  """SIGTERM to process 1: the flag travels with the next step, both stop
+  after it (exit 143), process 0 saves that step's checkpoint."""
+  coordinator = f'127.0.0.1:{_free_port()}'
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=REPO)
+  env.pop('XLA_FLAGS', None)
+  command = [sys.executable, '-u', '-m', 'trax_favor.train',
+             f'--config_file={REPO}/gin/offline_default.gin',
+             f'--output_dir={tmp_path / "run"}', '--log_every=1',
+             f'--coordinator_address={coordinator}', '--num_processes=2',
+             *[f'--config={b}' for b in (
+                 'D_MODEL=32', 'SEQUENCE_LENGTH=32', 'N_LAYERS=1',
+                 'BATCH_SIZE=4', 'N_RANDOM_FEATURES=16', 'STEPS=200',
+                 'train.eval_frequency=100', 'train.eval_steps=1')]]
+  processes = [subprocess.Popen(command + [f'--process_id={i}'], env=env,
+                                text=True, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT) for i in range(2)]
+  outputs = ['', '']
+  try:
+    for line in processes[1].stdout:
+      outputs[1] += line
+      if line.startswith('step 5/'):
+        processes[1].send_signal(signal.SIGTERM)
+    outputs[0] = processes[0].communicate(timeout=TIMEOUT)[0]
+    processes[1].wait(timeout=TIMEOUT)
+  finally:
+    for process in processes:
+      if process.poll() is None:
+        process.kill()
+  assert [p.returncode for p in processes] == [143, 143], outputs
+  stopped = [int(out.split('interrupted at step ')[1].split(':')[0])
+             for out in outputs]
+  assert stopped[0] == stopped[1] >= 5
+  assert checkpoint_files.steps(str(tmp_path / 'run'))[0][0] == stopped[0]

@@ -7,11 +7,15 @@ import logging
 import os
 
 import gin
+import jax
 import numpy as np
 import pytest
+import trax_favor
 
 from trax_favor import cli
 from trax_favor import configs
+from trax_favor import distributed
+from trax_favor import loop
 from trax_favor import run_dir
 from trax_favor import sample
 from trax_favor import train
@@ -168,3 +172,22 @@ def test_includes_found_on_a_later_search_path_log_no_errors(
     configs.parse_config([os.path.join(REPO, 'gin', 'pg19',
                                        'performer_6l.gin')])
   assert not [r for r in caplog.records if 'Path not found' in r.getMessage()]
+
+
+def test_a_masked_layer_given_one_input_names_the_cause():
+  layer = trax_favor.FavorSelfAttention(n_heads=2, d_qk=8, d_v=8, masked=True,
+                                        n_random_features=8)
+  with pytest.raises(Exception, match=r'masked=True\) takes two inputs'):
+    layer(np.zeros((1, 4, 16), np.float32))
+
+
+def test_multi_process_runs_need_a_seed_and_a_divisible_batch(monkeypatch):
+  configs.parse_config([CONFIG], SMALL + ['train.random_seed=None'])
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  with pytest.raises(configs.RunError, match='needs train.random_seed'):
+    loop.train_args()
+  batches = iter([(np.arange(6), np.arange(6))])
+  assert [b[0].tolist() for b in distributed.process_rows(batches, 2, 1)] == [
+      [3, 4, 5]]
+  with pytest.raises(configs.RunError, match='does not split over 4'):
+    next(distributed.process_rows(iter([(np.arange(6),)]), 4, 0))

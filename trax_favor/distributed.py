@@ -176,8 +176,10 @@ class GlobalStep:
     trainer.accelerated_model_with_loss.weights = local_weights
     trainer.accelerated_model_with_loss.state = local_state
     trainer.optimizer.slots = self._local(slots)
-    if int(self._local(stop_all)) and self._interrupts.pending is None:
-      self._interrupts.pending = signal.SIGTERM  # another one was signalled
+    if int(self._local(stop_all)):  # some process was signalled before it
+      self._interrupts.agreed = True
+      if self._interrupts.pending is None:
+        self._interrupts.pending = signal.SIGTERM
     stats = self._local(stats)
     return stats['loss'], stats
 

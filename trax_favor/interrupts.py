@@ -31,8 +31,10 @@ class Interrupts:
     self.running = False
     self.pending = None
     # Several processes: a signal acts after the step in which every process
-    # learned of it (distributed.GlobalStep), never before a step.
+    # learned of it (distributed.GlobalStep sets `agreed`), never before a
+    # step, and never on one process alone.
     self.coordinated = False
+    self.agreed = False
     self._log = log
 
   def handle(self, signum, frame):  # pylint: disable=unused-argument
@@ -43,6 +45,8 @@ class Interrupts:
               'save a checkpoint (send it again to stop now, without one).')
 
   def check(self):
+    if self.coordinated and not self.agreed:
+      return
     if self.pending is not None:
       raise Interrupted(self.pending)
 

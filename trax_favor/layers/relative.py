@@ -30,7 +30,7 @@ QK_NORMALIZATIONS = (None, 'fixed', 'learned')
 
 
 def check_options(relative_position, qk_normalization, max_relative_distance,
-                  causal, mode, attention_dropout):
+                  causal, mode):
   """One ConfigError for an option, or a combination, that cannot work."""
   if relative_position not in RELATIVE_POSITIONS:
     raise checks.ConfigError(f'relative_position must be one of '
@@ -51,9 +51,6 @@ def check_options(relative_position, qk_normalization, max_relative_distance,
         "causal relative_position='fft' needs qk_normalization ('fixed' or "
         "'learned'): it bounds the keys' feature scales without looking at "
         'future keys.')
-  if attention_dropout:
-    raise checks.ConfigError(
-        "attention_dropout is not supported with relative_position='fft'.")
 
 
 def extra_weights(relative_position, qk_normalization, max_relative_distance,
@@ -86,14 +83,19 @@ def normalize(x, t):
 
 
 def attend(q, k, v, projection, bias, t, key_mask, feature_map_name, eps,
-           causal, max_relative_distance):
-  """Relative-position FAVOR: q, k (b, h, l, d_qk), v (b, h, l, d_v)."""
+           causal, max_relative_distance, attention_dropout=0.0, rng=None):
+  """Relative-position FAVOR: q, k (b, h, l, d_qk), v (b, h, l, d_v).
+  attention_dropout drops entries of the key features, as plain FAVOR+
+  does (ops/attention.py)."""
   fmap = feature_maps.get_feature_map(feature_map_name)
   q_feat, _ = feature_maps.feature_map(feature_map_name, q, projection, eps)
   k_feat, k_log_scale = feature_maps.feature_map(feature_map_name, k,
                                                  projection, eps)
   if fmap.shared_log_scale:
     k_log_scale = None
+  if attention_dropout:
+    keep = jax.random.bernoulli(rng, 1.0 - attention_dropout, k_feat.shape)
+    k_feat = jnp.where(keep, k_feat / (1.0 - attention_dropout), 0.0)
   log_ref = None
   if t is not None and k_log_scale is not None:
     # |k d^(-1/4)| = sqrt(t): every logit w_r . k is at most |w_r| sqrt(t),

@@ -169,8 +169,7 @@ class FavorSelfAttention(base.Layer):
     random_features.check_projection_args(n_random_features, d_qk, projection,
                                           projection_scaling)
     relative.check_options(relative_position, qk_normalization,
-                           max_relative_distance, causal, mode,
-                           attention_dropout)
+                           max_relative_distance, causal, mode)
     self._relative_position = relative_position
     self._max_relative_distance = max_relative_distance
     self._qk_normalization = qk_normalization
@@ -345,7 +344,8 @@ class FavorSelfAttention(base.Layer):
 
     key_mask = None if mask is None else mask[:, None, :].astype(jnp.bool_)
     if bias is not None:
-      o = self.attend_relative(q, k, v, projection, bias, t, key_mask)
+      o = self.attend_relative(q, k, v, projection, bias, t, key_mask,
+                               rng_attn)
     else:
       o = self.attend(q, k, v, projection, decode_state, key_mask, rng_attn)
     out = jnp.einsum('bhlv,hvd->bld', o, w_o)  # (b, l, d_model)
@@ -370,11 +370,12 @@ class FavorSelfAttention(base.Layer):
       self.state = (projection, tuple(final))
     return o
 
-  def attend_relative(self, q, k, v, projection, bias, t, key_mask):
+  def attend_relative(self, q, k, v, projection, bias, t, key_mask, rng):
     """The core with relative positions (see layers/relative.py)."""
     return relative.attend(q, k, v, projection, bias, t, key_mask,
                            self._feature_map_name, self._numerical_stabilizer,
-                           self._causal, self._max_relative_distance)
+                           self._causal, self._max_relative_distance,
+                           self._attention_dropout, rng)
 
   def _checked_decode_state(self, decode_state, batch):
     state = favor.KeySums(*decode_state)
