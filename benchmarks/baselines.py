@@ -72,9 +72,10 @@ class ExactRelativeAttention(FavorSelfAttention):
                        'attention dropout.')
     super().__init__(n_heads=n_heads, d_qk=d_qk, d_v=d_v, share_qk=share_qk,
                      causal=causal, output_dropout=output_dropout, mode=mode,
-                     n_random_features=n_random_features,
-                     max_relative_distance=max_relative_distance)
-    self._relative_position = 'fft'  # the bias weight, attended exactly
+                     n_random_features=n_random_features)
+    # The bias weight (see layers/relative.py), attended exactly.
+    self._relative_position = 'fft'
+    self._max_relative_distance = max_relative_distance
 
   def attend_relative(self, q, k, v, projection, bias, t, key_mask, rng):
     del projection, t, key_mask, rng

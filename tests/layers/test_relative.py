@@ -66,6 +66,8 @@ def test_a_plain_models_weights_load_into_the_relative_model(tmp_path):
     (dict(qk_normalization='yes'), 'qk_normalization must be one of'),
     (dict(relative_position='fft', max_relative_distance=0),
      'max_relative_distance must be a positive int'),
+    (dict(max_relative_distance=64),
+     'max_relative_distance applies to relative_position'),
 ])
 def test_what_cannot_work_is_one_clear_error(kwargs, message):
   with pytest.raises(ValueError, match=message):

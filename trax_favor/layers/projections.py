@@ -13,12 +13,12 @@ model that has more (new layer options' weights keep their init values).
 """
 
 import gzip
-import io
 import pickle
 
 import jax
 import numpy as np
 
+from trax_favor import checkpoint_files
 from trax_favor import checks
 from trax_favor.layers import self_attention
 
@@ -111,14 +111,10 @@ def load_weights(model, file_name):
   Raises:
     ValueError: some of the file's weights found no place in the model.
   """
-  with gzip.open(file_name, 'rb') as f:
-    saved = pickle.load(f)['flat_weights']
+  saved = checkpoint_files.read_pickle(file_name)['flat_weights']
   if isinstance(saved, int):  # trax's Loop keeps them beside the pickle
-    with gzip.open(file_name.replace('.pkl.gz', '.weights.npy.gz'), 'rb') as f:
-      data = f.read()
-    stream, saved = io.BytesIO(data), []
-    while stream.tell() < len(data):
-      saved.append(np.load(stream, allow_pickle=False))
+    saved = checkpoint_files.read_arrays(
+        file_name.replace('.pkl.gz', '.weights.npy.gz'))
   leaves, tree = jax.tree_util.tree_flatten(model.weights)
   taken, merged = 0, []
   for leaf in leaves:

@@ -26,6 +26,7 @@ from trax_favor.ops import feature_maps
 from trax_favor.ops import rpe
 
 RELATIVE_POSITIONS = (None, 'fft')
+DEFAULT_MAX_RELATIVE_DISTANCE = 128
 QK_NORMALIZATIONS = (None, 'fixed', 'learned')
 
 
@@ -38,9 +39,14 @@ def check_options(relative_position, qk_normalization, max_relative_distance,
   if qk_normalization not in QK_NORMALIZATIONS:
     raise checks.ConfigError(f'qk_normalization must be one of '
                              f'{QK_NORMALIZATIONS}, got {qk_normalization!r}.')
-  checks.check_positive_int(max_relative_distance=max_relative_distance)
   if relative_position is None:
+    if max_relative_distance is not None:
+      raise checks.ConfigError(
+          'max_relative_distance applies to relative_position=\'fft\' only; '
+          f'got max_relative_distance={max_relative_distance!r} without it.')
     return
+  if max_relative_distance is not None:
+    checks.check_positive_int(max_relative_distance=max_relative_distance)
   if mode == 'predict':
     raise checks.ConfigError(
         "relative_position='fft' has no O(1) decoding state (each query "

@@ -83,7 +83,7 @@ class FavorSelfAttention(base.Layer):
                feature_map='softmax', projection='orthogonal',
                projection_scaling='norm', redraw='fixed',
                numerical_stabilizer=None, chunk_size=None, block_size=512,
-               relative_position=None, max_relative_distance=128,
+               relative_position=None, max_relative_distance=None,
                qk_normalization=None):
     """Builds the layer.
 
@@ -125,7 +125,8 @@ class FavorSelfAttention(base.Layer):
         per head, attention by FFT in O(L log L) (see layers/relative.py;
         not in predict mode).
       max_relative_distance: relative_position only: distances are clipped
-        at this many tokens, each side.
+        at this many tokens, each side (None: 128); an error without
+        relative_position.
       qk_normalization: None, 'fixed' or 'learned': queries and keys at unit
         L2 norm times a temperature (see layers/relative.py); needed by
         causal relative positions.
@@ -171,7 +172,9 @@ class FavorSelfAttention(base.Layer):
     relative.check_options(relative_position, qk_normalization,
                            max_relative_distance, causal, mode)
     self._relative_position = relative_position
-    self._max_relative_distance = max_relative_distance
+    self._max_relative_distance = (
+        relative.DEFAULT_MAX_RELATIVE_DISTANCE if max_relative_distance is None
+        else max_relative_distance)
     self._qk_normalization = qk_normalization
     self._n_heads, self._d_qk, self._d_v = n_heads, d_qk, d_v
     self._share_qk, self._causal, self._masked = share_qk, causal, masked
