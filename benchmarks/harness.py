@@ -18,9 +18,9 @@ import jax
 import numpy as np
 
 import trax_favor
+from trax_favor import cpu_speedups
 from trax_favor import files
 from trax_favor import memory
-from trax_favor import xla_cpu
 
 # The package's atomic JSON files and memory figures, under the names the
 # benchmarks and experiments use.
@@ -64,7 +64,8 @@ def machine_info():
       'devices': [str(d) for d in jax.devices()],
       'device_kind': jax.devices()[0].device_kind,
       'xla_flags': os.environ.get('XLA_FLAGS', ''),
-      'compiler_options': xla_cpu.compiler_options(), 'git_sha': git_sha(),
+      'cpu_speedups': cpu_speedups.enabled(),
+      'compiler_options': cpu_speedups.compiler_options(), 'git_sha': git_sha(),
   }
 
 
@@ -133,7 +134,7 @@ def compile_step(fn, *fn_args):
   temporaries of the program (None where the backend does not say): a
   device-independent memory figure, the same on every run.
   """
-  compiled = jax.jit(fn, compiler_options=xla_cpu.compiler_options()
+  compiled = jax.jit(fn, compiler_options=cpu_speedups.compiler_options()
                      or None).lower(*fn_args).compile()
 
   def run():

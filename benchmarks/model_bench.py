@@ -44,8 +44,8 @@ from trax import shapes
 from trax.optimizers import trainer as trax_trainer
 
 from trax_favor import configs
+from trax_favor import cpu_speedups
 from trax_favor import decoding
-from trax_favor import xla_cpu
 from benchmarks import harness
 from trax_favor.models import performer
 
@@ -221,7 +221,7 @@ def measure_decoding(decoders, n_tokens, width):
                rng=jax.random.PRNGKey(0))
     prompt = np.random.default_rng(0).integers(1, 256, (1, prefix),
                                                dtype=np.int32)
-    fill = xla_cpu.jit(model.pure_fn)  # the prefix in one predict-mode call
+    fill = cpu_speedups.jit(model.pure_fn)  # the prefix in one predict-mode call
     _, state = fill(prompt, model.weights, model.state, jax.random.PRNGKey(0))
     name = f'{kind}/{prefix}'
     found[name] = {'kind': kind, 'prefix': prefix, 'state_bytes': sum(
@@ -247,7 +247,7 @@ def _prompt_seconds(model, fill, prompt):
   start = time.perf_counter()
   jax.block_until_ready(fill(prompt, model.weights, model.state, rng))
   one_call = time.perf_counter() - start
-  token = xla_cpu.jit(model.pure_fn)
+  token = cpu_speedups.jit(model.pure_fn)
   jax.block_until_ready(token(prompt[:, :1], model.weights, model.state, rng))
   state = model.state
   start = time.perf_counter()
@@ -269,7 +269,7 @@ def _child_main(arg):
   family, model, bindings, steps, batch = json.loads(arg)
   measure = measure_steps_interleaved if isinstance(model, list) else (
       measure_step)
-  with xla_cpu.trax_jit_options():  # trax's trainer jits, as our training
+  with cpu_speedups.trax_jit_options():  # trax's trainer jits, as our training
     result = measure(family, model, bindings, steps, batch)
   print(json.dumps(result), flush=True)
 

@@ -27,9 +27,9 @@ _EXPORTS = {
     'load_weights': 'trax_favor.layers',
     'transfer_projections': 'trax_favor.layers',
     'PerformerLM': 'trax_favor.models',
-    'compiler_options': 'trax_favor.xla_cpu',
+    'compiler_options': 'trax_favor.cpu_speedups',
 }
-_SUBMODULES = ('ops', 'layers', 'models', 'data', 'compat', 'xla_cpu',
+_SUBMODULES = ('ops', 'layers', 'models', 'data', 'compat', 'cpu_speedups',
                'configs', 'training', 'checkpoints', 'decoding',
                'configurables')
 

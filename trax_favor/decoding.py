@@ -19,8 +19,8 @@ from trax.layers import attention as trax_attention
 from trax.layers.research import position_encodings
 
 from trax_favor import checks
+from trax_favor import cpu_speedups
 from trax_favor.data import streams
-from trax_favor import xla_cpu
 from trax_favor.layers import projections
 
 START_ID = 0  # what tl.ShiftRight puts in front of a sequence
@@ -39,7 +39,7 @@ def _step_fn(model):
         sample_rng, log_probs[:, -1] / jnp.maximum(temperature, 1e-6))
     next_token = jnp.where(temperature > 0, sampled, greedy)  # (b,)
     return next_token.astype(jnp.int32), log_probs, state
-  return xla_cpu.jit(step)
+  return cpu_speedups.jit(step)
 
 
 def positions_left(model):

@@ -42,7 +42,7 @@ from jax.sharding import PartitionSpec
 from trax import fastmath
 
 from trax_favor import configs
-from trax_favor import xla_cpu
+from trax_favor import cpu_speedups
 
 _BARRIER_TIMEOUT_MS = 30 * 60 * 1000  # a slow first compilation is fine
 _ENV = ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID')
@@ -138,7 +138,7 @@ class GlobalStep:
       return weights, slots, state, stats, jnp.max(stop)
 
     self._update = jax.jit(update, out_shardings=self._replicated,
-                           compiler_options=xla_cpu.compiler_options() or None)
+                           compiler_options=cpu_speedups.compiler_options() or None)
 
   def _global(self, tree):
     """A tree of equal host values on every process -> replicated arrays."""

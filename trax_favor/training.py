@@ -22,7 +22,7 @@ them (`trax_favor.loop`) and adds:
   one run    an exclusive lock on output_dir;
   signals    Ctrl-C and SIGTERM save a checkpoint after the current step
              and exit (see `interrupts`);
-  CPU        trax's steps compile with `xla_cpu.compiler_options()`.
+  CPU        trax's steps compile with `cpu_speedups.compiler_options()`.
 
 Eval metrics (loss, bits_per_dim, accuracy) go to the log and, as
 TensorBoard event files, to output_dir/eval; training loss to
@@ -40,13 +40,13 @@ from trax.supervised import callbacks as trax_callbacks
 
 from trax_favor import checkpoint_files
 from trax_favor import configs
+from trax_favor import cpu_speedups
 from trax_favor import distributed
 from trax_favor import files
 from trax_favor import interrupts as interrupts_lib
 from trax_favor import loop as loop_lib
 from trax_favor import memory
 from trax_favor import run_dir
-from trax_favor import xla_cpu
 
 PROGRESS = 'progress.jsonl'
 EVAL_HISTORY = 'eval_history.json'
@@ -267,7 +267,7 @@ def _train(output_dir, log_every, config_text, callbacks, interrupts):
                                output_dir=output_dir, interrupts=interrupts)
   loop = None
   try:
-    with xla_cpu.trax_jit_options():
+    with cpu_speedups.trax_jit_options():
       args = loop_lib.train_args()
       total_steps = args['steps']
       loop = loop_lib.build_loop(

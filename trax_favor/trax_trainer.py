@@ -8,7 +8,7 @@ It takes exactly `python -m trax.trainer`'s flags (absl flags: --config_file,
 three things `python -m trax.trainer` cannot do for itself on jax 0.10:
 importing `trax.trainer` at all (`compat.import_trainer`: its first line
 imports a module jax no longer has), applying the trax fixes before trax
-runs, and compiling trax's steps with `xla_cpu.compiler_options()`. gin's
+runs, and compiling trax's steps with `cpu_speedups.compiler_options()`. gin's
 `include` lines resolve against the working directory, as in trax: run it
 from the repository root for the configs in gin/.
 """
@@ -21,12 +21,12 @@ def main():
   # pylint: disable=g-import-not-at-top
   from absl import app
   from trax_favor import compat
-  from trax_favor import xla_cpu
+  from trax_favor import cpu_speedups
   # pylint: enable=g-import-not-at-top
   trainer = compat.import_trainer()
 
   def run(argv):
-    with xla_cpu.trax_jit_options():
+    with cpu_speedups.trax_jit_options():
       trainer.main(argv)
   app.run(run)
 

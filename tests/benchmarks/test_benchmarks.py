@@ -14,13 +14,13 @@ import pytest
 
 import gin_helpers
 from benchmarks import attention as attention_bench
+from benchmarks import cpu_speedups as speedups_bench
 from benchmarks import distributed as distributed_bench
+from benchmarks import harness
 from benchmarks import model_bench
 from benchmarks import rpe as rpe_bench
-from benchmarks import harness
-from benchmarks import xla_cpu_flag
+from trax_favor import cpu_speedups
 from trax_favor import memory
-from trax_favor import xla_cpu
 
 @pytest.mark.slow
 def test_model_bench_step_is_trax_reversible_training(in_repo):
@@ -216,26 +216,28 @@ def test_records_name_the_checkout_when_installed_outside_it(tmp_path,
 
 
 @pytest.mark.slow
-def test_xla_flag_benchmark_compares_children_of_either_setting(
+def test_speedups_benchmark_compares_children_of_either_setting(
     tmp_path, in_repo, monkeypatch):
   del in_repo
   monkeypatch.delenv('XLA_FLAGS', raising=False)
-  bench = xla_cpu_flag
-  out = str(tmp_path / 'flag')
+  monkeypatch.delenv(cpu_speedups.ENV, raising=False)
+  bench = speedups_bench
+  out = str(tmp_path / 'speedups')
   bench.main([f'--out={out}', '--lengths=64', '--pairs=1', '--repeats=1',
               '--d_model=16', '--n_heads=2', '--n_random_features=4'])
   record = harness.load_json(out + '.json')
-  off, on = record['runs']['off'][0], record['runs']['on'][0]
-  assert off['machine']['compiler_options'] == {
-      xla_cpu.YNN_OPTION: ''}  # trax_favor's default: fusions off
-  assert on['machine']['compiler_options'] == {}  # XLA's default: on
+  on, off = record['runs']['on'][0], record['runs']['off'][0]
+  assert on['machine']['compiler_options'] == {
+      cpu_speedups.YNN_OPTION: ''}  # trax_favor's CPU default: fusions off
+  assert off['machine']['compiler_options'] == {}  # XLA's default
+  assert on['machine']['cpu_speedups'] and not off['machine']['cpu_speedups']
   for layer in ('favor_bidir', 'favor_causal', 'identity'):
-    assert record['on_over_off']['64'][layer] == pytest.approx(
-        on['layers'][layer]['64']['seconds'] /
-        off['layers'][layer]['64']['seconds'])
-  assert record['paired'] == {'off': off['paired'], 'on': on['paired']}
+    assert record['off_over_on']['64'][layer] == pytest.approx(
+        off['layers'][layer]['64']['seconds'] /
+        on['layers'][layer]['64']['seconds'])
+  assert record['paired'] == {'on': on['paired'], 'off': off['paired']}
   monkeypatch.setenv('XLA_FLAGS',
-                     f'--{xla_cpu.YNN_OPTION}=individual_dot')
+                     f'--{cpu_speedups.YNN_OPTION}=individual_dot')
   with pytest.raises(SystemExit):  # both children would run one setting
     bench.main([f'--out={out}'])
 

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from trax_favor import checks
-from trax_favor import xla_cpu
+from trax_favor import cpu_speedups
 from trax_favor.ops import favor
 from trax_favor.ops import feature_maps
 
@@ -118,7 +118,7 @@ def favor_attention(q, k, v, projection, feature_map='softmax', causal=False,
                           float(numerical_stabilizer), float(attention_dropout))
 
 
-@functools.partial(xla_cpu.jit, static_argnums=tuple(range(7, 13)))
+@functools.partial(cpu_speedups.jit, static_argnums=tuple(range(7, 13)))
 def _favor_attention(q, k, v, projection, key_mask, initial_state, rng,
                      feature_map, causal, chunk_size, block_size, eps, rate):
   """favor_attention after argument checks (jitted: eager dispatch is slow)."""

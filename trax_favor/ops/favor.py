@@ -64,8 +64,8 @@ compiles in constant time, unlike `associative_scan`, whose compile time grew
 to 12 s at 128 chunks) turns them into prefix states. Autodiff stores one (m, v)
 state per chunk, not per token.
 
-Products: `sum_over_keys`, `apply_sums`, `pair_scores` (ops/products.py),
-with hand-written gradients.
+Products: `sum_over_keys`, `apply_sums`, `pair_scores` (`cpu_speedups`:
+plain einsums, with hand-written gradients where the CPU switch is on).
 """
 
 import functools
@@ -75,10 +75,10 @@ import jax
 import jax.numpy as jnp
 
 from trax_favor import checks
-from trax_favor import xla_cpu
-from trax_favor.ops.products import apply_sums
-from trax_favor.ops.products import pair_scores
-from trax_favor.ops.products import sum_over_keys
+from trax_favor import cpu_speedups
+from trax_favor.cpu_speedups import apply_sums
+from trax_favor.cpu_speedups import pair_scores
+from trax_favor.cpu_speedups import sum_over_keys
 
 
 # Reference log-scale of an empty sum and log-scale of a masked key: finite, so
@@ -216,7 +216,7 @@ def read_out(q_feat, sums, dtype):
   return jnp.where(bad_q[..., None], jnp.nan, out).astype(dtype)
 
 
-@xla_cpu.jit
+@cpu_speedups.jit
 def bidirectional_favor(q_feat, k_feat, k_log_scale, v, key_mask=None):
   """Non-causal FAVOR attention.
 
@@ -277,7 +277,7 @@ def causal_favor(q_feat, k_feat, k_log_scale, v, initial_state=None,
                        chunk_size)
 
 
-@functools.partial(xla_cpu.jit, static_argnums=(6,))
+@functools.partial(cpu_speedups.jit, static_argnums=(6,))
 def _causal_favor(q_feat, k_feat, k_log_scale, v, initial_state, key_mask,
                   chunk_size):
   """causal_favor after argument checks (jitted: eager dispatch is slow)."""

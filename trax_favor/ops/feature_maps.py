@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from trax_favor import checks
+from trax_favor import cpu_speedups
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,33 +72,9 @@ def _log_sqrt_m(projection):
   return 0.5 * jnp.log(float(projection.shape[0]))
 
 
-# Widest reduction XLA's CPU backend leaves alone (`TreeReductionRewriter`).
-_REDUCE_WIDTH = 32
-
-
-def row_max(x):
-  """max(x, axis=-1), as elementwise maxima of 32-wide slices, then a reduce.
-
-  XLA's CPU backend rewrites a reduction over more than 32 entries into a
-  reduce-window and a reduce, which ran well below memory speed on the (l, m)
-  logits (the largest reductions of FAVOR+); elementwise maxima fuse into
-  one pass and leave a reduction of 32.
-  """
-  width = x.shape[-1]
-  if width <= _REDUCE_WIDTH:
-    return jnp.max(x, axis=-1)
-  whole = width // _REDUCE_WIDTH * _REDUCE_WIDTH
-  acc = x[..., :_REDUCE_WIDTH]  # (..., 32)
-  for start in range(_REDUCE_WIDTH, whole, _REDUCE_WIDTH):
-    acc = jnp.maximum(acc, x[..., start:start + _REDUCE_WIDTH])
-  if whole < width:  # a narrower last slice, reduced on its own
-    return jnp.maximum(jnp.max(acc, axis=-1), jnp.max(x[..., whole:], axis=-1))
-  return jnp.max(acc, axis=-1)
-
-
 def _stable_exp(logits, eps):
   """exp(logits) as (exp(logits - s) + eps, s), with s the row maximum."""
-  s = jax.lax.stop_gradient(row_max(logits))  # (..., l)
+  s = jax.lax.stop_gradient(cpu_speedups.row_max(logits))  # (..., l)
   return jnp.exp(logits - s[..., None]) + eps, s
 
 
@@ -165,7 +142,7 @@ def feature_map(name, x, projection, numerical_stabilizer=1e-6):
   return _feature_map(name, x, projection, numerical_stabilizer)
 
 
-@functools.partial(jax.jit, static_argnums=(0,))
+@functools.partial(cpu_speedups.jit, static_argnums=(0,))
 def _feature_map(name, x, projection, numerical_stabilizer):
   x = x.astype(jnp.float32) * float(x.shape[-1]) ** -0.25
   return FEATURE_MAPS[name].fn(x, projection.astype(jnp.float32),

@@ -1,16 +1,17 @@
-"""XLA's CPU YNNPACK fusions off (trax_favor's default) and on: layer times.
+"""trax_favor's CPU speed-ups on (the CPU default) and off: layer times.
 
-    python -m benchmarks.xla_cpu_flag --out results/xla_cpu_flag
+    python -m benchmarks.cpu_speedups --out results/cpu_speedups
 
-trax_favor compiles its programs with xla_cpu_experimental_ynn_fusion_type=''
-(`trax_favor.xla_cpu.compiler_options`); TRAX_FAVOR_XLA_CPU_DEFAULTS=0 keeps
-XLA's default. Each setting runs in its own child process:
+`trax_favor.cpu_speedups` (hand-written product gradients, the sliced row
+maximum, xla_cpu_experimental_ynn_fusion_type='') is on by default on the
+CPU; TRAX_FAVOR_CPU_SPEEDUPS=0 turns all three off (plain einsums, jnp.max,
+XLA's default options). Each setting runs in its own child process:
 benchmarks/attention.py over --lengths, for the FAVOR+ layers and the
 identity layer, --pairs times, the two settings alternating (a slow spell of
 the shared host then falls on both). Writes <out>.json: every child's record
 (its machine block names its XLA_FLAGS); per length and layer, the median
-over pairs of the time with the fusions on over the time with them off
-(`on_over_off`); and per setting the median over its children of their
+over pairs of the time with the speed-ups off over the time with them on
+(`off_over_on`); and per setting the median over its children of their
 within-run ratios (`paired`: FAVOR+ bidirectional / identity, causal /
 bidirectional).
 """
@@ -23,13 +24,14 @@ import subprocess
 import sys
 import tempfile
 
-SETTINGS = {'off': {}, 'on': {'TRAX_FAVOR_XLA_CPU_DEFAULTS': '0'}}
+ENV = 'TRAX_FAVOR_CPU_SPEEDUPS'
+SETTINGS = {'on': {}, 'off': {ENV: '0'}}
 
 
 def run_child(setting, out, args):
   env = dict(os.environ, **SETTINGS[setting])
-  if setting == 'off':
-    env.pop('TRAX_FAVOR_XLA_CPU_DEFAULTS', None)
+  if setting == 'on':
+    env.pop(ENV, None)
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   subprocess.run(
       [sys.executable, '-m', 'benchmarks.attention', f'--out={out}', '--lengths=',
@@ -42,14 +44,14 @@ def run_child(setting, out, args):
     return json.load(f)
 
 
-def on_over_off(runs):
-  """{length: {layer: median over pairs of seconds on / seconds off}}."""
+def off_over_on(runs):
+  """{length: {layer: median over pairs of seconds off / seconds on}}."""
   ratios = {}
-  for off, on in zip(runs['off'], runs['on']):
-    for layer, by_length in off['layers'].items():
+  for on, off in zip(runs['on'], runs['off']):
+    for layer, by_length in on['layers'].items():
       for length, result in by_length.items():
         ratios.setdefault(length, {}).setdefault(layer, []).append(
-            on['layers'][layer][length]['seconds'] / result['seconds'])
+            off['layers'][layer][length]['seconds'] / result['seconds'])
   return {length: {layer: statistics.median(r) for layer, r in by_layer.items()}
           for length, by_layer in ratios.items()}
 
@@ -57,7 +59,7 @@ def on_over_off(runs):
 def paired_medians(runs):
   """{setting: {length: {ratio: median over that setting's children}}} of
   the attention benchmark's within-run ratios (bidir_over_identity,
-  causal_over_bidir): steadier than on_over_off, whose two sides ran in
+  causal_over_bidir): steadier than off_over_on, whose two sides ran in
   different processes, when the host's speed drifts."""
   found = {}
   for setting, records in runs.items():
@@ -74,7 +76,7 @@ def paired_medians(runs):
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--out', default='results/xla_cpu_flag')
+  parser.add_argument('--out', default='results/cpu_speedups')
   parser.add_argument('--lengths', default='4096,16384')
   parser.add_argument('--pairs', type=int, default=3)
   parser.add_argument('--repeats', type=int, default=5)
@@ -86,25 +88,25 @@ def main(argv=None):
                                                               ''):
     parser.error('XLA_FLAGS sets xla_cpu_experimental_ynn_fusion_type: both '
                  'children would run with it; unset it to compare.')
-  runs = {'off': [], 'on': []}
+  runs = {setting: [] for setting in SETTINGS}
   os.makedirs(os.path.dirname(args.out) or '.', exist_ok=True)
   with tempfile.TemporaryDirectory() as tmp:
     for pair in range(args.pairs):
       for setting in SETTINGS:
-        print(f'pair {pair + 1}/{args.pairs}: YNNPACK fusions {setting}',
+        print(f'pair {pair + 1}/{args.pairs}: CPU speed-ups {setting}',
               flush=True)
         runs[setting].append(
             run_child(setting, os.path.join(tmp, f'{setting}{pair}'), args))
       record = {'config': vars(args), 'runs': runs,
-                'on_over_off': on_over_off(runs),
+                'off_over_on': off_over_on(runs),
                 'paired': paired_medians(runs)}
       with open(args.out + '.json', 'w') as f:  # after every pair
         json.dump(record, f, indent=1)
-  for length, by_layer in record['on_over_off'].items():
-    print(f'L={length}: time with fusions on / off: ' + ', '.join(
+  for length, by_layer in record['off_over_on'].items():
+    print(f'L={length}: time with speed-ups off / on: ' + ', '.join(
         f'{layer} {ratio:.2f}x' for layer, ratio in by_layer.items()))
     for setting, by_length in record['paired'].items():
-      print(f'L={length}: within-run ratios, fusions {setting}: ' + ', '.join(
+      print(f'L={length}: within-run ratios, speed-ups {setting}: ' + ', '.join(
           f'{name} {ratio:.2f}x' for name, ratio in by_length[length].items()))
   print(f'wrote {args.out}.json')
 
