@@ -33,8 +33,10 @@ setuptools.setup(
     extras_require={
         'test': ['pytest', 'pytest-xdist', 'nbclient', 'nbformat',
                  'ipykernel', 'matplotlib'],
-        # The benchmark and experiment scripts beside the package.
-        'benchmarks': ['matplotlib'],
+        # The benchmark and experiment scripts beside the package; torch
+        # and performer-pytorch for the peer benchmark (constraints.txt
+        # pins torch 2.13.0; see README for its CPU-only build).
+        'benchmarks': ['matplotlib', 'torch', 'performer-pytorch'],
         # `tensorboard --logdir runs` reads a run's event files.
         'tensorboard': ['tensorboard'],
         # NVIDIA GPUs: JAX's CUDA 12 plugin, pinned by constraints.txt to

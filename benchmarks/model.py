@@ -28,7 +28,8 @@ CPU_WIDTH = ('D_MODEL=256,D_FF=1024,N_HEADS=4,D_HEAD=64,N_LAYERS=2,'
 
 # The settings the measurements depend on: a rerun resumes the JSON only
 # where these agree (step and token counts may differ: they set precision).
-MEASURED_WITH = ('width_bindings', 'batch', 'depth_length', 'decode_width')
+MEASURED_WITH = ('width_bindings', 'imagenet64_bindings', 'batch',
+                 'depth_length', 'decode_width')
 
 
 def main(argv=None):
@@ -36,6 +37,10 @@ def main(argv=None):
   parser.add_argument('--out', default='results/model_cpu')
   parser.add_argument('--width_bindings', default=CPU_WIDTH,
                       help='comma-separated gin macros for every model')
+  parser.add_argument('--imagenet64_bindings', default='',
+                      help='comma-separated gin macros for the ImageNet64 '
+                      'steps only (e.g. a shorter SEQUENCE_LENGTH with its '
+                      'POS_AXIAL_SHAPE and LSH_N_BUCKETS)')
   parser.add_argument('--pg19_length', type=int, default=8192,
                       help='PG-19 step length (0: no PG-19 steps)')
   parser.add_argument('--exact_max_len', type=int, default=8192)
@@ -105,9 +110,11 @@ def main(argv=None):
 
   step = lambda family, model, bindings: model_bench.measure_step_repeated(
       family, model, width + bindings, args.steps, args.batch, args.repeats)
+  imagenet64 = _rejoin_tuples(harness.comma_list(args.imagenet64_bindings))
   for model in model_bench.MODELS:  # ImageNet64: 12288 tokens
     if model != 'exact' or 12288 <= args.exact_max_len:
-      run('steps', f'imagenet64/{model}', step, 'imagenet64', model, [])
+      run('steps', f'imagenet64/{model}', step, 'imagenet64', model,
+          imagenet64)
   interleave = harness.comma_list(args.interleave)
   run_together('interleaved', 'imagenet64/', interleave,
                model_bench.measure_step_in_child, 'imagenet64', interleave,

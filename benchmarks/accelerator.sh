@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# One command for a machine with an NVIDIA GPU, from the repository root:
+#
+#   bash benchmarks/accelerator.sh               # installs the gpu and
+#                                                # benchmarks extras first
+#   bash benchmarks/accelerator.sh --no-install  # the environment as it is
+#   bash benchmarks/accelerator.sh --dry-run --out DIR
+#                                                # CPU, every size shrunk
+#
+# Steps: install the extras, check that JAX sees the GPU, run the tests of
+# the ops and the layer on it, then the attention benchmark, the peer
+# benchmark and the model benchmark (ImageNet64 at 12288 tokens and PG-19
+# at 8192, the configs' widths: Performer, the identity-attention lower
+# bound, the LSH twin; decoding after prefixes of 128 and 8192). Every JSON
+# and PNG goes under --out (default results/gpu). Sized to finish in under
+# 8 minutes on one H100/H200-class GPU; the elapsed time of each step is
+# printed. --dry-run shrinks every size, skips the install and the GPU
+# check, and runs one test, so the whole script runs on a CPU in about a
+# minute (tests/benchmarks/test_accelerator.py runs it in the test suite).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DRY_RUN=0
+INSTALL=1
+OUT=results/gpu
+PYTHON=${PYTHON:-python3}
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --dry-run) DRY_RUN=1; INSTALL=0 ;;
+    --no-install) INSTALL=0 ;;
+    --out) OUT="$2"; shift ;;
+    --out=*) OUT="${1#--out=}" ;;
+    *) echo "accelerator.sh: unknown option $1 (--dry-run, --no-install," \
+            "--out DIR)" >&2; exit 2 ;;
+  esac
+  shift
+done
+mkdir -p "$OUT"
+START=$(date +%s)
+step() { echo "== [$(( $(date +%s) - START )) s] $*"; }
+
+if [ "$INSTALL" = 1 ]; then
+  step "install: the gpu and benchmarks extras"
+  "$PYTHON" -m pip install -q -c constraints.txt '.[gpu,benchmarks,test]'
+fi
+
+if [ "$DRY_RUN" = 1 ]; then
+  export JAX_PLATFORMS=cpu
+  TESTS=(tests/test_cpu_speedups.py -k "both_settings_agree and softmax and bidir")
+  ATTENTION=(--lengths=128 --favor_extra_lengths= --d_model=32 --n_heads=2
+             --n_random_features=8 --repeats=1 --product_rounds=1
+             --unblocked_max_len=0 --exact_max_len=128 --lsh_max_len=128
+             --core_max_len=128)
+  PEERS=(--lengths=128 --rounds=1 --n_heads=2 --d_head=16
+         --n_random_features=8 --sanity_length=64
+         --only=ours_bidir,ours_causal,authors_bidir,performer_pytorch_bidir)
+  MODEL=(--width_bindings='D_MODEL=32,D_FF=64,N_HEADS=2,D_HEAD=16,N_LAYERS=1,N_RANDOM_FEATURES=8,POS_D_AXIAL_EMBS=(12,12,8)'
+         --imagenet64_bindings='SEQUENCE_LENGTH=768,POS_AXIAL_SHAPE=(16,16,3),LSH_N_BUCKETS=12'
+         --pg19_length=256 --depths= --steps=1 --prefixes=8,16
+         --decode_tokens=2 --decode_width=32,64,2,1)
+else
+  step "check: JAX sees a GPU"
+  "$PYTHON" -c "
+import jax, sys
+devices = jax.devices()
+print('JAX', jax.__version__, devices)
+sys.exit(0 if jax.default_backend() == 'gpu' else
+         'accelerator.sh: JAX sees no GPU (backend %s); install the gpu extra '
+         'or run with --dry-run' % jax.default_backend())"
+  TESTS=(tests/ops tests/layers/test_self_attention.py tests/test_cpu_speedups.py
+         -m "not slow")
+  ATTENTION=(--lengths=1024,4096,16384 --favor_extra_lengths=65536
+             --repeats=5 --exact_max_len=16384 --lsh_max_len=16384)
+  PEERS=(--lengths=1024,4096,16384,65536 --rounds=5 --exact_max_len=16384
+         --dpa_max_len=65536 --torch_causal_max_len=16384)
+  MODEL=(--width_bindings= --depths= --steps=3 --prefixes=128,8192
+         --decode_tokens=32 --exact_max_len=0)
+fi
+
+step "tests: ops and the layer"
+"$PYTHON" -m pytest -q -p no:cacheprovider "${TESTS[@]}"
+step "attention benchmark"
+"$PYTHON" -m benchmarks.attention --out "$OUT/attention" "${ATTENTION[@]}"
+step "peer benchmark"
+"$PYTHON" -m benchmarks.peers --out "$OUT/peers" "${PEERS[@]}"
+step "model benchmark"
+"$PYTHON" -m benchmarks.model --out "$OUT/model" "${MODEL[@]}"
+step "done: results in $OUT"
