@@ -56,7 +56,8 @@ if [ "$DRY_RUN" = 1 ]; then
          --only=ours_bidir,ours_causal,authors_bidir,performer_pytorch_bidir)
   MODEL=(--width_bindings='D_MODEL=32,D_FF=64,N_HEADS=2,D_HEAD=16,N_LAYERS=1,N_RANDOM_FEATURES=8,POS_D_AXIAL_EMBS=(12,12,8)'
          --imagenet64_bindings='SEQUENCE_LENGTH=768,POS_AXIAL_SHAPE=(16,16,3),LSH_N_BUCKETS=12'
-         --pg19_length=256 --depths= --steps=1 --prefixes=8,16
+         --models=performer --exact_max_len=0 --pg19_length=256 --depths=
+         --steps=1 --prefixes=8,16
          --decode_tokens=2 --decode_width=32,64,2,1)
 else
   step "check: JAX sees a GPU"
@@ -72,13 +73,13 @@ sys.exit(0 if jax.default_backend() == 'gpu' else
   ATTENTION=(--lengths=1024,4096,16384 --favor_extra_lengths=65536
              --repeats=5 --exact_max_len=16384 --lsh_max_len=16384)
   PEERS=(--lengths=1024,4096,16384,65536 --rounds=5 --exact_max_len=16384
-         --dpa_max_len=65536 --torch_causal_max_len=16384)
-  MODEL=(--width_bindings= --depths= --steps=3 --prefixes=128,8192
-         --decode_tokens=32 --exact_max_len=0)
+         --dpa_max_len=65536 --torch_causal_max_len=16384 --memory=planned)
+  MODEL=(--width_bindings= --models=performer,identity,reformer --depths=
+         --steps=3 --prefixes=128,8192 --decode_tokens=32)
 fi
 
 step "tests: ops and the layer"
-"$PYTHON" -m pytest -q -p no:cacheprovider "${TESTS[@]}"
+"$PYTHON" -m pytest -q "${TESTS[@]}"
 step "attention benchmark"
 "$PYTHON" -m benchmarks.attention --out "$OUT/attention" "${ATTENTION[@]}"
 step "peer benchmark"

@@ -15,6 +15,9 @@ and, where it has random features, the same (m, d_head) projection:
                               trax_favor.cpu_speedups off:
                               plain einsums, jnp.max, XLA's default options
                               (CPU only: elsewhere that is the default)
+  ours_bidir_xla_defaults     the switch on (product gradients, row maximum)
+                              but compiled with XLA's default options: what
+                              a jit of a user's own gets
   authors_bidir               the Performer authors' way, written here in a
                               few lines of jnp: features at full length (query
                               max per row, key max over all keys, eps 1e-6
@@ -47,16 +50,18 @@ from trax_favor import cpu_speedups
 from trax_favor import ops
 from benchmarks import harness
 
-BIDIRECTIONAL = ('ours_bidir', 'ours_bidir_plain', 'authors_bidir',
-                 'authors_bidir_xla_defaults', 'ours_bidir_relu',
+BIDIRECTIONAL = ('ours_bidir', 'ours_bidir_plain', 'ours_bidir_xla_defaults',
+                 'authors_bidir', 'authors_bidir_xla_defaults',
+                 'ours_bidir_relu',
                  'trax_favor_relu', 'performer_pytorch_bidir', 'exact_bidir',
                  'dpa_bidir')
 CAUSAL = ('ours_causal', 'ours_causal_plain', 'ours_causal_relu',
           'trax_causal_favor_relu', 'performer_pytorch_causal',
           'exact_causal', 'dpa_causal')
-# Compiled with trax_favor.cpu_speedups off; only distinct on the CPU.
-SWITCHED_OFF = ('ours_bidir_plain', 'ours_causal_plain',
-                'authors_bidir_xla_defaults')
+# Traced with trax_favor.cpu_speedups off, or compiled with XLA's default
+# options: only distinct on the CPU.
+SWITCHED_OFF = ('ours_bidir_plain', 'ours_causal_plain')
+XLA_DEFAULTS = ('ours_bidir_xla_defaults', 'authors_bidir_xla_defaults')
 TORCH = ('performer_pytorch_bidir', 'performer_pytorch_causal')
 
 
@@ -67,7 +72,7 @@ def direction(name):
 def baseline(name):
   """The core a contender's ratios are taken against: ours, with trax's
   ReLU features for trax's cores."""
-  kind = 'causal' if name in CAUSAL else 'bidir'
+  kind = direction(name)
   return f'ours_{kind}_relu' if name.startswith('trax_') else f'ours_{kind}'
 
 
@@ -220,7 +225,8 @@ def prepare(name, q, k, v, w):
   if name in SWITCHED_OFF:
     with cpu_speedups.forced(False):
       return harness.compile_step(step, q, k, v)
-  return harness.compile_step(step, q, k, v)
+  return harness.compile_step(step, q, k, v,
+                              options={} if name in XLA_DEFAULTS else None)
 
 
 def outputs(name, q, k, v, w):

@@ -126,16 +126,20 @@ def markdown_table(header, rows):
   return '\n'.join(lines) + '\n'
 
 
-def compile_step(fn, *fn_args):
-  """Compiles jit(fn) for fn_args and runs it once (the warm-up).
+def compile_step(fn, *fn_args, options=None):
+  """Compiles jit(fn) for fn_args and runs it once (the warm-up), with
+  compiler `options` (default: trax_favor's, `cpu_speedups.compiler_options`;
+  {} for XLA's defaults).
 
   Returns (run, peak): run() calls the compiled program on fn_args and waits
   for its result; peak is what XLA plans for arguments, outputs and
   temporaries of the program (None where the backend does not say): a
   device-independent memory figure, the same on every run.
   """
-  compiled = jax.jit(fn, compiler_options=cpu_speedups.compiler_options()
-                     or None).lower(*fn_args).compile()
+  if options is None:
+    options = cpu_speedups.compiler_options()
+  compiled = jax.jit(fn, compiler_options=options or None).lower(
+      *fn_args).compile()
 
   def run():
     return jax.block_until_ready(compiled(*fn_args))
@@ -153,11 +157,17 @@ def time_interleaved(runs, rounds):
 
   Round i calls every run once, with i. On a shared host whose speed drifts
   (steal time), ratios of medians taken this way are steadier than ratios
-  of separate timing runs. Returns {name: [seconds per round]}.
+  of separate timing runs. Each round starts one name further on (round i
+  at name i mod n), so no run always follows the same other one: on this
+  CPU one program ran up to 20% slower in the place right after another.
+  Returns {name: [seconds per round]}.
   """
   times = {name: [] for name in runs}
+  names = list(runs)
   for i in range(rounds):
-    for name, run in runs.items():
+    shift = i % len(names) if names else 0
+    for name in names[shift:] + names[:shift]:
+      run = runs[name]
       start = time.perf_counter()
       run(i)
       times[name].append(time.perf_counter() - start)

@@ -48,6 +48,10 @@ def main(argv=None):
                       type=harness.comma_list_arg(int))
   parser.add_argument('--depth_length', type=int, default=2048,
                       help='PG-19 length of the depth sweep')
+  parser.add_argument('--models', default=','.join(model_bench.MODELS),
+                      type=harness.comma_list_arg(_model_name),
+                      help='the models of the training steps, each in its '
+                      'own process')
   parser.add_argument('--interleave', default='',
                       type=harness.comma_list_arg(_model_name),
                       help='ImageNet64 models also timed in one process, their '
@@ -111,7 +115,8 @@ def main(argv=None):
   step = lambda family, model, bindings: model_bench.measure_step_repeated(
       family, model, width + bindings, args.steps, args.batch, args.repeats)
   imagenet64 = _rejoin_tuples(harness.comma_list(args.imagenet64_bindings))
-  for model in model_bench.MODELS:  # ImageNet64: 12288 tokens
+  models = harness.comma_list(args.models)
+  for model in models:  # ImageNet64: 12288 tokens
     if model != 'exact' or 12288 <= args.exact_max_len:
       run('steps', f'imagenet64/{model}', step, 'imagenet64', model,
           imagenet64)
@@ -121,7 +126,7 @@ def main(argv=None):
                width, args.steps, args.batch)
   pg19 = [f'SEQUENCE_LENGTH={args.pg19_length}',
           f'LSH_N_BUCKETS={2 * args.pg19_length // 128}']
-  for model in model_bench.MODELS if args.pg19_length else ():
+  for model in models if args.pg19_length else ():
     if model != 'exact' or args.pg19_length <= args.exact_max_len:
       run('steps', f'pg19_{args.pg19_length}/{model}', step, 'pg19', model,
           pg19)

@@ -20,6 +20,8 @@ the resident set's high-water mark, restarted after the warm-up, with
 glibc's mmap threshold fixed so freed buffers leave the resident set; GPU:
 the allocator's peak). XLA's planned bytes are recorded beside it for the
 JAX cores. A child that fails (out of memory) is recorded as such.
+--memory=planned starts no children (the accelerator run): XLA's plan for
+the JAX cores, torch's CUDA allocator peak for performer-pytorch.
 
 Sanity: at --sanity_length, with our projection, trax_favor's outputs
 against performer-pytorch's (a) with both stabilizers set to 0 (their
@@ -52,8 +54,8 @@ from benchmarks import contenders
 from benchmarks import harness
 
 MEASURED_WITH = ('d_head', 'n_heads', 'n_random_features', 'rounds',
-                 'exact_max_len', 'dpa_max_len', 'torch_causal_max_len',
-                 'trax_causal_max_len')
+                 'memory', 'exact_max_len', 'dpa_max_len',
+                 'torch_causal_max_len', 'trax_causal_max_len')
 
 
 def inputs(args, length, seed=0, scale=1.0):
@@ -78,7 +80,8 @@ def names_at(args, length, skipped):
   for name in contenders.BIDIRECTIONAL + contenders.CAUSAL:
     if only and name not in only:
       continue
-    if name in contenders.SWITCHED_OFF and jax.default_backend() != 'cpu':
+    if (name in contenders.SWITCHED_OFF + contenders.XLA_DEFAULTS and
+        jax.default_backend() != 'cpu'):
       continue  # off the CPU the switch is off already
     if name in contenders.TORCH and skipped.get('torch'):
       continue
@@ -89,18 +92,34 @@ def names_at(args, length, skipped):
 
 
 def time_length(args, length, names):
-  """{name: seconds per round} of forward+backward, all in turn."""
+  """({name: seconds per round} of forward+backward, all in turn,
+  {name: memory in this process}: XLA's plan, or torch's CUDA peak)."""
   q, k, v, w = inputs(args, length)
-  runs = {}
+  runs, planned = {}, {}
   for name in names:
     try:
-      run, _ = contenders.prepare(name, q, k, v, w)
+      run, planned[name] = contenders.prepare(name, q, k, v, w)
     except Exception as e:  # pylint: disable=broad-except
       print(f'L={length} {name}: failed: {type(e).__name__}: {e}'[:300],
             flush=True)
       continue
+    if name in contenders.TORCH:
+      planned[name] = torch_cuda_peak(run)
     runs[name] = lambda i, run=run: run()
-  return harness.time_interleaved(runs, args.rounds)
+  memory_found = {n: {'peak_bytes': p, 'xla_planned_bytes': p}
+                  for n, p in planned.items()}
+  return harness.time_interleaved(runs, args.rounds), memory_found
+
+
+def torch_cuda_peak(run):
+  """Bytes torch's CUDA allocator adds during run(); None on a CPU."""
+  import torch  # pylint: disable=g-import-not-at-top
+  if not torch.cuda.is_available():
+    return None
+  torch.cuda.reset_peak_memory_stats()
+  before = torch.cuda.memory_allocated()
+  run()
+  return torch.cuda.max_memory_allocated() - before
 
 
 def memory_in_child(args, name, length):
@@ -199,7 +218,7 @@ def ratios(values):
 
 def measure_length(args, length, skipped):
   names = names_at(args, length, skipped)
-  seconds = time_length(args, length, names)
+  seconds, in_process = time_length(args, length, names)
   result = {
       'seconds': {n: float(np.median(s)) for n, s in seconds.items()},
       'rounds': seconds,
@@ -208,7 +227,9 @@ def measure_length(args, length, skipped):
           for n, s in seconds.items() if contenders.baseline(n) in seconds},
       'memory': {}}
   for name in names:
-    result['memory'][name] = memory_in_child(args, name, length)
+    result['memory'][name] = (memory_in_child(args, name, length)
+                              if args.memory == 'child' else
+                              in_process.get(name, {'failed': 'no step'}))
     print(f'L={length} {name}: {result["seconds"].get(name, float("nan")):.4f}'
           f' s, memory {result["memory"][name]}', flush=True)
   result['memory_over_ours'] = ratios(
@@ -286,6 +307,11 @@ def main(argv=None):
   parser.add_argument('--sanity_length', type=int, default=1024)
   parser.add_argument('--same_math_tol', type=float, default=1e-5)
   parser.add_argument('--shipped_tol', type=float, default=5e-3)
+  parser.add_argument('--memory', choices=('child', 'planned'),
+                      default='child',
+                      help='child: each step in a fresh process (see '
+                      "above); planned: XLA's plan for JAX steps, torch's "
+                      'CUDA peak for torch ones (none on a CPU), no children')
   parser.add_argument('--child_timeout', type=int, default=900)
   parser.add_argument('--only', default='', type=harness.comma_list_arg(
       _contender), help='these contenders only (comma-separated)')

@@ -36,9 +36,8 @@ def test_dry_run_runs_every_step_and_writes_every_result(tmp_path, in_repo):
                                    'authors_bidir'}
   for name in ('ours_bidir', 'authors_bidir'):
     assert peers['memory'][name]['peak_bytes'] > 0
-  assert set(records['model']['steps']) >= {
-      'imagenet64/performer', 'imagenet64/identity', 'imagenet64/reformer',
-      'pg19_256/performer'}
+  assert set(records['model']['steps']) == {'imagenet64/performer',
+                                            'pg19_256/performer'}
   assert records['model']['steps']['imagenet64/performer']['length'] == 768
 
 
