@@ -10,8 +10,8 @@
 # Steps: install the extras, check that JAX sees the GPU, run the tests of
 # the ops and the layer on it, then the attention benchmark, the peer
 # benchmark and the model benchmark (ImageNet64 at 12288 tokens and PG-19
-# at 8192, the configs' widths: Performer, the identity-attention lower
-# bound, the LSH twin; decoding after prefixes of 128 and 8192). Every JSON
+# at 8192, the configs' widths at 2 layers: Performer, the identity-attention
+# lower bound, the LSH twin; decoding after prefixes of 128 and 8192). Every JSON
 # and PNG goes under --out (default results/gpu). Sized to finish in under
 # 8 minutes on one H100/H200-class GPU; the elapsed time of each step is
 # printed. --dry-run shrinks every size, skips the install and the GPU
@@ -53,10 +53,11 @@ if [ "$DRY_RUN" = 1 ]; then
              --core_max_len=128)
   PEERS=(--lengths=128 --rounds=1 --n_heads=2 --d_head=16
          --n_random_features=8 --sanity_length=64
-         --only=ours_bidir,ours_causal,authors_bidir,performer_pytorch_bidir)
+         --only=ours_bidir,ours_causal,authors_bidir,performer_pytorch_bidir
+         --memory=planned)
   MODEL=(--width_bindings='D_MODEL=32,D_FF=64,N_HEADS=2,D_HEAD=16,N_LAYERS=1,N_RANDOM_FEATURES=8,POS_D_AXIAL_EMBS=(12,12,8)'
          --imagenet64_bindings='SEQUENCE_LENGTH=768,POS_AXIAL_SHAPE=(16,16,3),LSH_N_BUCKETS=12'
-         --models=performer --exact_max_len=0 --pg19_length=256 --depths=
+         --models=performer --exact_max_len=0 --pg19_length=0 --depths=
          --steps=1 --prefixes=8,16
          --decode_tokens=2 --decode_width=32,64,2,1)
 else
@@ -74,12 +75,16 @@ sys.exit(0 if jax.default_backend() == 'gpu' else
              --repeats=5 --exact_max_len=16384 --lsh_max_len=16384)
   PEERS=(--lengths=1024,4096,16384,65536 --rounds=5 --exact_max_len=16384
          --dpa_max_len=65536 --torch_causal_max_len=16384 --memory=planned)
-  MODEL=(--width_bindings= --models=performer,identity,reformer --depths=
+  # The configs' widths at 2 layers (compiling 6 layers in each of the six
+  # step processes alone would take most of the 8 minutes).
+  MODEL=(--width_bindings=N_LAYERS=2 --models=performer,identity,reformer
+         --depths=
          --steps=3 --prefixes=128,8192 --decode_tokens=32)
 fi
 
 step "tests: ops and the layer"
-"$PYTHON" -m pytest -q "${TESTS[@]}"
+# float32 products in full precision (GPUs default to TF32 for float32).
+JAX_DEFAULT_MATMUL_PRECISION=highest "$PYTHON" -m pytest -q "${TESTS[@]}"
 step "attention benchmark"
 "$PYTHON" -m benchmarks.attention --out "$OUT/attention" "${ATTENTION[@]}"
 step "peer benchmark"

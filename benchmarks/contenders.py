@@ -237,3 +237,43 @@ def outputs(name, q, k, v, w):
       return _torch_attention(name, w)(
           *(torch.from_numpy(np.asarray(x)) for x in (q, k, v))).numpy()
   return np.asarray(jax_core(name, w, q.shape)(q, k, v))
+
+
+def sanity(q, k, v, w, same_math_tol, shipped_tol):
+  """trax_favor against performer-pytorch and exact softmax (peers.py says
+  what is compared); errors relative to the largest exact output."""
+  missing = torch_missing()
+  if missing:
+    return {'skipped': missing}
+  import torch  # pylint: disable=g-import-not-at-top
+  from performer_pytorch import performer_pytorch as pp  # pylint: disable=g-import-not-at-top
+  w_torch = torch.from_numpy(np.array(w))
+  found = {}
+  for causal in (False, True):
+    ours = ops.favor_attention(q, k, v, w, causal=causal,
+                               numerical_stabilizer=0.0)
+    ours = np.asarray(ours[0] if causal else ours)
+    feats = [pp.softmax_kernel(torch.from_numpy(np.array(x)),
+                               projection_matrix=w_torch, is_query=is_query,
+                               eps=0.0)
+             for x, is_query in ((q, True), (k, False))]
+    tv = torch.from_numpy(np.array(v))
+    theirs_eps0 = (pp.causal_linear_attention_noncuda(*feats, tv, eps=0.0)
+                   if causal else pp.linear_attention(*feats, tv))
+    kind = 'causal' if causal else 'bidir'
+    shipped = {who: outputs(f'{who}_{kind}', q, k, v, w)
+               for who in ('ours', 'performer_pytorch')}
+    exact_out = np.asarray(exact(q, k, v, causal))
+    scale = float(np.abs(exact_out).max())
+    error = lambda a, b: float(np.abs(a - b).max() / scale)
+    found[kind] = {
+        'same_math': error(ours, theirs_eps0.numpy()),
+        'as_shipped': error(shipped['ours'], shipped['performer_pytorch']),
+        'ours_vs_exact': error(shipped['ours'], exact_out),
+        'performer_pytorch_vs_exact': error(shipped['performer_pytorch'],
+                                            exact_out)}
+  found['passed'] = all(
+      found[kind]['same_math'] <= same_math_tol and
+      found[kind]['as_shipped'] <= shipped_tol for kind in ('bidir', 'causal'))
+  found['tolerances'] = {'same_math': same_math_tol, 'as_shipped': shipped_tol}
+  return found

@@ -164,48 +164,6 @@ def _memory_child(args):
                     'xla_planned_bytes': planned}))
 
 
-def sanity(args):
-  """trax_favor against performer-pytorch and exact softmax (see above)."""
-  if contenders.torch_missing():
-    return {'skipped': contenders.torch_missing()}
-  import torch  # pylint: disable=g-import-not-at-top
-  from performer_pytorch import performer_pytorch as pp  # pylint: disable=g-import-not-at-top
-  q, k, v, w = inputs(args, args.sanity_length, seed=1, scale=0.25)
-  w_torch = torch.from_numpy(np.array(w))
-  found = {}
-  for causal in (False, True):
-    ours = ops.favor_attention(q, k, v, w, causal=causal,
-                               numerical_stabilizer=0.0)
-    ours = np.asarray(ours[0] if causal else ours)
-    feats = [pp.softmax_kernel(torch.from_numpy(x),
-                               projection_matrix=w_torch,
-                               is_query=is_query, eps=0.0)
-             for x, is_query in ((q, True), (k, False))]
-    theirs_eps0 = (
-        pp.causal_linear_attention_noncuda(*feats, torch.from_numpy(v),
-                                           eps=0.0)
-        if causal else pp.linear_attention(*feats, torch.from_numpy(v)))
-    kind = 'causal' if causal else 'bidir'
-    shipped = {who: contenders.outputs(f'{who}_{kind}', q, k, v, w)
-               for who in ('ours', 'performer_pytorch')}
-    exact = np.asarray(contenders.exact(q, k, v, causal))
-    scale = float(np.abs(exact).max())
-    error = lambda a, b: float(np.abs(a - b).max() / scale)
-    found[kind] = {
-        'same_math': error(ours, theirs_eps0.numpy()),
-        'as_shipped': error(shipped['ours'], shipped['performer_pytorch']),
-        'ours_vs_exact': error(shipped['ours'], exact),
-        'performer_pytorch_vs_exact': error(shipped['performer_pytorch'],
-                                            exact)}
-  found['passed'] = all(
-      found[kind]['same_math'] <= args.same_math_tol and
-      found[kind]['as_shipped'] <= args.shipped_tol
-      for kind in ('bidir', 'causal'))
-  found['tolerances'] = {'same_math': args.same_math_tol,
-                         'as_shipped': args.shipped_tol}
-  return found
-
-
 def ratios(values):
   """{name: value / ours} in each direction, for a {name: value} dict."""
   found = {}
@@ -340,7 +298,9 @@ def main(argv=None):
   record['skipped'] = skipped
   os.makedirs(os.path.dirname(args.out) or '.', exist_ok=True)
   if 'sanity' not in record or 'skipped' in record['sanity']:
-    record['sanity'] = sanity(args)
+    q, k, v, w = inputs(args, args.sanity_length, seed=1, scale=0.25)
+    record['sanity'] = contenders.sanity(q, k, v, w, args.same_math_tol,
+                                         args.shipped_tol)
     print(f'sanity: {record["sanity"]}', flush=True)
     harness.save_json(record, path)
   for length in harness.comma_list(args.lengths, int):

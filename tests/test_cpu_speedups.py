@@ -24,8 +24,13 @@ def _product_with_reductions(a, b):
 
 
 ARGS = (jnp.ones((64, 64)) * 0.01, jnp.ones((64, 64)))
+# The XLA option exists on the CPU backend only (benchmarks/accelerator.sh
+# runs this file on a GPU too).
+cpu_only = pytest.mark.skipif(jax.default_backend() != 'cpu',
+                              reason='XLA CPU option')
 
 
+@cpu_only
 def test_options_on_the_cpu_backend_compile_and_agree():
   assert cpu_speedups.compiler_options() == {cpu_speedups.YNN_OPTION: ''}
   ours = jax.jit(_product_with_reductions,
@@ -34,6 +39,7 @@ def test_options_on_the_cpu_backend_compile_and_agree():
                              rtol=1e-6)
 
 
+@cpu_only
 def test_opt_out_keeps_xla_default(monkeypatch):
   monkeypatch.setenv(cpu_speedups.ENV, '0')
   assert cpu_speedups.compiler_options() == {}
@@ -41,6 +47,7 @@ def test_opt_out_keeps_xla_default(monkeypatch):
     assert cpu_speedups.compiler_options() == {cpu_speedups.YNN_OPTION: ''}
 
 
+@cpu_only
 def test_trax_jit_gets_the_options_only_inside_the_context(monkeypatch):
   seen = []
   original = trax_jax.JAX_BACKEND['jit']
@@ -83,6 +90,7 @@ def test_ops_called_eagerly_and_under_a_users_jit_agree():
   np.testing.assert_allclose(eager, jitted, rtol=1e-6, atol=1e-7)
 
 
+@cpu_only
 @pytest.mark.parametrize('version,expected', [
     ('0.9.2', {}), ('0.10.1', {cpu_speedups.YNN_OPTION: ''})])
 def test_a_jaxlib_without_the_option_gets_none(monkeypatch, version,

@@ -34,10 +34,9 @@ def test_dry_run_runs_every_step_and_writes_every_result(tmp_path, in_repo):
   assert peers['time_over_ours']['ours_bidir'] == 1.0
   assert set(peers['seconds']) >= {'ours_bidir', 'ours_causal',
                                    'authors_bidir'}
-  for name in ('ours_bidir', 'authors_bidir'):
+  for name in ('ours_bidir', 'authors_bidir'):  # XLA's plan (no children)
     assert peers['memory'][name]['peak_bytes'] > 0
-  assert set(records['model']['steps']) == {'imagenet64/performer',
-                                            'pg19_256/performer'}
+  assert set(records['model']['steps']) == {'imagenet64/performer'}
   assert records['model']['steps']['imagenet64/performer']['length'] == 768
 
 

@@ -79,8 +79,22 @@ def test_unknown_contender_is_a_usage_error(capsys):
 
 def test_agrees_with_performer_pytorch():
   pytest.importorskip('performer_pytorch')
-  found = peers.sanity(_args())
+  q, k, v, w = peers.inputs(_args(), 48, seed=1, scale=0.25)
+  found = contenders.sanity(q, k, v, w, same_math_tol=1e-5, shipped_tol=5e-3)
   assert found['passed'], found
   for kind in ('bidir', 'causal'):
     # Both are the same estimator: far closer to each other than to exact.
     assert found[kind]['as_shipped'] < 0.1 * found[kind]['ours_vs_exact']
+
+
+@pytest.mark.slow
+def test_memory_of_a_step_in_a_child(in_repo):
+  """The CPU memory path: a fresh process, its resident-set peak of one
+  step after a warm-up, beside XLA's plan of the same step."""
+  del in_repo
+  found = peers.memory_in_child(_args(child_timeout=300), 'ours_bidir', 256)
+  assert 0 < found['peak_bytes'] < 2 ** 30, found
+  assert found['xla_planned_bytes'] > 0
+  failed = peers.memory_in_child(_args(child_timeout=300, d_head=-1),
+                                 'ours_bidir', 256)
+  assert failed['failed'].startswith('exit 1'), failed
