@@ -63,6 +63,7 @@ CAUSAL = ('ours_causal', 'ours_causal_plain', 'ours_causal_relu',
 SWITCHED_OFF = ('ours_bidir_plain', 'ours_causal_plain')
 XLA_DEFAULTS = ('ours_bidir_xla_defaults', 'authors_bidir_xla_defaults')
 TORCH = ('performer_pytorch_bidir', 'performer_pytorch_causal')
+QUADRATIC = ('exact_bidir', 'dpa_bidir', 'exact_causal', 'dpa_causal')
 
 
 def direction(name):

@@ -32,6 +32,7 @@ def test_authors_way_is_favor_plus():
                              ours, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # compiles several cores: the README's suite stays short
 @pytest.mark.parametrize('name', ['exact_bidir', 'dpa_bidir', 'exact_causal',
                                   'dpa_causal'])
 def test_exact_contenders_are_softmax_attention(name):
@@ -42,6 +43,7 @@ def test_exact_contenders_are_softmax_attention(name):
                              rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_trax_cores_are_relu_favor():
   """trax's cores match the ReLU kernel (features relu(x) + 1e-3)."""
   q, k, v, w = peers.inputs(_args(), 24)
@@ -77,6 +79,7 @@ def test_unknown_contender_is_a_usage_error(capsys):
       capsys.readouterr().err)
 
 
+@pytest.mark.slow
 def test_agrees_with_performer_pytorch():
   pytest.importorskip('performer_pytorch')
   q, k, v, w = peers.inputs(_args(), 48, seed=1, scale=0.25)
@@ -98,3 +101,15 @@ def test_memory_of_a_step_in_a_child(in_repo):
   failed = peers.memory_in_child(_args(child_timeout=300, d_head=-1),
                                  'ours_bidir', 256)
   assert failed['failed'].startswith('exit 1'), failed
+
+
+def test_time_ratios_pair_rounds_and_compare_fastest_rounds():
+  seconds = {'ours_bidir': [1.0, 4.0, 1.0], 'authors_bidir': [2.0, 2.0, 3.0],
+             'ours_causal_relu': [1.0, 1.0, 1.0],
+             'trax_causal_favor_relu': [3.0, 1.0, 2.0]}
+  found = peers.ratios_in(seconds, list(seconds))
+  # ours_causal_relu's own baseline (ours_causal) was not timed: no ratio.
+  assert found['paired'] == {'ours_bidir': 1.0, 'authors_bidir': 2.0,
+                             'trax_causal_favor_relu': 2.0}
+  assert found['fastest'] == {'ours_bidir': 1.0, 'authors_bidir': 2.0,
+                              'trax_causal_favor_relu': 1.0}
