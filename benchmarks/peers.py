@@ -146,22 +146,14 @@ def _memory_child(args):
   q, k, v, w = inputs(args, args.length)
   name = args.memory_of
   run, planned = contenders.prepare(name, q, k, v, w)
-  torch_cuda = False
-  if name in contenders.TORCH:
-    import torch  # pylint: disable=g-import-not-at-top
-    torch_cuda = torch.cuda.is_available()
   gc.collect()
-  if torch_cuda:
-    torch.cuda.reset_peak_memory_stats()
-    before = torch.cuda.memory_allocated()
-  else:
+  added = torch_cuda_peak(run) if name in contenders.TORCH else None
+  if added is None:  # a JAX step, or torch on a CPU: the resident set
     before = memory.memory_in_use_bytes()
     memory.reset_peak_memory()
-  run()
-  peak = (torch.cuda.max_memory_allocated() if torch_cuda
-          else memory.peak_memory_bytes())
-  print(json.dumps({'peak_bytes': peak - before,
-                    'xla_planned_bytes': planned}))
+    run()
+    added = memory.peak_memory_bytes() - before
+  print(json.dumps({'peak_bytes': added, 'xla_planned_bytes': planned}))
 
 
 def ratios(values):
@@ -321,9 +313,10 @@ def main(argv=None):
   record['config'] = config
   record['machine'] = harness.machine_info()
   skipped = {}
-  if contenders.torch_missing():
-    skipped['torch'] = contenders.torch_missing()
-    print(skipped['torch'], flush=True)
+  missing = contenders.torch_missing()
+  if missing:
+    skipped['torch'] = missing
+    print(missing, flush=True)
   else:
     import torch  # pylint: disable=g-import-not-at-top
     record['machine'].update(torch=torch.__version__,
