@@ -74,7 +74,7 @@ class ExactRelativeAttention(FavorSelfAttention):
                      causal=causal, output_dropout=output_dropout, mode=mode,
                      n_random_features=n_random_features)
     # The bias weight (see layers/relative.py), attended exactly.
-    self._relative_position = 'fft'
+    self._relative_position = 'bias'
     self._max_relative_distance = max_relative_distance
 
   def attend_relative(self, q, k, v, projection, bias, t, key_mask, rng):

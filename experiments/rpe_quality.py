@@ -2,7 +2,7 @@
 
 The offline default (same data, seed and steps) trained four ways:
   favor         gin/offline_default.gin (FAVOR+, learned absolute positions)
-  favor_rpe     gin/offline_default_rpe.gin (+ relative bias by FFT and
+  favor_rpe     gin/offline_default_rpe.gin (+ a learned relative bias and
                 normalized queries/keys with a learned temperature)
   favor_qknorm  the offline default with normalized queries/keys only
   exact_rpe     exact softmax attention with the same relative bias

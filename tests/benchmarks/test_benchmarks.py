@@ -260,7 +260,7 @@ def test_rpe_benchmark_writes_times_memory_and_growth(tmp_path, in_repo):
   del in_repo
   out = str(tmp_path / 'rpe')
   rpe_bench.main([f'--out={out}', '--lengths=32,64', '--exact_max_len=32',
-                      '--rounds=1', '--d=8', '--m=8',
+                      '--rounds=1', '--d=8', '--m=8', '--n_heads=2',
                       '--max_relative_distance=4'])
   with open(out + '.json') as f:
     record = json.load(f)
@@ -271,6 +271,10 @@ def test_rpe_benchmark_writes_times_memory_and_growth(tmp_path, in_repo):
   assert all(v['seconds'] > 0 and v['peak_bytes'] > 0
              for v in record['lengths']['64'].values())
   assert os.path.exists(out + '.png')
+  ratios = record['rpe_over_favor']['64']
+  row = record['lengths']['64']
+  assert ratios['causal_time'] == (row['rpe_causal']['seconds']
+                                   / row['favor_causal']['seconds'])
 
 
 @pytest.mark.slow

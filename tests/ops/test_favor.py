@@ -328,16 +328,20 @@ def test_bfloat16_inputs_accumulate_in_float32(causal, block_size):
   w = ops.draw_projection(jax.random.PRNGKey(4), 64, 16)
   run = lambda *a: ops.favor_attention(*a, w, causal=causal, chunk_size=32,
                                        block_size=block_size)
-  out32 = run(q, k, v)
-  out16 = run(q.astype(jnp.bfloat16), k.astype(jnp.bfloat16),
-              v.astype(jnp.bfloat16))
-  if causal:
-    out32, out16 = out32[0], out16[0]
+  half = [x.astype(jnp.bfloat16) for x in (q, k, v)]
+  out16 = run(*half)
+  q32, k32, v32 = (x.astype(jnp.float32) for x in half)  # rounded inputs
+  qf, _ = ops.feature_map('softmax', q32, w)
+  kf, s = ops.feature_map('softmax', k32, w)
+  out32 = reference.masked_linear_attention(qf, kf, s, v32, causal=causal)
+  out16 = out16[0] if causal else out16
   assert out16.dtype == jnp.bfloat16
-  # Only input/output rounding (bf16 has 8 bits of mantissa: ~4e-3) remains;
-  # a bf16 accumulation over 256 keys would be far worse.
-  np.testing.assert_allclose(out16.astype(jnp.float32), out32, atol=3e-2)
-  assert np.mean(np.abs(out16.astype(jnp.float32) - out32)) < 5e-3
+  # Only input and output rounding: bf16 inputs give the float32 result of
+  # the rounded inputs (the naive form's), rounded to bf16. Float32 sums in
+  # another order move a rounding boundary in a few entries at most (< 1%);
+  # a state rounded to bf16 at every chunk boundary moves about 10%.
+  differ = np.asarray(out16) != np.asarray(out32.astype(jnp.bfloat16))
+  assert np.mean(differ) < 0.01
 
 
 def test_underflowed_denominator_is_not_a_silent_zero():

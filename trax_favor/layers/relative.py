@@ -1,21 +1,17 @@
-"""FavorSelfAttention's relative positions (by FFT) and query/key L2
-normalization: the options, their weights and their attention path.
+"""FavorSelfAttention's relative positions and query/key L2 normalization:
+the options, their weights and their attention path.
 
-  relative_position='fft'   a learned bias per head over relative distances
-      d = j - i clipped at +-max_relative_distance (as T5 clips; the table
-      has 2 D + 1 entries, D + 1 when causal), weight (n_heads, table),
-      initialized to 0 so the layer starts as plain FAVOR+; attention by
-      `ops.rpe` in O(L log L). Extra cost: the FFT of the (L, m, d_v + 1)
-      key-value tensor per head, and that tensor's memory. No O(1) decoding
-      state exists (each query weighs the whole past by distance), so
-      predict mode is refused.
+  relative_position='bias' (or its old name 'fft')   a learned bias per head
+      over relative distances d = j - i clipped at +-max_relative_distance
+      (as T5 clips; the table has 2 D + 1 entries, D + 1 when causal),
+      weight (n_heads, table), initialized to 0 so the layer starts as plain
+      FAVOR+; attention by `ops.rpe`, exact for every table, in O(L D)
+      (docs/relative_positions.md). Causal layers decode in predict mode
+      with an O(D) state: the far keys' sums and the last D keys.
   qk_normalization='fixed' | 'learned'   queries and keys scaled to unit L2
       norm, times a temperature t (the softmax logit is t cos(q, k)):
       t = sqrt(d_qk) fixed, or learned per head (weight (n_heads,), as
-      log t, initialized to log sqrt(d_qk)). It bounds every key's feature
-      log-scale by max_r |w_r| sqrt(t), which causal relative positions use
-      as their reference (it does not depend on future keys); causal
-      relative positions therefore need it.
+      log t, initialized to log sqrt(d_qk)).
 """
 
 import jax
@@ -25,13 +21,12 @@ from trax_favor import checks
 from trax_favor.ops import feature_maps
 from trax_favor.ops import rpe
 
-RELATIVE_POSITIONS = (None, 'fft')
+RELATIVE_POSITIONS = (None, 'bias', 'fft')  # 'fft': the old name of 'bias'
 DEFAULT_MAX_RELATIVE_DISTANCE = 128
 QK_NORMALIZATIONS = (None, 'fixed', 'learned')
 
 
-def check_options(relative_position, qk_normalization, max_relative_distance,
-                  causal, mode):
+def check_options(relative_position, qk_normalization, max_relative_distance):
   """One ConfigError for an option, or a combination, that cannot work."""
   if relative_position not in RELATIVE_POSITIONS:
     raise checks.ConfigError(f'relative_position must be one of '
@@ -42,29 +37,19 @@ def check_options(relative_position, qk_normalization, max_relative_distance,
   if relative_position is None:
     if max_relative_distance is not None:
       raise checks.ConfigError(
-          'max_relative_distance applies to relative_position=\'fft\' only; '
+          'max_relative_distance applies to relative_position=\'bias\' only; '
           f'got max_relative_distance={max_relative_distance!r} without it.')
     return
   if max_relative_distance is not None:
     checks.check_positive_int(max_relative_distance=max_relative_distance)
-  if mode == 'predict':
-    raise checks.ConfigError(
-        "relative_position='fft' has no O(1) decoding state (each query "
-        'weighs the whole past by its distance), so predict mode is not '
-        'offered; decode with the full-sequence model, or train without it.')
-  if causal and qk_normalization is None:
-    raise checks.ConfigError(
-        "causal relative_position='fft' needs qk_normalization ('fixed' or "
-        "'learned'): it bounds the keys' feature scales without looking at "
-        'future keys.')
 
 
 def extra_weights(relative_position, qk_normalization, max_relative_distance,
                   causal, n_heads, d_qk):
   """The weights the options add, after the projections: (bias?, log_t?)."""
   extra = []
-  if relative_position == 'fft':
-    table = max_relative_distance + 1 if causal else 2 * max_relative_distance + 1
+  if relative_position:
+    table = rpe.table_size(max_relative_distance, causal)
     extra.append(jnp.zeros((n_heads, table), jnp.float32))
   if qk_normalization == 'learned':
     extra.append(jnp.full((n_heads,), 0.5 * jnp.log(float(d_qk)), jnp.float32))
@@ -88,11 +73,13 @@ def normalize(x, t):
   return (x / norm * jnp.sqrt(t) * float(d) ** 0.25).astype(x.dtype)
 
 
-def attend(q, k, v, projection, bias, t, key_mask, feature_map_name, eps,
-           causal, max_relative_distance, attention_dropout=0.0, rng=None):
-  """Relative-position FAVOR: q, k (b, h, l, d_qk), v (b, h, l, d_v).
-  attention_dropout drops entries of the key features, as plain FAVOR+
-  does (ops/attention.py)."""
+def attend(q, k, v, projection, bias, key_mask, feature_map_name, eps,
+           causal, max_relative_distance, attention_dropout=0.0, rng=None,
+           initial_state=None, chunk_size=None):
+  """Relative-position FAVOR: q, k (b, h, l, d_qk), v (b, h, l, d_v),
+  bias (h, table). attention_dropout drops entries of the key features, as
+  plain FAVOR+ does (ops/attention.py). Returns o (b, h, l, d_v), and when
+  causal also the final `rpe.RelativeState`."""
   fmap = feature_maps.get_feature_map(feature_map_name)
   q_feat, _ = feature_maps.feature_map(feature_map_name, q, projection, eps)
   k_feat, k_log_scale = feature_maps.feature_map(feature_map_name, k,
@@ -102,12 +89,6 @@ def attend(q, k, v, projection, bias, t, key_mask, feature_map_name, eps,
   if attention_dropout:
     keep = jax.random.bernoulli(rng, 1.0 - attention_dropout, k_feat.shape)
     k_feat = jnp.where(keep, k_feat / (1.0 - attention_dropout), 0.0)
-  log_ref = None
-  if t is not None and k_log_scale is not None:
-    # |k d^(-1/4)| = sqrt(t): every logit w_r . k is at most |w_r| sqrt(t),
-    # and the other log-scale terms are <= 0.
-    w_max = jnp.max(jnp.linalg.norm(projection.astype(jnp.float32), axis=-1))
-    log_ref = jnp.reshape(w_max * jnp.sqrt(t), (-1, 1))  # (h or 1, 1)
-  c = rpe.bias_weights(bias, q.shape[-2], max_relative_distance, causal)
-  return rpe.rpe_favor(q_feat, k_feat, k_log_scale, v, c[None],
-                       key_mask=key_mask, causal=causal, log_ref=log_ref)
+  return rpe.rpe_favor(q_feat, k_feat, k_log_scale, v, bias,
+                       max_relative_distance, key_mask=key_mask, causal=causal,
+                       initial_state=initial_state, chunk_size=chunk_size)

@@ -12,7 +12,8 @@ Weights (per head, stacked on a leading head axis h):
 State:
   train / eval:  projection (m, d_qk), the fixed random projection.
   predict:       (projection, (kv (b, h, m', d_v), z (b, h, m'), ref (b, h))),
-                 the causal prefix sums: O(1) in the decoded length.
+                 the causal prefix sums: O(1) in the decoded length; with
+                 relative positions also the last D keys (ops/rpe.py).
 
 The fixed projection is drawn from the init rng, so every layer draws its own.
 It is state, not a weight: copy it between models with `transfer_projections`
@@ -34,6 +35,7 @@ from trax_favor.ops import favor
 from trax_favor.ops import feature_maps
 from trax_favor.layers import relative
 from trax_favor.ops import random_features
+from trax_favor.ops import rpe
 
 REDRAW_POLICIES = ('fixed', 'step')
 
@@ -121,15 +123,14 @@ class FavorSelfAttention(base.Layer):
         whose features are recomputed in the backward pass, so no (length,
         n_random_features) tensor is ever stored (see ops/attention.py);
         None computes features at full length (more memory, no recompute).
-      relative_position: None, or 'fft': a learned relative positional bias
-        per head, attention by FFT in O(L log L) (see layers/relative.py;
-        not in predict mode).
+      relative_position: None, or 'bias' (old name 'fft'): a learned
+        relative positional bias per head, attention exact in O(L D), with
+        an O(D) decoding state (see layers/relative.py).
       max_relative_distance: relative_position only: distances are clipped
         at this many tokens, each side (None: 128); an error without
         relative_position.
       qk_normalization: None, 'fixed' or 'learned': queries and keys at unit
-        L2 norm times a temperature (see layers/relative.py); needed by
-        causal relative positions.
+        L2 norm times a temperature (see layers/relative.py).
     """
     super().__init__(n_in=(2 if masked else 1), n_out=1)
     checks.check_positive_int(n_heads=n_heads, d_qk=d_qk, d_v=d_v)
@@ -170,7 +171,7 @@ class FavorSelfAttention(base.Layer):
     random_features.check_projection_args(n_random_features, d_qk, projection,
                                           projection_scaling)
     relative.check_options(relative_position, qk_normalization,
-                           max_relative_distance, causal, mode)
+                           max_relative_distance)
     self._relative_position = relative_position
     self._max_relative_distance = (
         relative.DEFAULT_MAX_RELATIVE_DISTANCE if max_relative_distance is None
@@ -238,8 +239,12 @@ class FavorSelfAttention(base.Layer):
     projection = self.draw_projection(jax.random.fold_in(self.rng, 1))
     if self._mode == 'predict':
       m_out = self._n_random_features * self._feature_map.features_per_row
-      self.state = (projection, tuple(favor.empty_state(
-          (batch, self._n_heads), m_out, self._d_v)))
+      if self._relative_position:
+        empty = rpe.empty_state((batch, self._n_heads), m_out, self._d_v,
+                                self._max_relative_distance)
+      else:
+        empty = favor.empty_state((batch, self._n_heads), m_out, self._d_v)
+      self.state = (projection, tuple(empty))
     else:
       self.state = projection
     # What init drew, to tell loaded weights and projections from these (see
@@ -346,9 +351,11 @@ class FavorSelfAttention(base.Layer):
           f'{(self._n_random_features, self._d_qk)}.')
 
     key_mask = None if mask is None else mask[:, None, :].astype(jnp.bool_)
+    if decode_state is not None:
+      decode_state = self._checked_decode_state(decode_state, q.shape[0])
     if bias is not None:
       o = self.attend_relative(q, k, v, projection, bias, t, key_mask,
-                               rng_attn)
+                               rng_attn, decode_state)
     else:
       o = self.attend(q, k, v, projection, decode_state, key_mask, rng_attn)
     out = jnp.einsum('bhlv,hvd->bld', o, w_o)  # (b, l, d_model)
@@ -364,8 +371,6 @@ class FavorSelfAttention(base.Layer):
                   block_size=self._block_size)
     if not self._causal:
       return attention.favor_attention(q, k, v, projection, **common)
-    if decode_state is not None:
-      decode_state = self._checked_decode_state(decode_state, q.shape[0])
     o, final = attention.favor_attention(
         q, k, v, projection, causal=True, initial_state=decode_state,
         chunk_size=self._chunk_size, **common)  # (b, h, l, d_v)
@@ -373,15 +378,26 @@ class FavorSelfAttention(base.Layer):
       self.state = (projection, tuple(final))
     return o
 
-  def attend_relative(self, q, k, v, projection, bias, t, key_mask, rng):
-    """The core with relative positions (see layers/relative.py)."""
-    return relative.attend(q, k, v, projection, bias, t, key_mask,
-                           self._feature_map_name, self._numerical_stabilizer,
-                           self._causal, self._max_relative_distance,
-                           self._attention_dropout, rng)
+  def attend_relative(self, q, k, v, projection, bias, t, key_mask, rng,
+                      decode_state=None):
+    """The core with relative positions (see layers/relative.py); t, the
+    temperature, is already applied to q and k."""
+    del t
+    o = relative.attend(q, k, v, projection, bias, key_mask,
+                        self._feature_map_name, self._numerical_stabilizer,
+                        self._causal, self._max_relative_distance,
+                        self._attention_dropout, rng,
+                        initial_state=decode_state,
+                        chunk_size=self._chunk_size)
+    if not self._causal:
+      return o
+    if self._mode == 'predict':
+      self.state = (projection, tuple(o[1]))
+    return o[0]
 
   def _checked_decode_state(self, decode_state, batch):
-    state = favor.KeySums(*decode_state)
+    state = (rpe.RelativeState if self._relative_position
+             else favor.KeySums)(*decode_state)
     if state.ref.shape != (batch, self._n_heads):
       raise checks.ConfigError(
           f'predict-mode state was initialized for batch size '

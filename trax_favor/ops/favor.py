@@ -234,7 +234,7 @@ def bidirectional_favor(q_feat, k_feat, k_log_scale, v, key_mask=None):
   return read_out(q_feat, key_sums(k_feat, k_log_scale, v, key_mask), v.dtype)
 
 
-def _add_relative(x_a, r_a, x_b, r_b):
+def add_relative(x_a, r_a, x_b, r_b):
   """x_a e^r_a + x_b e^r_b as (sum relative to r, r), r = max(r_a, r_b).
 
   x_a, x_b: (..., *trailing) sums; r_a, r_b: (...,) their references.
@@ -246,8 +246,8 @@ def _add_relative(x_a, r_a, x_b, r_b):
 
 def _combine(a, b):
   """Sum of two (kv, z, ref) partial sums, earlier one first."""
-  kv, r = _add_relative(a[0], a[2], b[0], b[2])
-  z, _ = _add_relative(a[1], a[2], b[1], b[2])
+  kv, r = add_relative(a[0], a[2], b[0], b[2])
+  z, _ = add_relative(a[1], a[2], b[1], b[2])
   return kv, z, r
 
 
@@ -353,14 +353,14 @@ def _causal_favor(q_feat, k_feat, k_log_scale, v, initial_state, key_mask,
       kv1_final[..., :d_v], kv1_final[..., d_v], r_final)
 
 
-def _exclusive_prefixes(kv1_loc, r_loc, init):
+def exclusive_prefixes(kv1_loc, r_loc, init):
   """States before each chunk from per-chunk sums (chunk axis -3 / -1)."""
   axis = r_loc.ndim - 1  # the chunk axis
   local = (jnp.moveaxis(kv1_loc, axis, 0),
            jnp.moveaxis(r_loc, axis, 0))  # chunk axis first, for the scan
 
   def add_chunk(prefix, chunk):  # emit the state before the chunk
-    return _add_relative(*prefix, *chunk), prefix
+    return add_relative(*prefix, *chunk), prefix
 
   final, before = jax.lax.scan(add_chunk, init, local)
   kv1_pre, r_pre = (jnp.moveaxis(x, 0, axis) for x in before)
@@ -377,7 +377,7 @@ def _chunks_stabilized(qc, kc, vc1, sc, init):
   # Per-chunk sums relative to the chunk maximum, then exclusive prefixes.
   k_loc = kc * jnp.exp(sc - chunk_max[..., None])[..., None]  # (..., n, c, m)
   kv1_loc = sum_over_keys(k_loc, vc1)  # (..., n, m, v+1)
-  kv1_pre, r_pre, final = _exclusive_prefixes(kv1_loc, chunk_max, init)
+  kv1_pre, r_pre, final = exclusive_prefixes(kv1_loc, chunk_max, init)
 
   # Reference of query t: the largest key log-scale at positions <= t.
   q_ref = jnp.maximum(run_max, r_pre[..., None])  # (..., n, c)
@@ -409,7 +409,7 @@ def _chunks_shared_scale(qc, kc, vc1, sc, init):
   kv1_init = init[0] * jnp.exp(init_ref)[..., None, None]
   run_max = jax.lax.cummax(sc, axis=sc.ndim - 1)  # (..., n, c): 0 or NEG
   kv1_loc = sum_over_keys(kc, vc1)  # (..., n, m, v+1)
-  kv1_pre, r_pre, final = _exclusive_prefixes(kv1_loc, run_max[..., -1],
+  kv1_pre, r_pre, final = exclusive_prefixes(kv1_loc, run_max[..., -1],
                                               (kv1_init, init_ref))
   causal_mask = jnp.tril(jnp.ones((c, c), jnp.bool_))
   weights = jnp.where(causal_mask, pair_scores(qc, kc),

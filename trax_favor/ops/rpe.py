@@ -1,170 +1,336 @@
-"""FAVOR attention with a relative positional bias, by FFT: O(L log L).
+"""FAVOR attention with a learned relative positional bias, exact and O(L D).
 
-With a bias b over relative positions d = j - i (query i, key j), kernelized
-attention with relative positional encoding (Luo et al., NeurIPS 2021) is
+With a bias b over relative distances d = j - i (query i, key j), clipped at
+D = max_distance, kernelized attention with a relative bias is
 
-    out_i = sum_j c_{j-i} Q'_i . K'_j V_j / sum_j c_{j-i} Q'_i . K'_j,
-    c_d = exp(b_d),
+    out_i = sum_j w_ij Q'_i . K'_j V_j / sum_j w_ij Q'_i . K'_j,
+    w_ij = exp(b[clip(j - i, -D, D)])       (causal: j <= i, clip(., -D, 0)).
 
-and both sums are Q'_i . T_i with T_i = sum_j c_{j-i} (K'_j [V_j, 1]): for
-every feature and value channel a Toeplitz matrix times a vector over the
-length axis, i.e. one convolution, computed for all i at once by FFT. The
-causal form sets c_d = 0 for d > 0 (a lower-triangular Toeplitz product).
+Every key at distance D or more has the same weight. So for the queries of
+one chunk of c tokens, the keys split into
+  a window   the chunks holding every key closer than D to one of those
+             queries (R = ceil(D / c) * c keys before the chunk, the chunk,
+             and R after it when bidirectional): an explicit masked
+             (c, window) product with weights w_ij, as the intra-chunk term
+             of chunked linear attention;
+  far keys   the keys before the window (weight of d = -D) and, when
+             bidirectional, after it (d = +D): exactly the prefix (suffix)
+             sums of plain chunked FAVOR, read out once per query.
+Every term is positive (no cancellation at any dynamic range of the bias),
+a masked entry is selected out, never rounded away, and nothing reads a
+future key. Time O(L (c + 2R) m) and memory (window / c) times the key
+features; the state of a causal sequence is O(D): the far sums plus a ring
+of the last D keys, so a sequence can be split anywhere (predict mode feeds
+a prompt in one call, then one token at a time).
 
-Memory and time: the convolved tensor K' [V, 1] is (l, m, v + 1) per head,
-m / 2 times the size of the plain FAVOR state per token; its FFT is
-O(l log l) per channel.
+Stabilization (every exponent <= 0, float32 throughout): each query's
+reference is the largest log-weight s_j + b_ij over the keys it sees
+(window) and over the far sums (their reference plus b at distance D):
+it depends on no future key and includes the bias, so no visible weight
+underflows to 0 while a larger one exists, whatever the table or the
+feature scales. References are under stop_gradient (they cancel).
+Non-finite queries, keys and values are handled as in `favor.causal_favor`:
+replaced by zeros, then the outputs that see them set to NaN by selection
+(causal: the position and every later one; bidirectional: every output).
 
-Stabilization (every exponent <= 0, float32 throughout):
-  bias   c_d = exp(b_d - max b): the common factor cancels;
-  keys   K'_j = features_j exp(s_j - ref): bidirectional, ref is the largest
-         key log-scale (stop_gradient); causal, ref must not depend on
-         future keys, so the caller passes a bound that holds for every key
-         (`log_ref`; with L2-normalized queries and keys the layer derives
-         one from the projection, see layers/self_attention.py).
-Masked keys are selected out (`jnp.where`). In float32 the FFT spreads a
-roundoff of about 1e-7 of the largest term over all positions: causal
-outputs are exact in arithmetic, and a future value reaches a past output
-only through that roundoff (measured in tests/ops/test_rpe.py).
-
-`naive_rpe_favor` is the explicit O(l^2) form beside it, for tests.
+The FFT form this module once used (O(L log L)) is gone: its float32 roundoff
+is relative to the largest term of the whole transform, so with a steep
+bias causal outputs leaked the future and small outputs lost every digit;
+with clipped distances the window form is exact and also faster.
 """
+
+import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from trax_favor import checks
+from trax_favor import cpu_speedups
+from trax_favor.cpu_speedups import apply_sums
+from trax_favor.cpu_speedups import pair_scores
+from trax_favor.cpu_speedups import sum_over_keys
 from trax_favor.ops import favor
 
-
-# Weights below exp(LOG_FLOOR) of the largest are raised to it, and a
-# denominator below DEN_FLOOR of the sequence's largest to that: float32 FFT
-# sums carry a roundoff of ~1e-7 of their largest term, so smaller ones are
-# noise, and a query whose visible weights all underflowed would divide
-# noise by noise (or by 0). Such extreme biases give finite outputs, not
-# accurate ones.
-LOG_FLOOR = -30.0
-DEN_FLOOR = 1e-6
+NEG = favor.NEG
+DEFAULT_CHUNK_SIZE = 64
+_MAX_SLICED_WINDOW = 8  # windows of more chunks are gathered, not sliced
 
 
-def _read_out(q_feat, t, d_v, has_key):
-  """Q' T (..., l, v+1) -> num / den, den floored (see DEN_FLOOR)."""
-  num_den = jnp.einsum('...lm,...lmv->...lv', q_feat.astype(jnp.float32), t)
-  den = num_den[..., d_v]
-  top = jax.lax.stop_gradient(jnp.max(jnp.abs(den), axis=-1, keepdims=True))
-  den = jnp.maximum(den, DEN_FLOOR * top)
-  return favor.safe_divide(num_den[..., :d_v], den, has_key)
+class RelativeState(NamedTuple):
+  """A causal sequence so far, for relative-position FAVOR: O(D).
+
+  kv, z, ref: the far sums (as `favor.KeySums`) of every key except the
+    last D, which the next query sees at distance D or more.
+  ring_k (..., D, m), ring_s (..., D), ring_v (..., D, v): the last D keys'
+    features, log-scales (NEG where there was no key) and values, oldest
+    first.
+  """
+  kv: jax.Array
+  z: jax.Array
+  ref: jax.Array
+  ring_k: jax.Array
+  ring_s: jax.Array
+  ring_v: jax.Array
+
+
+def empty_state(batch_shape, n_features, d_v, max_distance):
+  """The state before any token."""
+  batch_shape = tuple(batch_shape)
+  far = favor.empty_state(batch_shape, n_features, d_v)
+  return RelativeState(
+      *far, ring_k=jnp.zeros(batch_shape + (max_distance, n_features),
+                             jnp.float32),
+      ring_s=jnp.full(batch_shape + (max_distance,), NEG, jnp.float32),
+      ring_v=jnp.zeros(batch_shape + (max_distance, d_v), jnp.float32))
+
+
+def table_size(max_distance, causal):
+  """Entries of the bias table: D + 1 causal, 2 D + 1 bidirectional."""
+  return max_distance + 1 if causal else 2 * max_distance + 1
+
+
+def table_index(d, max_distance, causal):
+  """Index into the bias table of relative distances d = j - i (ints).
+
+  Causal tables hold d = 0, -1, .., -D at 0 .. D; bidirectional ones
+  d = -D .. D at 0 .. 2D. Distances beyond D share the last entry.
+  """
+  if causal:
+    return jnp.minimum(jnp.maximum(-d, 0), max_distance)
+  return jnp.clip(d, -max_distance, max_distance) + max_distance
 
 
 def clipped_distances(length, max_distance, causal):
-  """Index into the bias table of each relative distance d = j - i in
-  [-(l-1), l-1] (in that order), distances clipped at +-max_distance.
-
-  The table has 2 * max_distance + 1 entries (bidirectional: index
-  d + max_distance) or max_distance + 1 (causal: index -d, d <= 0; the
-  entries for d > 0 are never used).
-  """
-  d = jnp.arange(-(length - 1), length)  # (2l-1,)
-  d = jnp.clip(d, -max_distance, max_distance)
-  return jnp.maximum(-d, 0) if causal else d + max_distance
+  """Table index of every d = j - i in [-(l-1), l-1], in that order."""
+  return table_index(jnp.arange(-(length - 1), length), max_distance, causal)
 
 
-def bias_weights(bias, length, max_distance, causal):
-  """c_d = exp(b_d - max b) (..., 2l-1) for d = -(l-1) .. l-1; 0 for d > 0
-  when causal. bias: (..., table size) per head."""
-  bias = bias.astype(jnp.float32)
-  top = jax.lax.stop_gradient(jnp.max(bias, axis=-1, keepdims=True))
-  c = jnp.exp(jnp.maximum(bias - top, LOG_FLOOR))[
-      ..., clipped_distances(length, max_distance, causal)]
-  if causal:
-    c = jnp.where(jnp.arange(-(length - 1), length) > 0, 0.0, c)
-  return c  # (..., 2l-1)
-
-
-def toeplitz_apply(c, x):
-  """y_i = sum_j c_{j-i} x_j for every channel, by FFT.
+def rpe_favor(q_feat, k_feat, k_log_scale, v, bias, max_distance,
+              key_mask=None, causal=False, initial_state=None,
+              chunk_size=None):
+  """FAVOR attention with a relative positional bias, exactly.
 
   Args:
-    c: (..., 2l-1) weights of d = j - i = -(l-1) .. l-1.
-    x: (..., l, channels).
-
-  Returns:
-    (..., l, channels) float32.
-  """
-  length = x.shape[-2]
-  n = 1 << (2 * length - 1).bit_length()  # >= 2l - 1: no wrap-around
-  # y_i = sum_n h_n x_{i-n} with h_n = c_{-n}: a convolution. h_n sits at
-  # index n mod N; n = i - j runs over -(l-1) .. l-1.
-  h = jnp.flip(c, axis=-1)  # (..., 2l-1): h_n for n = -(l-1) .. l-1
-  h = jnp.concatenate([h[..., length - 1:],  # n = 0 .. l-1
-                       jnp.zeros(h.shape[:-1] + (n - 2 * length + 1,),
-                                 jnp.float32),
-                       h[..., :length - 1]], axis=-1)  # (..., N)
-  spectrum = jnp.fft.rfft(x, n=n, axis=-2) * jnp.fft.rfft(h, n=n)[..., None]
-  return jnp.fft.irfft(spectrum, n=n, axis=-2)[..., :length, :]
-
-
-def _weighted_keys(k_feat, k_log_scale, v, key_mask, causal, log_ref):
-  """K'_j [V_j, 1] (..., l, m, v+1) relative to ref, masked keys zeroed."""
-  k_feat, s, v = favor.mask_keys(k_feat, k_log_scale, v, key_mask)
-  if s is not None:
-    if log_ref is None:
-      if causal:
-        raise checks.ConfigError(
-            'causal rpe_favor needs log_ref, a bound on every key log-scale: '
-            'a reference taken from the keys would depend on future ones.')
-      log_ref = jnp.max(s, axis=-1, keepdims=True)  # (..., 1)
-    log_ref = jax.lax.stop_gradient(jnp.asarray(log_ref, jnp.float32))
-    k_feat = k_feat * jnp.exp(s - log_ref)[..., None]  # (..., l, m)
-  v1 = jnp.concatenate([v, jnp.ones_like(v[..., :1])], axis=-1)
-  return k_feat[..., :, None] * v1[..., None, :]  # (..., l, m, v+1)
-
-
-def _has_key(key_mask, shape, causal):
-  """(..., l): whether query i sees any unmasked key."""
-  if key_mask is None:
-    return jnp.ones(shape, jnp.bool_)
-  mask = jnp.broadcast_to(key_mask, shape)
-  if causal:
-    return jnp.cumsum(mask, axis=-1) > 0
-  return jnp.broadcast_to(jnp.any(mask, axis=-1, keepdims=True), shape)
-
-
-def rpe_favor(q_feat, k_feat, k_log_scale, v, c, key_mask=None,
-              causal=False, log_ref=None):
-  """FAVOR attention with relative-position weights c, by FFT.
-
-  Args:
-    q_feat: (..., l, m) query features.
-    k_feat: (..., l, m) key features; k_log_scale (..., l) or None (shared).
+    q_feat: (..., l, m) query features (their log-scales cancel).
+    k_feat: (..., l, m) key features; k_log_scale (..., l), or None when
+      every key shares one log-scale (relu, elu).
     v: (..., l, v) values.
-    c: (..., 2l-1) positive weights of d = j - i (see `bias_weights`).
+    bias: (..., table) log-weights per distance (`table_size`), leading
+      axes broadcastable to q's (e.g. (h, table) for (b, h, l, m)).
+    max_distance: D, where distances are clipped.
     key_mask: optional bool broadcastable to (..., l); False removes a key.
-    causal: whether c is lower-triangular (a query sees j <= i only).
-    log_ref: (..., 1) or scalar bound on the key log-scales; needed when
-      causal with per-key log-scales.
+    causal: a query sees keys j <= i only.
+    initial_state: causal only: a `RelativeState` of the tokens before.
+    chunk_size: queries per chunk (None: DEFAULT_CHUNK_SIZE).
 
   Returns:
-    (..., l, v) in v's dtype.
+    Bidirectional: (..., l, v) in v's dtype. Causal: (that, final
+    RelativeState).
   """
-  d_v = v.shape[-1]
-  x = _weighted_keys(k_feat, k_log_scale, v.astype(jnp.float32), key_mask,
-                     causal, log_ref)  # (..., l, m, v+1)
-  m = x.shape[-2]
-  t = toeplitz_apply(c, x.reshape(*x.shape[:-2], m * (d_v + 1)))
-  t = t.reshape(*t.shape[:-1], m, d_v + 1)  # (..., l, m, v+1)
-  has_key = _has_key(key_mask, t.shape[:-2], causal)
-  return _read_out(q_feat, t, d_v, has_key).astype(v.dtype)
+  checks.check_positive_int(max_distance=max_distance)
+  chunk_size = DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size
+  checks.check_positive_int(chunk_size=chunk_size)
+  expected = table_size(max_distance, causal)
+  if bias.shape[-1] != expected:
+    raise checks.ConfigError(
+        f'the relative bias table has {bias.shape[-1]} entries; '
+        f'max_distance={max_distance} needs {expected}'
+        f' ({"causal" if causal else "bidirectional"}).')
+  if initial_state is not None and not causal:
+    raise checks.ConfigError('initial_state applies to causal attention only.')
+  if initial_state is not None:
+    initial_state = RelativeState(*initial_state)
+    if initial_state.ring_s.shape[-1] != max_distance:
+      raise checks.ConfigError(
+          f'the state holds {initial_state.ring_s.shape[-1]} recent keys; '
+          f'max_distance={max_distance} needs {max_distance}.')
+  out, state = _rpe_favor(q_feat, k_feat, k_log_scale, v, bias, key_mask,
+                          initial_state, max_distance, causal, chunk_size)
+  return (out, state) if causal else out
 
 
-def naive_rpe_favor(q_feat, k_feat, k_log_scale, v, c, key_mask=None,
-                    causal=False, log_ref=None):
-  """rpe_favor through the explicit (l, l) matrix: the reference form."""
-  length, d_v = v.shape[-2], v.shape[-1]
-  x = _weighted_keys(k_feat, k_log_scale, v.astype(jnp.float32), key_mask,
-                     causal, log_ref)  # (..., l, m, v+1)
+def _windows(x, n, n_win, c):
+  """(..., N * c, f) -> (..., n, n_win * c, f): for each query chunk, the
+  n_win consecutive chunks of x starting at its own index."""
+  if n_win <= _MAX_SLICED_WINDOW:
+    chunks = x.reshape(*x.shape[:-2], -1, c, x.shape[-1])  # (..., N, c, f)
+    return jnp.concatenate([chunks[..., t:t + n, :, :] for t in range(n_win)],
+                           axis=-2)  # (..., n, n_win c, f)
+  index = (jnp.arange(n)[:, None] * c
+           + jnp.arange(n_win * c)[None, :])  # (n, n_win c)
+  return x[..., index, :]  # (..., n, n_win c, f)
+
+
+def _far_sums(kv1_loc, r_loc, init, reverse=False):
+  """States before each chunk (after it, if reverse): (..., k, m, v+1), (..., k)."""
+  if reverse:
+    kv1_loc, r_loc = jnp.flip(kv1_loc, -3), jnp.flip(r_loc, -1)
+  kv1, r, _ = favor.exclusive_prefixes(kv1_loc, r_loc, init)
+  if reverse:
+    kv1, r = jnp.flip(kv1, -3), jnp.flip(r, -1)
+  return kv1, r
+
+
+@functools.partial(cpu_speedups.jit, static_argnums=(7, 8, 9))
+def _rpe_favor(q_feat, k_feat, s, v, bias, key_mask, initial_state,
+               max_distance, causal, chunk_size):
+  """rpe_favor after argument checks."""
+  *batch, length, m = k_feat.shape
+  d_v, dist = v.shape[-1], max_distance
+  if s is None:  # one shared log-scale: it cancels, take 0
+    s = jnp.zeros((*batch, length), jnp.float32)
+  k_feat, s, vf = favor.mask_keys(k_feat, s, v, key_mask)  # masked: s NEG
+  q = q_feat.astype(jnp.float32)
+  bad_q = favor.non_finite_rows(q)  # (..., l)
+  bad_k = (favor.non_finite_rows(k_feat) | favor.non_finite_rows(vf)
+           | ~jnp.isfinite(s))  # (..., l)
+  q = jnp.where(bad_q[..., None], 0.0, q)
+  k_feat = jnp.where(bad_k[..., None], 0.0, k_feat)
+  vf = jnp.where(bad_k[..., None], 0.0, vf)
+  s = jnp.where(bad_k, NEG, s)
+  b = bias.astype(jnp.float32)
+
+  c = min(chunk_size, length)
+  n = -(-length // c)  # query chunks
+  w = -(-dist // c)
+  r_keys = w * c  # R: window keys before (and after) a query chunk
+  tail = n * c - length
+  if causal:
+    state = initial_state or empty_state(batch, m, d_v, dist)
+    far_kv1 = jnp.concatenate([state.kv, state.z[..., None]], -1)
+    ring = (state.ring_k, state.ring_s, state.ring_v)
+    bad_init = ~(jnp.all(jnp.isfinite(far_kv1), axis=(-2, -1))
+                 & jnp.isfinite(state.ref)
+                 & jnp.all(jnp.isfinite(ring[0]), axis=(-2, -1))
+                 & jnp.all(jnp.isfinite(ring[1]), axis=-1)
+                 & jnp.all(jnp.isfinite(ring[2]), axis=(-2, -1)))  # (...,)
+    far_kv1 = jnp.where(jnp.isfinite(far_kv1), far_kv1, 0.0)
+    far_ref = jnp.where(jnp.isfinite(state.ref), state.ref, NEG)
+    ring = tuple(jnp.where(jnp.isfinite(x), x, fill)
+                 for x, fill in zip(ring, (0.0, NEG, 0.0)))
+    front, back = r_keys - dist, tail
+  else:
+    front, back = r_keys, tail + r_keys
+    ring = None
+
+  def extend(x, ring_part, fill):
+    """[front fill, ring, x, back fill] along the length axis (-2 or -1)."""
+    axis = x.ndim - 2 if x.ndim == len(batch) + 2 else x.ndim - 1
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (front, back)
+    x = jnp.pad(x, pad, constant_values=fill)
+    if ring_part is None:
+      return x
+    head = jax.lax.slice_in_dim(x, 0, front, axis=axis)
+    rest = jax.lax.slice_in_dim(x, front, x.shape[axis], axis=axis)
+    return jnp.concatenate([head, ring_part.astype(jnp.float32), rest], axis)
+
+  ext_k = extend(k_feat, ring[0] if ring else None, 0.0)  # (..., N c, m)
+  ext_s = extend(s, ring[1] if ring else None, NEG)  # (..., N c)
+  ext_v = extend(vf, ring[2] if ring else None, 0.0)  # (..., N c, v)
+  ext_v1 = jnp.concatenate([ext_v, jnp.ones_like(ext_v[..., :1])], -1)
+  n_ext = ext_s.shape[-1] // c  # N chunks: n + w causal, n + 2 w bidir
+
+  # Far sums: per-chunk sums relative to the chunk maximum, then prefixes.
+  sc = ext_s.reshape(*batch, n_ext, c)  # (..., N, c)
+  kc = ext_k.reshape(*batch, n_ext, c, m)  # (..., N, c, m)
+  vc1 = ext_v1.reshape(*batch, n_ext, c, d_v + 1)  # (..., N, c, v+1)
+  chunk_max = jax.lax.stop_gradient(jnp.max(sc, axis=-1))  # (..., N)
+  k_loc = kc * jnp.exp(sc - chunk_max[..., None])[..., None]
+  kv1_loc = sum_over_keys(k_loc, vc1)  # (..., N, m, v+1)
+  empty = (jnp.zeros_like(kv1_loc[..., 0, :, :]),
+           jnp.full(chunk_max.shape[:-1], NEG, jnp.float32))
+  init = (far_kv1, jax.lax.stop_gradient(far_ref)) if causal else empty
+  pre_kv1, pre_r = _far_sums(kv1_loc[..., :n, :, :], chunk_max[..., :n], init)
+  far_index = 0 if not causal else dist  # the table entry of d = -D
+  pre_log = pre_r + b[..., far_index, None]  # (..., n)
+  if causal:
+    far_kv1_q, far_log = pre_kv1, pre_log
+  else:  # keys after the window: d = +D, the last entry
+    suf_kv1, suf_r = _far_sums(kv1_loc[..., 2 * w:, :, :],
+                               chunk_max[..., 2 * w:], empty,
+                               reverse=True)  # (..., n, m, v+1), (..., n)
+    far_kv1_q, far_log = favor.add_relative(
+        pre_kv1, pre_log, suf_kv1, suf_r + b[..., 2 * dist, None])
+
+  # The window: keys [n c, n c + (n_win) c) of the extended sequence for
+  # query chunk n, whose queries sit at R + n c + r.
+  n_win = (w + 1) if causal else (2 * w + 1)
+  kw = _windows(ext_k, n, n_win, c)  # (..., n, W, m)
+  vw1 = _windows(ext_v1, n, n_win, c)  # (..., n, W, v+1)
+  sw = _windows(ext_s[..., None], n, n_win, c)[..., 0]  # (..., n, W)
+  d = (jnp.arange(n_win * c)[None, :] - r_keys
+       - jnp.arange(c)[:, None])  # (c, W): j - i
+  b_mat = b[..., table_index(d, dist, causal)]  # (..., c, W)
+  log_w = sw[..., None, :] + b_mat[..., None, :, :]  # (..., n, c, W)
+  if causal:
+    log_w = jnp.where(d <= 0, log_w, NEG)
+  q_ref = jax.lax.stop_gradient(jnp.maximum(
+      jnp.max(log_w, axis=-1), far_log[..., None]))  # (..., n, c)
+  qc = jnp.pad(q, [(0, 0)] * len(batch) + [(0, tail), (0, 0)]).reshape(
+      *batch, n, c, m)  # (..., n, c, m)
+  weights = pair_scores(qc, kw) * jnp.exp(log_w - q_ref[..., None])
+  num1 = apply_sums(weights, vw1)  # (..., n, c, v+1)
+  carry = jnp.exp(far_log[..., None] - q_ref)  # (..., n, c), <= 1
+  num1 = num1 + apply_sums(qc, far_kv1_q) * carry[..., None]
+
+  if causal:
+    seen_bad = bad_init[..., None] | (jnp.cumsum(bad_k, axis=-1) > 0)
+  else:
+    seen_bad = jnp.broadcast_to(jnp.any(bad_k, -1, keepdims=True),
+                                bad_k.shape)
+  poison = jnp.pad(seen_bad | bad_q, [(0, 0)] * len(batch) + [(0, tail)])
+  poison = poison.reshape(*batch, n, c)  # (..., n, c)
+  real = (jnp.arange(n * c) < length).reshape(n, c)
+  out = favor.safe_divide(num1[..., :d_v], num1[..., d_v],
+                          favor.has_keys(q_ref) & real & ~poison)
+  out = jnp.where(poison[..., None], jnp.nan, out)
+  out = out.reshape(*batch, n * c, d_v)[..., :length, :].astype(v.dtype)
+  if not causal:
+    return out, None
+
+  # The final state: the last D keys as the ring, the others' far sums.
+  end = r_keys + length  # extended positions [0, end) hold keys
+  split = end - dist  # >= 1
+  older = favor.key_sums(ext_k[..., :split, :], ext_s[..., :split],
+                         ext_v[..., :split, :])
+  far = favor.combine_sums(favor.KeySums(far_kv1[..., :d_v], far_kv1[..., d_v],
+                                         far_ref), older)
+  spoil = seen_bad[..., -1]  # (...,)
+  nan_if = lambda x: jnp.where(
+      jnp.reshape(spoil, spoil.shape + (1,) * (x.ndim - spoil.ndim)),
+      jnp.nan, x)
+  final = RelativeState(
+      nan_if(far.kv), nan_if(far.z), far.ref,
+      nan_if(ext_k[..., split:end, :]), ext_s[..., split:end],
+      nan_if(ext_v[..., split:end, :]))
+  return out, final
+
+
+def naive_rpe_favor(q_feat, k_feat, k_log_scale, v, bias, max_distance,
+                    key_mask=None, causal=False):
+  """The explicit (l, l) form, stabilized per query row: a reference.
+
+  Returns (..., l, v) in v's dtype; rows without a visible key are 0.
+  """
+  length = v.shape[-2]
   i = jnp.arange(length)
-  weights = c[..., (i[None, :] - i[:, None]) + length - 1]  # (..., l, l)
-  t = jnp.einsum('...ij,...jmv->...imv', weights, x)  # (..., l, m, v+1)
-  has_key = _has_key(key_mask, t.shape[:-2], causal)
-  return _read_out(q_feat, t, d_v, has_key).astype(v.dtype)
+  d = i[None, :] - i[:, None]  # (l, l): j - i
+  log_w = bias.astype(jnp.float32)[..., table_index(d, max_distance, causal)]
+  if k_log_scale is not None:
+    log_w = log_w + k_log_scale.astype(jnp.float32)[..., None, :]
+  visible = jnp.ones((length, length), jnp.bool_)
+  if causal:
+    visible = d <= 0
+  if key_mask is not None:
+    visible = visible & jnp.broadcast_to(key_mask, v.shape[:-1])[..., None, :]
+  log_w = jnp.where(visible, log_w, -jnp.inf)  # (..., l, l)
+  top = jax.lax.stop_gradient(jnp.max(log_w, -1, keepdims=True))
+  seen = jnp.isfinite(top)
+  a = jnp.einsum('...im,...jm->...ij', q_feat.astype(jnp.float32),
+                 k_feat.astype(jnp.float32))
+  a = jnp.where(visible, a * jnp.exp(log_w - jnp.where(seen, top, 0.0)), 0.0)
+  num = a @ jnp.where(visible.any(-2)[..., None], v.astype(jnp.float32), 0.0)
+  den = jnp.sum(a, -1, keepdims=True)
+  return jnp.where(seen, num / jnp.where(seen, den, 1.0), 0.0).astype(v.dtype)
