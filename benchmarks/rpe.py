@@ -42,10 +42,8 @@ def _cores(args, length):
                        jnp.float32)
 
     def rpe_core(q, k, v, bias, causal=causal):
-      q_feat, _ = ops.feature_map('softmax', q, w)
-      k_feat, s = ops.feature_map('softmax', k, w)
-      out = rpe.rpe_favor(q_feat, k_feat, s, v, bias, distance,
-                          causal=causal)
+      out = ops.favor_attention(q, k, v, w, causal=causal, relative_bias=bias,
+                                max_relative_distance=distance)
       return jnp.sum(out[0] if causal else out)
 
     def favor_core(q, k, v, bias, causal=causal):

@@ -251,3 +251,31 @@ def test_bad_arguments_are_one_clear_error(kwargs, message):
   args.update(kwargs)
   with pytest.raises(ValueError, match=message):
     rpe.rpe_favor(q_feat, k_feat, s, v, **args)
+
+
+def test_length_blocks_change_nothing():
+  """favor_attention(relative_bias=...) in causal length blocks (features
+  recomputed, the state carried) equals one block, outputs and gradients,
+  with a key mask."""
+  rng = np.random.default_rng(11)
+  q, k, v = (_normal(rng, (3, 200, 8)) for _ in range(3))
+  w = ops.draw_projection(jax.random.PRNGKey(11), 16, 8)
+  bias = _tables(True, rng)
+  mask = jnp.arange(200) % 5 != 2
+
+  def loss(block_size):
+    def fn(q, k, v, bias):
+      out, _ = ops.favor_attention(
+          q, k, v, w, causal=True, key_mask=mask, chunk_size=16,
+          block_size=block_size, relative_bias=bias, max_relative_distance=D)
+      return jnp.sum(out * v), out
+    return jax.value_and_grad(fn, argnums=(0, 1, 2, 3), has_aux=True)(
+        q, k, v, bias)
+
+  (_, whole), g_whole = loss(None)
+  (_, blocks), g_blocks = loss(48)
+  scale = float(jnp.max(jnp.abs(whole)))
+  np.testing.assert_allclose(blocks, whole, rtol=0, atol=1e-6 * scale)
+  for a, b in zip(g_blocks, g_whole):
+    np.testing.assert_allclose(a, b, rtol=0,
+                               atol=1e-5 * float(jnp.max(jnp.abs(b))))

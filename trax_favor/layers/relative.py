@@ -14,11 +14,10 @@ the options, their weights and their attention path.
       log t, initialized to log sqrt(d_qk)).
 """
 
-import jax
 import jax.numpy as jnp
 
 from trax_favor import checks
-from trax_favor.ops import feature_maps
+from trax_favor.ops import attention
 from trax_favor.ops import rpe
 
 RELATIVE_POSITIONS = (None, 'bias', 'fft')  # 'fft': the old name of 'bias'
@@ -75,20 +74,15 @@ def normalize(x, t):
 
 def attend(q, k, v, projection, bias, key_mask, feature_map_name, eps,
            causal, max_relative_distance, attention_dropout=0.0, rng=None,
-           initial_state=None, chunk_size=None):
+           initial_state=None, chunk_size=None, block_size=512):
   """Relative-position FAVOR: q, k (b, h, l, d_qk), v (b, h, l, d_v),
-  bias (h, table). attention_dropout drops entries of the key features, as
-  plain FAVOR+ does (ops/attention.py). Returns o (b, h, l, d_v), and when
-  causal also the final `rpe.RelativeState`."""
-  fmap = feature_maps.get_feature_map(feature_map_name)
-  q_feat, _ = feature_maps.feature_map(feature_map_name, q, projection, eps)
-  k_feat, k_log_scale = feature_maps.feature_map(feature_map_name, k,
-                                                 projection, eps)
-  if fmap.shared_log_scale:
-    k_log_scale = None
-  if attention_dropout:
-    keep = jax.random.bernoulli(rng, 1.0 - attention_dropout, k_feat.shape)
-    k_feat = jnp.where(keep, k_feat / (1.0 - attention_dropout), 0.0)
-  return rpe.rpe_favor(q_feat, k_feat, k_log_scale, v, bias,
-                       max_relative_distance, key_mask=key_mask, causal=causal,
-                       initial_state=initial_state, chunk_size=chunk_size)
+  bias (h, table), through `ops.favor_attention` (causal: in length
+  blocks with recomputed features; key-feature dropout as plain FAVOR+).
+  Returns o (b, h, l, d_v), and when causal also the final
+  `rpe.RelativeState`."""
+  return attention.favor_attention(
+      q, k, v, projection, feature_map=feature_map_name, causal=causal,
+      key_mask=key_mask, initial_state=initial_state, chunk_size=chunk_size,
+      block_size=block_size, numerical_stabilizer=eps,
+      attention_dropout=attention_dropout, rng=rng, relative_bias=bias,
+      max_relative_distance=max_relative_distance)

@@ -388,7 +388,8 @@ class FavorSelfAttention(base.Layer):
                         self._causal, self._max_relative_distance,
                         self._attention_dropout, rng,
                         initial_state=decode_state,
-                        chunk_size=self._chunk_size)
+                        chunk_size=self._chunk_size,
+                        block_size=self._block_size)
     if not self._causal:
       return o
     if self._mode == 'predict':

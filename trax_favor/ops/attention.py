@@ -36,6 +36,7 @@ from trax_favor import checks
 from trax_favor import cpu_speedups
 from trax_favor.ops import favor
 from trax_favor.ops import feature_maps
+from trax_favor.ops import rpe
 
 
 def default_chunk_size(feature_map):
@@ -51,7 +52,8 @@ def default_chunk_size(feature_map):
 def favor_attention(q, k, v, projection, feature_map='softmax', causal=False,
                     key_mask=None, initial_state=None, chunk_size=None,
                     block_size=512, numerical_stabilizer=1e-6,
-                    attention_dropout=0.0, rng=None):
+                    attention_dropout=0.0, rng=None, relative_bias=None,
+                    max_relative_distance=None):
   """FAVOR attention from per-head queries, keys and values.
 
   Args:
@@ -75,13 +77,23 @@ def favor_attention(q, k, v, projection, feature_map='softmax', causal=False,
       numerator and denominator, so rows stay normalized averages of values,
       and phi(q).phi(k) stays unbiased over the dropout masks.
     rng: PRNG key for attention_dropout.
+    relative_bias: optional (..., table) learned bias over relative
+      distances clipped at max_relative_distance (ops/rpe.py); causal
+      blocks carry an `rpe.RelativeState`; bidirectional attention with it
+      computes features at full length (block_size is not used).
+    max_relative_distance: D, with relative_bias.
 
   Returns:
-    Outputs (..., l, v); with causal=True, (outputs, final KeySums).
+    Outputs (..., l, v); with causal=True, (outputs, final KeySums, or
+    RelativeState with relative_bias).
   """
   feature_maps.get_feature_map(feature_map)
+  if (relative_bias is None) != (max_relative_distance is None):
+    raise checks.ConfigError('relative_bias and max_relative_distance go '
+                             'together: give both or neither.')
   if chunk_size is None:
-    chunk_size = default_chunk_size(feature_map)
+    chunk_size = (default_chunk_size(feature_map) if relative_bias is None
+                  else rpe.DEFAULT_CHUNK_SIZE)
   checks.check_positive_int(chunk_size=chunk_size)
   if block_size is not None:
     checks.check_positive_int(block_size=block_size)
@@ -110,18 +122,32 @@ def favor_attention(q, k, v, projection, feature_map='softmax', causal=False,
           f'broadcast to (..., l) = {k.shape[:-1]}.') from None
   if causal and block_size is not None:
     block_size = -(-block_size // chunk_size) * chunk_size  # whole chunks
-  if block_size is None or q.shape[-2] <= block_size:
+  if block_size is None or q.shape[-2] <= block_size or (
+      relative_bias is not None and not causal):
     block_size = None
   projection = jax.lax.stop_gradient(projection)
   return _favor_attention(q, k, v, projection, key_mask, initial_state, rng,
-                          feature_map, causal, chunk_size, block_size,
-                          float(numerical_stabilizer), float(attention_dropout))
+                          relative_bias, feature_map, causal, chunk_size,
+                          block_size, float(numerical_stabilizer),
+                          float(attention_dropout), max_relative_distance)
 
 
-@functools.partial(cpu_speedups.jit, static_argnums=tuple(range(7, 13)))
-def _favor_attention(q, k, v, projection, key_mask, initial_state, rng,
-                     feature_map, causal, chunk_size, block_size, eps, rate):
+@functools.partial(cpu_speedups.jit, static_argnums=tuple(range(8, 15)))
+def _favor_attention(q, k, v, projection, key_mask, initial_state, rng, bias,
+                     feature_map, causal, chunk_size, block_size, eps, rate,
+                     max_distance):
   """favor_attention after argument checks (jitted: eager dispatch is slow)."""
+
+  def attend(q_feat, k_feat, k_log_scale, v, state, mask):
+    """One block (or the whole sequence): the plain or relative core."""
+    if bias is not None:
+      return rpe.rpe_favor(q_feat, k_feat, k_log_scale, v, bias, max_distance,
+                           key_mask=mask, causal=causal, initial_state=state,
+                           chunk_size=chunk_size)
+    if causal:
+      return favor.causal_favor(q_feat, k_feat, k_log_scale, v, state, mask,
+                                chunk_size)
+    return favor.bidirectional_favor(q_feat, k_feat, k_log_scale, v, mask)
 
   def query_features(x):
     return feature_maps.feature_map(feature_map, x, projection, eps)[0]
@@ -141,11 +167,8 @@ def _favor_attention(q, k, v, projection, key_mask, initial_state, rng,
 
   if block_size is None:  # one block: features at full length
     k_feat, k_log_scale = key_features(k, 0)
-    if causal:
-      return favor.causal_favor(query_features(q), k_feat, k_log_scale, v,
-                                initial_state, key_mask, chunk_size)
-    return favor.bidirectional_favor(query_features(q), k_feat, k_log_scale,
-                                     v, key_mask)
+    return attend(query_features(q), k_feat, k_log_scale, v, initial_state,
+                  key_mask)
 
   *batch, length, _ = q.shape
   n = -(-length // block_size)
@@ -172,12 +195,15 @@ def _favor_attention(q, k, v, projection, key_mask, initial_state, rng,
     def causal_block(state, xs):
       q_blk, k_blk, v_blk, m_blk, i = xs
       k_feat, k_log_scale = key_features(k_blk, i)
-      out, state = favor.causal_favor(query_features(q_blk), k_feat,
-                                      k_log_scale, v_blk, state, m_blk,
-                                      chunk_size)
+      out, state = attend(query_features(q_blk), k_feat, k_log_scale, v_blk,
+                          state, m_blk)
       return state, out
 
-    init = empty if initial_state is None else favor.KeySums(
+    state_type = favor.KeySums
+    if bias is not None:
+      state_type = rpe.RelativeState
+      empty = rpe.empty_state(batch, m_out, v.shape[-1], max_distance)
+    init = empty if initial_state is None else state_type(
         *(jnp.asarray(x, jnp.float32) for x in initial_state))
     final, out = jax.lax.scan(remat(causal_block), init,
                               (qb, kb, vb, mb, index))

@@ -53,7 +53,7 @@ from trax_favor.cpu_speedups import sum_over_keys
 from trax_favor.ops import favor
 
 NEG = favor.NEG
-DEFAULT_CHUNK_SIZE = 64
+DEFAULT_CHUNK_SIZE = 128
 _MAX_SLICED_WINDOW = 8  # windows of more chunks are gathered, not sliced
 
 
