@@ -20,12 +20,14 @@ def test_the_config_ladder_is_complete():
     for kind in ('performer', 'reformer'):
       for depth in ('6l', '12l', '24l', 'tiny'):
         assert f'gin/{family}/{kind}_{depth}.gin' in names
-    for depth in ('6l', '12l', '24l', 'tiny'):  # relative positions
+    for depth in ('6l', '12l', '24l', 'tiny'):  # relative, rotary positions
       assert f'gin/{family}/rpe_{depth}.gin' in names
+      assert f'gin/{family}/rope_{depth}.gin' in names
   for kind in ('performer', 'exact', 'performer_tiny', 'exact_tiny'):
     assert f'gin/pg19_mlm/{kind}.gin' in names
   assert 'gin/offline_default.gin' in names
   assert 'gin/offline_default_rpe.gin' in names
+  assert 'gin/offline_default_rope.gin' in names
   pairs = gin_helpers.twin_pairs()
   assert len(pairs) == 10  # 4 per causal family, 2 masked-LM
   assert all(twin in names for _, twin in pairs)

@@ -8,6 +8,10 @@ the options, their weights and their attention path.
       FAVOR+; attention by `ops.rpe`, exact for every table, in O(L D)
       (docs/relative_positions.md). Causal layers decode in predict mode
       with an O(D) state: the far keys' sums and the last D keys.
+  rotary=True   rotary position embeddings (ops/rotary.py) on queries and
+      keys after any normalization, on `rotary_fraction` of d_qk, base
+      `rotary_base`; positions count from the state's position in predict
+      mode. No weights.
   qk_normalization='fixed' | 'learned'   queries and keys scaled to unit L2
       norm, times a temperature t (the softmax logit is t cos(q, k)):
       t = sqrt(d_qk) fixed, or learned per head (weight (n_heads,), as
@@ -18,6 +22,7 @@ import jax.numpy as jnp
 
 from trax_favor import checks
 from trax_favor.ops import attention
+from trax_favor.ops import rotary as rotary_ops
 from trax_favor.ops import rpe
 
 RELATIVE_POSITIONS = (None, 'bias', 'fft')  # 'fft': the old name of 'bias'
@@ -41,6 +46,25 @@ def check_options(relative_position, qk_normalization, max_relative_distance):
     return
   if max_relative_distance is not None:
     checks.check_positive_int(max_relative_distance=max_relative_distance)
+
+
+def check_rotary(rotary, rotary_fraction, rotary_base, d_qk):
+  """One ConfigError for rotary options that cannot work; returns the
+  (fraction, base) to use."""
+  if not isinstance(rotary, bool):
+    raise checks.ConfigError(f'rotary must be True or False, got {rotary!r}.')
+  if not rotary:
+    if rotary_fraction is not None or rotary_base is not None:
+      raise checks.ConfigError(
+          'rotary_fraction and rotary_base apply to rotary=True only; got '
+          f'rotary_fraction={rotary_fraction!r}, rotary_base={rotary_base!r} '
+          'without it.')
+    return None, None
+  fraction = 1.0 if rotary_fraction is None else rotary_fraction
+  base = rotary_ops.DEFAULT_BASE if rotary_base is None else rotary_base
+  rotary_ops.rotary_dims(d_qk, fraction)
+  rotary_ops.check_base(base)
+  return fraction, base
 
 
 def extra_weights(relative_position, qk_normalization, max_relative_distance,
@@ -86,3 +110,11 @@ def attend(q, k, v, projection, bias, key_mask, feature_map_name, eps,
       block_size=block_size, numerical_stabilizer=eps,
       attention_dropout=attention_dropout, rng=rng, relative_bias=bias,
       max_relative_distance=max_relative_distance)
+
+
+def rotate(q, k, start, fraction, base):
+  """q, k (b, h, l, d_qk) rotated at positions start, start + 1, ...;
+  start: an int or int32 scalar (predict mode: the tokens before)."""
+  positions = start + jnp.arange(q.shape[-2], dtype=jnp.int32)  # (l,)
+  return (rotary_ops.apply_rotary(q, positions, fraction, base),
+          rotary_ops.apply_rotary(k, positions, fraction, base))

@@ -86,7 +86,8 @@ class FavorSelfAttention(base.Layer):
                projection_scaling='norm', redraw='fixed',
                numerical_stabilizer=None, chunk_size=None, block_size=512,
                relative_position=None, max_relative_distance=None,
-               qk_normalization=None):
+               qk_normalization=None, rotary=False, rotary_fraction=None,
+               rotary_base=None):
     """Builds the layer.
 
     Args:
@@ -131,6 +132,10 @@ class FavorSelfAttention(base.Layer):
         relative_position.
       qk_normalization: None, 'fixed' or 'learned': queries and keys at unit
         L2 norm times a temperature (see layers/relative.py).
+      rotary: rotary position embeddings on queries and keys before the
+        features (ops/rotary.py); predict mode carries the position.
+      rotary_fraction: rotary only: share of d_qk rotated (None: 1.0).
+      rotary_base: rotary only: the wavelength base (None: 10000).
     """
     super().__init__(n_in=(2 if masked else 1), n_out=1)
     checks.check_positive_int(n_heads=n_heads, d_qk=d_qk, d_v=d_v)
@@ -177,6 +182,9 @@ class FavorSelfAttention(base.Layer):
         relative.DEFAULT_MAX_RELATIVE_DISTANCE if max_relative_distance is None
         else max_relative_distance)
     self._qk_normalization = qk_normalization
+    rotation = relative.check_rotary(rotary, rotary_fraction, rotary_base,
+                                     d_qk)
+    self._rotary = rotation if rotary else None  # (fraction, base)
     self._n_heads, self._d_qk, self._d_v = n_heads, d_qk, d_v
     self._share_qk, self._causal, self._masked = share_qk, causal, masked
     self._mode = mode
@@ -244,7 +252,8 @@ class FavorSelfAttention(base.Layer):
                                 self._max_relative_distance)
       else:
         empty = favor.empty_state((batch, self._n_heads), m_out, self._d_v)
-      self.state = (projection, tuple(empty))
+      position = (jnp.zeros((), jnp.int32),) if self._rotary else ()
+      self.state = (projection, tuple(empty) + position)
     else:
       self.state = projection
     # What init drew, to tell loaded weights and projections from these (see
@@ -338,10 +347,15 @@ class FavorSelfAttention(base.Layer):
                                extra.pop(0) if extra else None, self._d_qk)
       q, k = relative.normalize(q, t), relative.normalize(k, t)
 
+    start = 0
     if self._mode == 'predict':
       projection, decode_state = self.state
+      if self._rotary:
+        start, decode_state = decode_state[-1], decode_state[:-1]
     else:
       projection, decode_state = self.state, None
+    if self._rotary:
+      q, k = relative.rotate(q, k, start, *self._rotary)
     if self._redraw == 'step':
       projection = self.draw_projection(rng_proj)
     if projection.shape != (self._n_random_features, self._d_qk):
@@ -358,6 +372,8 @@ class FavorSelfAttention(base.Layer):
                                rng_attn, decode_state)
     else:
       o = self.attend(q, k, v, projection, decode_state, key_mask, rng_attn)
+    if self._mode == 'predict' and self._rotary:  # the position travels on
+      self.state = (self.state[0], self.state[1] + (start + x.shape[1],))
     out = jnp.einsum('bhlv,hvd->bld', o, w_o)  # (b, l, d_model)
     if self._output_dropout:
       out = _output_dropout(rng_out, out, self._output_dropout)

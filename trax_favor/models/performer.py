@@ -88,6 +88,9 @@ class AxialPositionalEncoding(_PredictLimit, tl.AxialPositionalEncoding):
     self._table_size = int(np.prod(shape))
 
 
+POS_TYPES = (None, 'axial', 'none')
+
+
 @tl.assert_shape('...d->...d')  # as trax's PositionalEncoder: same weight tree
 def _positional_encoder(max_len, dropout, mode, pos_type, pos_axial_shape,
                         pos_d_axial_embs):
@@ -181,7 +184,9 @@ def PerformerLM(vocab_size,
     causal: True for a left-to-right LM (inputs are shifted right inside the
       model, attention is causal, predict mode decodes); False for a
       bidirectional model such as a masked LM (no shift).
-    pos_type: None (learned positions up to max_len) or 'axial'.
+    pos_type: None (learned positions up to max_len), 'axial', or 'none'
+      (no absolute positions: for attention that brings its own, e.g.
+      FavorSelfAttention(rotary=True)).
     pos_axial_shape: with 'axial', the shape of one example, e.g. (64, 64, 3)
       for ImageNet64; inputs must then have exactly prod(shape) tokens.
     pos_d_axial_embs: with 'axial', embedding depth per axis, summing to
@@ -202,9 +207,12 @@ def PerformerLM(vocab_size,
     raise checks.ConfigError('mode=predict decodes left to right: it needs '
                              'causal=True (this model is bidirectional).')
   checks.check_rate(dropout=dropout)
-  if pos_type not in (None, 'axial'):
+  if pos_type not in POS_TYPES:
     raise checks.ConfigError(
-        f"pos_type must be None or 'axial', got {pos_type!r}.")
+        f'pos_type must be one of {POS_TYPES}, got {pos_type!r}.')
+  if pos_type == 'none' and (tuple(pos_axial_shape) or pos_d_axial_embs):
+    raise checks.ConfigError(
+        "pos_type='none' takes no pos_axial_shape or pos_d_axial_embs.")
   if pos_type == 'axial':
     _check_axial(tuple(pos_axial_shape), tuple(pos_d_axial_embs or ()),
                  d_model, max_len)
@@ -218,7 +226,7 @@ def PerformerLM(vocab_size,
                      ff_activation=ff_activation, ff_chunk_size=ff_chunk_size,
                      mode=mode)
       for layer_attention in _attention_types(attention_type, n_layers)]
-  positional_encoding = _positional_encoder(
+  positional_encoding = [] if pos_type == 'none' else _positional_encoder(
       max_len, dropout, mode, pos_type, tuple(pos_axial_shape),
       tuple(pos_d_axial_embs or ()))
   return tl.Serial(
