@@ -11,8 +11,9 @@ bias) of the attention cores, features included, no projections:
                               (dense (L, L) logits), up to --exact_max_len
 timed in alternating rounds (medians), with XLA's planned peak memory.
 Writes <out>.json (machine, versions, git SHA) and <out>.png, with the
-ratios rpe / favor in time and peak memory at every length, and the growth
-of each from 4K to 16K tokens (linear: 4x).
+ratios rpe / favor in time and peak memory at every length, the growth
+of each from 4K to 16K tokens (linear: 4x), and causal decoding's seconds
+per token after prompts of --decode_prefixes tokens.
 """
 
 import argparse
@@ -69,6 +70,33 @@ def _cores(args, length):
   return cores
 
 
+def _decode_steps(args, length):
+  """A compiled one-token causal relative step after a `length`-token
+  prompt (fed in one call): run() decodes --decode_tokens tokens."""
+  shape = (1, args.n_heads, length + args.decode_tokens, args.d)
+  rng = np.random.default_rng(length)
+  q, k, v = (jnp.asarray(0.5 * rng.standard_normal(shape), jnp.float32)
+             for _ in range(3))
+  w = ops.draw_projection(jax.random.PRNGKey(0), args.m, args.d)
+  bias = jnp.asarray(rng.standard_normal(
+      (args.n_heads, args.max_relative_distance + 1)), jnp.float32)
+  attend = lambda q, k, v, state: ops.favor_attention(
+      q, k, v, w, causal=True, initial_state=state, relative_bias=bias,
+      max_relative_distance=args.max_relative_distance)
+  _, state = jax.jit(attend)(q[..., :length, :], k[..., :length, :],
+                             v[..., :length, :], None)
+  step = jax.jit(attend)
+
+  def run():
+    current = state
+    for t in range(length, length + args.decode_tokens):
+      out, current = step(q[..., t:t + 1, :], k[..., t:t + 1, :],
+                          v[..., t:t + 1, :], current)
+    return jax.block_until_ready(out)
+  run()  # compiles
+  return run
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--out', default='results/rpe_cpu')
@@ -80,6 +108,9 @@ def main(argv=None):
   parser.add_argument('--m', type=int, default=256)
   parser.add_argument('--max_relative_distance', type=int, default=128)
   parser.add_argument('--rounds', type=int, default=3)
+  parser.add_argument('--decode_prefixes', type=harness.comma_list_arg(int),
+                      default='1024,4096,16384')
+  parser.add_argument('--decode_tokens', type=int, default=32)
   args = parser.parse_args(argv)
   record = {'machine': harness.machine_info(), 'config': vars(args),
             'lengths': {}}
@@ -110,6 +141,14 @@ def main(argv=None):
                for what, key in (('time', 'seconds'), ('memory', 'peak_bytes'))}
       for length, row in lengths.items()}
   print('rpe / favor:', record['rpe_over_favor'])
+  # Decoding: seconds per token after prompts of each length (flat: the
+  # state is O(D) whatever the prefix).
+  runs = {prefix: lambda i, run=_decode_steps(args, prefix): run()
+          for prefix in harness.comma_list(args.decode_prefixes, int)}
+  record['decode_seconds_per_token'] = {
+      str(prefix): float(np.median(t)) / args.decode_tokens
+      for prefix, t in harness.time_interleaved(runs, args.rounds).items()}
+  print('decode s/token:', record['decode_seconds_per_token'])
   harness.save_json(record, args.out + '.json')
   plot(record, args.out + '.png')
 

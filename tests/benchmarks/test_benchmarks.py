@@ -261,7 +261,8 @@ def test_rpe_benchmark_writes_times_memory_and_growth(tmp_path, in_repo):
   out = str(tmp_path / 'rpe')
   rpe_bench.main([f'--out={out}', '--lengths=32,64', '--exact_max_len=32',
                       '--rounds=1', '--d=8', '--m=8', '--n_heads=2',
-                      '--max_relative_distance=4'])
+                      '--max_relative_distance=4', '--decode_prefixes=8,40',
+                      '--decode_tokens=3'])
   with open(out + '.json') as f:
     record = json.load(f)
   assert set(record['lengths']['32']) == {
@@ -275,6 +276,8 @@ def test_rpe_benchmark_writes_times_memory_and_growth(tmp_path, in_repo):
   row = record['lengths']['64']
   assert ratios['causal_time'] == (row['rpe_causal']['seconds']
                                    / row['favor_causal']['seconds'])
+  assert set(record['decode_seconds_per_token']) == {'8', '40'}
+  assert all(t > 0 for t in record['decode_seconds_per_token'].values())
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ import pytest
 
 from experiments import approximation
 from experiments import ladder
+from experiments import positions
 from experiments import rpe_quality
 from experiments import transfer
 from trax_favor import checkpoints
@@ -143,3 +144,32 @@ def test_rpe_quality_trains_every_variant_and_sweeps(tmp_path, in_repo):
     assert record['stability'][variant]['runs']['0.003']['last'] == (
         quality['last'])  # the offline default's rate: the same run
   assert 'highest stable rate' in open(out + '.md').read()
+
+
+@pytest.mark.slow
+def test_positions_trains_every_variant_and_extrapolates(tmp_path, in_repo):
+  del in_repo
+  out = str(tmp_path / 'pos')
+  small = ['D_MODEL=16', 'N_LAYERS=1', 'BATCH_SIZE=2', 'N_RANDOM_FEATURES=8',
+           'trax_favor.PerformerLM.d_ff=32', 'trax_favor.PerformerLM.d_qk=8',
+           'trax_favor.PerformerLM.d_v=8', 'trax_favor.PerformerLM.n_heads=2',
+           'train.eval_steps=1']
+  record = positions.run(positions.argparse.Namespace(
+      out=out, work_dir=str(tmp_path / 'runs'), steps=2, length=32, seeds=1,
+      eval_lengths='32,64', eval_bytes=128, error_seeds=1, config=small,
+      max_relative_distance=4))
+  assert set(record['quality']) == set(positions.VARIANTS)
+  for variant, quality in record['quality'].items():
+    assert len(quality['per_seed']) == 1 and math.isfinite(quality['mean'])
+    at = record['extrapolation'][variant]
+    assert math.isfinite(at['32'])
+    # Absolute positions have no weights past their table; the others do.
+    assert (at['64'] is None) == (variant == 'absolute'), variant
+  assert record['extrapolation']['absolute']['32'] == pytest.approx(
+      positions.bits_at_length(str(tmp_path / 'runs' / 'absolute_s0'),
+                               ['train.random_seed=0',
+                                'trax_favor.local_text_inputs.seed=0'],
+                               small, 32, 128))
+  errors = record['approximation_error']
+  assert 0 < errors['plain']['mean'] < 1 and 0 < errors['rope']['mean'] < 1
+  assert os.path.exists(out + '.png')
