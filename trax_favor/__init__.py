@@ -31,7 +31,7 @@ _EXPORTS = {
 }
 _SUBMODULES = ('ops', 'layers', 'models', 'data', 'compat', 'cpu_speedups',
                'configs', 'training', 'checkpoints', 'decoding',
-               'configurables')
+               'configurables', 'safe_pickle')
 
 __all__ = sorted(_EXPORTS) + list(_SUBMODULES)
 

@@ -18,7 +18,10 @@ never filled up with fresh values. The newest `KEEP` checkpoints stay, so
 a damaged one has a predecessor to fall back to.
 
 The files inside are trax's, so `model.init_from_file(path)` of any layer
-reads `checkpoints/step_.../model.pkl.gz` as it reads trax's own.
+reads `checkpoints/step_.../model.pkl.gz` as it reads trax's own. Our
+readers load the pickle with `safe_pickle`, which runs no code from it; a
+file that would (`UnsafeCheckpoint`) is not damaged but made: it is never
+set aside or passed over, the reader stops.
 
 Pure Python and NumPy: no JAX, no trax.
 """
@@ -35,6 +38,7 @@ import zlib
 import numpy as np
 
 from trax_favor import files
+from trax_favor import safe_pickle
 
 CHECKPOINTS = 'checkpoints'
 MANIFEST = 'manifest.json'
@@ -105,9 +109,20 @@ def read_arrays(path):
 
 
 def read_pickle(path):
+  """The object in a gzipped pickle (`model.pkl.gz`), read by
+  `safe_pickle`: it runs no code from the file.
+
+  Raises:
+    safe_pickle.UnsafeCheckpoint: the file names a global outside the
+      allow-list: it was made, not damaged, so never fall back past it.
+    DamagedCheckpoint: the file is not a complete gzipped pickle.
+  """
+  data = _gunzip(path)
   try:
-    return pickle.loads(_gunzip(path))
-  except (pickle.UnpicklingError, EOFError, AttributeError, ValueError) as e:
+    return safe_pickle.loads(data, path)
+  except safe_pickle.UnsafeCheckpoint:
+    raise
+  except (pickle.UnpicklingError, EOFError, ValueError) as e:
     raise DamagedCheckpoint(f'{path}: does not unpickle ({e})') from e
 
 

@@ -8,8 +8,10 @@ import numpy as np
 from trax import shapes
 
 from trax_favor import checkpoint_files
+from trax_favor import compat
 from trax_favor import configs
 from trax_favor import run_dir
+from trax_favor import safe_pickle
 from trax_favor.layers import projections
 
 CHECKPOINT = 'model.pkl.gz'  # trax's file name, inside each checkpoint
@@ -17,8 +19,9 @@ CHECKPOINT = 'model.pkl.gz'  # trax's file name, inside each checkpoint
 
 def latest(output_dir):
   """The path of the newest whole checkpoint's model.pkl.gz in a training
-  run's directory (checked against its manifest), for trax's
-  `init_from_file` or `load_projections`.
+  run's directory (checked against its manifest), for `load_projections`,
+  `load_weights` or trax's `init_from_file` (which unpickles: inside
+  `compat.safe_unpickling()` it runs no code from the file).
 
   Raises:
     RunError: no checkpoint, or none that is whole (each damaged one named).
@@ -48,7 +51,8 @@ def restore(output_dir, mode='predict', batch_size=1):
   """The parsed config's model in `mode`, with output_dir's trained weights.
 
   Weights and the fixed FAVOR projections (model state, see
-  FavorSelfAttention) both come from the checkpoint.
+  FavorSelfAttention) both come from the checkpoint, read by
+  `trax_favor.safe_pickle` (no code from the file runs).
 
   Args:
     output_dir: a training run's directory (its newest whole checkpoint is
@@ -62,6 +66,8 @@ def restore(output_dir, mode='predict', batch_size=1):
   Raises:
     RunError: no whole checkpoint, a config whose model differs from the
       run's config.gin, or a checkpoint that does not fit the model.
+    safe_pickle.UnsafeCheckpoint: the newest whole checkpoint's pickle
+      names a global outside the allow-list (it is not passed over).
   """
   path = latest(output_dir)
   run_dir.check_config(output_dir, gin.config_str(), allow_changes=True)
@@ -76,7 +82,11 @@ def restore(output_dir, mode='predict', batch_size=1):
   trained.init(signature)
   expected = _shapes(trained.weights), _shapes(trained.state)
   try:
-    trained.init_from_file(path, weights_only=False, input_signature=signature)
+    with compat.safe_unpickling():  # trax's reader, through safe_pickle
+      trained.init_from_file(path, weights_only=False,
+                             input_signature=signature)
+  except safe_pickle.UnsafeCheckpoint:
+    raise
   except (ValueError, TypeError, IndexError) as e:
     raise configs.RunError(f'{mismatch}: {e}') from e
   found = _shapes(trained.weights), _shapes(trained.state)

@@ -64,17 +64,20 @@ def add_verbose_flag(parser):
 
 def user_error(error):
   """The one line to print for an ordinary fault (a bad config or binding,
-  a missing or damaged file, a directory that cannot be written, a full
-  disk), or None for an unexpected internal error."""
+  a missing or damaged file, a checkpoint that would run code, a directory
+  that cannot be written, a full disk), or None for an unexpected internal
+  error."""
   # pylint: disable=g-import-not-at-top
   from trax_favor import checkpoint_files
   from trax_favor import checks
   from trax_favor import configs
+  from trax_favor import safe_pickle
   from trax_favor.data import DatasetNotPreparedError
   # pylint: enable=g-import-not-at-top
   if isinstance(error, (configs.RunError, DatasetNotPreparedError,
                         checks.ConfigError,
-                        checkpoint_files.DamagedCheckpoint)):
+                        checkpoint_files.DamagedCheckpoint,
+                        safe_pickle.UnsafeCheckpoint)):
     message = str(error)
   elif isinstance(error, OSError):
     where = f': {error.filename}' if error.filename else ''

@@ -33,6 +33,7 @@ from trax.supervised import training
 
 from trax_favor import checkpoint_files
 from trax_favor import checks
+from trax_favor import compat
 from trax_favor import configs
 from trax_favor import distributed
 from trax_favor import files
@@ -90,7 +91,9 @@ class Loop(training.Loop):
     self._streams = streams  # {'train': [...], 'eval': [...]}
     self.resumed_from = None
     self.fell_back_from = []  # damaged checkpoints passed over, as strings
-    super().__init__(*args, **kwargs)
+    # trax's __init__ also unpickles output_dir/data_counters<i>.pkl.
+    with compat.safe_unpickling():
+      super().__init__(*args, **kwargs)
 
   def _parts(self):
     """What a checkpoint holds, as trax writes it: (pickled dict, weight
@@ -169,10 +172,14 @@ class Loop(training.Loop):
   def load_checkpoint(self, directory=None, filename=None):
     """Loads the newest whole checkpoint of output_dir; a damaged one is set
     aside (output_dir/checkpoints/<name>.damaged) and the one before it is
-    tried. `directory`/`filename`: trax's form, for a path given
-    explicitly (unverified, as trax loads it)."""
+    tried. A pickle that names a global outside `safe_pickle`'s allow-list
+    is not damaged but made: safe_pickle.UnsafeCheckpoint stops the run,
+    nothing in output_dir is renamed. `directory`/`filename`: trax's form,
+    for a path given explicitly (unverified, as trax loads it, but through
+    safe_pickle too)."""
     if directory is not None or filename is not None:
-      return super().load_checkpoint(directory, filename)
+      with compat.safe_unpickling():
+        return super().load_checkpoint(directory, filename)
     if self._output_dir is None:
       return None
     for _, path in checkpoint_files.steps(self._output_dir):
@@ -184,7 +191,8 @@ class Loop(training.Loop):
           e = f'{e} (set aside as {aside})'
         self.fell_back_from.append(str(e))
         continue
-      super().load_checkpoint(path, 'model')
+      with compat.safe_unpickling():  # _check read it; trax reads it again
+        super().load_checkpoint(path, 'model')
       self._rng = jax.numpy.asarray(np.asarray(manifest['rng'], np.uint32))
       for kind, counts in manifest['data'].items():
         for stream, count in zip(self._streams[kind], counts):

@@ -18,7 +18,9 @@ them (`trax_favor.loop`) and adds:
              weights, optimizer slots, model state, step, random key and
              data position, so the resumed run follows the uninterrupted
              one; a damaged checkpoint is set aside and the one before it
-             is used; a config that changed is refused (see `run_dir`);
+             is used; one whose pickle would run code stops the run and
+             changes nothing (see `safe_pickle`); a config that changed is
+             refused (see `run_dir`);
   one run    an exclusive lock on output_dir;
   signals    Ctrl-C and SIGTERM save a checkpoint after the current step
              and exit (see `interrupts`);

@@ -1,7 +1,9 @@
 """trax 1.4.1 on current JAX: the only place where trax_favor patches anything.
 
   patching      the registry: each fix applied once, recorded, undoable
-  fixes         the fixes, one per trax call, and trax.trainer's import
+  fixes         the fixes, one per trax call, trax.trainer's import, and
+                `safe_unpickling`: trax's checkpoint readers through
+                trax_favor.safe_pickle, for the length of a context
   import_hook   the finder that applies them when trax is imported
 
 Trax's last release (1.4.1, 2021) calls JAX APIs that have since changed or
@@ -32,6 +34,7 @@ This package must not import trax, or anything heavy, at module level:
 
 from trax_favor.compat.fixes import import_trainer
 from trax_favor.compat.fixes import jit_with_options
+from trax_favor.compat.fixes import safe_unpickling
 from trax_favor.compat.import_hook import import_trax
 from trax_favor.compat.import_hook import install_import_hook
 from trax_favor.compat.patching import applied

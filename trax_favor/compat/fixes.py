@@ -7,6 +7,7 @@ patches the name trax looks up, and returns whether it patched.
 import contextlib
 import gzip
 import inspect
+import pickle
 import sys
 
 from trax_favor.compat import import_hook
@@ -289,3 +290,53 @@ def jit_with_options(compiler_options):
     yield
   finally:
     trax_jax.JAX_BACKEND['jit'] = original
+
+
+# -- trax's checkpoint readers: pickle.load -----------------------------------
+_GzipFile = gzip.GzipFile  # the name `gzip` is trax's argument below
+
+
+def _safe_unpickle_from_file(file_path, gzip=False):  # pylint: disable=redefined-outer-name
+  """trax.supervised.training.unpickle_from_file (which opens with
+  tf.io.gfile, so remote paths work), through safe_pickle."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from trax_favor import safe_pickle  # pylint: disable=g-import-not-at-top
+  with tf.io.gfile.GFile(file_path, 'rb') as f:
+    if not gzip:
+      return safe_pickle.load(f, str(file_path))
+    with _GzipFile(fileobj=f, mode='rb') as unzipped:
+      return safe_pickle.load(unzipped, str(file_path))
+
+
+@contextlib.contextmanager
+def safe_unpickling():
+  """Within this context, trax's checkpoint readers run no code from a file.
+
+  trax reads its checkpoints with pickle.load, which calls whatever a file
+  names. Here its three readers of a run's files go through
+  `trax_favor.safe_pickle`: `trax.supervised.training.unpickle_from_file`
+  (Loop.load_checkpoint, trainer_lib.load_trainer_state), and the `pickle`
+  of trax.layers.base (Layer.init_from_file) and of trax.data.inputs
+  (load_data_counters, which every Loop calls on output_dir's
+  data_counters<i>.pkl), each replaced by a view of pickle whose `load` is
+  safe_pickle's. A file naming anything but arrays, plain values and
+  trax's checkpoint classes raises safe_pickle.UnsafeCheckpoint. The
+  change holds for the whole process while the context is open and is
+  reverted after it (nesting is fine); trax_favor's Loop, `restore` and
+  `python -m trax_favor.trax_trainer` read inside it.
+  """
+  from trax.data import inputs  # pylint: disable=g-import-not-at-top
+  from trax.layers import base  # pylint: disable=g-import-not-at-top
+  from trax.supervised import training  # pylint: disable=g-import-not-at-top
+  from trax_favor import safe_pickle  # pylint: disable=g-import-not-at-top
+  view = patching.ModuleView(pickle, load=safe_pickle.load)
+  changes = [(training, 'unpickle_from_file', _safe_unpickle_from_file),
+             (base, 'pickle', view), (inputs, 'pickle', view)]
+  saved = [(owner, key, getattr(owner, key)) for owner, key, _ in changes]
+  for owner, key, value in changes:
+    setattr(owner, key, value)
+  try:
+    yield
+  finally:
+    for owner, key, value in saved:
+      setattr(owner, key, value)

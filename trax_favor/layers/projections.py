@@ -10,10 +10,8 @@ only, needs it copied:
 
 and `load_weights(model, file_name)` loads a checkpoint's weights into a
 model that has more (new layer options' weights keep their init values).
+Both read the file with `trax_favor.safe_pickle` (no code from it runs).
 """
-
-import gzip
-import pickle
 
 import jax
 import numpy as np
@@ -72,11 +70,14 @@ def load_projections(model, file_name):
   one (n_random_features, d_qk) projection per FAVOR layer; `model` (any
   mode, initialized) must have as many FAVOR layers, in the same order.
 
+  The file is read by `trax_favor.safe_pickle`, which runs no code from it.
+
   Raises:
-    ValueError: the file holds no state, or not one projection per layer.
+    ValueError: the file holds no state, or not one projection per layer;
+      safe_pickle.UnsafeCheckpoint (a ValueError) where the file names
+      anything but arrays, plain values and trax's checkpoint classes.
   """
-  with gzip.open(file_name, 'rb') as f:
-    flat_state = pickle.load(f).get('flat_state')
+  flat_state = checkpoint_files.read_pickle(file_name).get('flat_state')
   if flat_state is None:
     raise checks.ConfigError(
         f'{file_name} holds no model state (saved weights-only),'
