@@ -77,8 +77,9 @@ class ExactRelativeAttention(FavorSelfAttention):
     self._relative_position = 'bias'
     self._max_relative_distance = max_relative_distance
 
-  def attend_relative(self, q, k, v, projection, bias, t, key_mask, rng):
-    del projection, t, key_mask, rng
+  def attend_relative(self, q, k, v, projection, bias, t, key_mask, rng,
+                      decode_state=None):
+    del projection, t, key_mask, rng, decode_state
     length = q.shape[-2]
     i = jnp.arange(length)
     index = rpe.clipped_distances(length, self._max_relative_distance,

@@ -21,7 +21,6 @@ the options, their weights and their attention path.
 import jax.numpy as jnp
 
 from trax_favor import checks
-from trax_favor.ops import attention
 from trax_favor.ops import rotary as rotary_ops
 from trax_favor.ops import rpe
 
@@ -94,22 +93,6 @@ def normalize(x, t):
   norm = jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32)), -1,
                           keepdims=True) + 1e-12)
   return (x / norm * jnp.sqrt(t) * float(d) ** 0.25).astype(x.dtype)
-
-
-def attend(q, k, v, projection, bias, key_mask, feature_map_name, eps,
-           causal, max_relative_distance, attention_dropout=0.0, rng=None,
-           initial_state=None, chunk_size=None, block_size=512):
-  """Relative-position FAVOR: q, k (b, h, l, d_qk), v (b, h, l, d_v),
-  bias (h, table), through `ops.favor_attention` (causal: in length
-  blocks with recomputed features; key-feature dropout as plain FAVOR+).
-  Returns o (b, h, l, d_v), and when causal also the final
-  `rpe.RelativeState`."""
-  return attention.favor_attention(
-      q, k, v, projection, feature_map=feature_map_name, causal=causal,
-      key_mask=key_mask, initial_state=initial_state, chunk_size=chunk_size,
-      block_size=block_size, numerical_stabilizer=eps,
-      attention_dropout=attention_dropout, rng=rng, relative_bias=bias,
-      max_relative_distance=max_relative_distance)
 
 
 def rotate(q, k, start, fraction, base):

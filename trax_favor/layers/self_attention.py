@@ -381,10 +381,27 @@ class FavorSelfAttention(base.Layer):
 
   def attend(self, q, k, v, projection, decode_state, key_mask, rng):
     """The attention core: q, k (b, h, l, d_qk), v (b, h, l, d_v) -> o."""
+    return self._favor(q, k, v, projection, decode_state, key_mask, rng)
+
+  def attend_relative(self, q, k, v, projection, bias, t, key_mask, rng,
+                      decode_state=None):
+    """The core with relative positions (see layers/relative.py); t, the
+    temperature, is already applied to q and k."""
+    del t
+    return self._favor(q, k, v, projection, decode_state, key_mask, rng,
+                       bias)
+
+  def _favor(self, q, k, v, projection, decode_state, key_mask, rng,
+             bias=None):
+    """ops.favor_attention with the layer's options (and a relative bias);
+    in predict mode the final state becomes the layer's."""
     common = dict(feature_map=self._feature_map_name, key_mask=key_mask,
                   numerical_stabilizer=self._numerical_stabilizer,
                   attention_dropout=self._attention_dropout, rng=rng,
                   block_size=self._block_size)
+    if bias is not None:
+      common.update(relative_bias=bias,
+                    max_relative_distance=self._max_relative_distance)
     if not self._causal:
       return attention.favor_attention(q, k, v, projection, **common)
     o, final = attention.favor_attention(
@@ -393,24 +410,6 @@ class FavorSelfAttention(base.Layer):
     if self._mode == 'predict':
       self.state = (projection, tuple(final))
     return o
-
-  def attend_relative(self, q, k, v, projection, bias, t, key_mask, rng,
-                      decode_state=None):
-    """The core with relative positions (see layers/relative.py); t, the
-    temperature, is already applied to q and k."""
-    del t
-    o = relative.attend(q, k, v, projection, bias, key_mask,
-                        self._feature_map_name, self._numerical_stabilizer,
-                        self._causal, self._max_relative_distance,
-                        self._attention_dropout, rng,
-                        initial_state=decode_state,
-                        chunk_size=self._chunk_size,
-                        block_size=self._block_size)
-    if not self._causal:
-      return o
-    if self._mode == 'predict':
-      self.state = (projection, tuple(o[1]))
-    return o[0]
 
   def _checked_decode_state(self, decode_state, batch):
     state = (rpe.RelativeState if self._relative_position
