@@ -124,14 +124,19 @@ def test_transfer_measures_the_gap_and_fine_tunes_resumably(tmp_path, in_repo):
 
 
 
+# The offline default shrunk for the experiments' tests.
+SMALL_OFFLINE = ['D_MODEL=16', 'N_LAYERS=1', 'BATCH_SIZE=2',
+                 'N_RANDOM_FEATURES=8', 'trax_favor.PerformerLM.d_ff=32',
+                 'trax_favor.PerformerLM.d_qk=8',
+                 'trax_favor.PerformerLM.d_v=8',
+                 'trax_favor.PerformerLM.n_heads=2', 'train.eval_steps=1']
+
+
 @pytest.mark.slow
 def test_rpe_quality_trains_every_variant_and_sweeps(tmp_path, in_repo):
   del in_repo
   out = str(tmp_path / 'rq')
-  small = ['D_MODEL=16', 'SEQUENCE_LENGTH=32', 'N_LAYERS=1', 'BATCH_SIZE=2',
-           'N_RANDOM_FEATURES=8', 'trax_favor.PerformerLM.d_ff=32',
-           'trax_favor.PerformerLM.d_qk=8', 'trax_favor.PerformerLM.d_v=8',
-           'trax_favor.PerformerLM.n_heads=2', 'train.eval_steps=1']
+  small = SMALL_OFFLINE + ['SEQUENCE_LENGTH=32']
   rpe_quality.main([f'--out={out}', f'--work_dir={tmp_path / "runs"}',
                     '--steps=20', '--sweep_steps=20', '--learning_rates=0.003',
                     *[f'--config={b}' for b in small]])
@@ -150,10 +155,7 @@ def test_rpe_quality_trains_every_variant_and_sweeps(tmp_path, in_repo):
 def test_positions_trains_every_variant_and_extrapolates(tmp_path, in_repo):
   del in_repo
   out = str(tmp_path / 'pos')
-  small = ['D_MODEL=16', 'N_LAYERS=1', 'BATCH_SIZE=2', 'N_RANDOM_FEATURES=8',
-           'trax_favor.PerformerLM.d_ff=32', 'trax_favor.PerformerLM.d_qk=8',
-           'trax_favor.PerformerLM.d_v=8', 'trax_favor.PerformerLM.n_heads=2',
-           'train.eval_steps=1']
+  small = SMALL_OFFLINE  # the length comes from --length
   record = positions.run(positions.argparse.Namespace(
       out=out, work_dir=str(tmp_path / 'runs'), steps=2, length=32, seeds=1,
       eval_lengths='32,64', eval_bytes=128, error_seeds=1, config=small,
