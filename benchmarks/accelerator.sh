@@ -46,7 +46,7 @@ fi
 
 if [ "$DRY_RUN" = 1 ]; then
   export JAX_PLATFORMS=cpu
-  TESTS=(tests/test_cpu_speedups.py -k "both_settings_agree and softmax and bidir")
+  TESTS=(tests/test_cpu_speedups.py -k "both_settings_agree and softmax and bidir and plain")
   ATTENTION=(--lengths=128 --favor_extra_lengths= --d_model=32 --n_heads=2
              --n_random_features=8 --repeats=1 --product_rounds=1
              --unblocked_max_len=0 --exact_max_len=128 --lsh_max_len=128
