@@ -12,7 +12,7 @@ and, where it has random features, the same (m, d_head) projection:
                               (no projection): the like-for-like baseline of
                               trax's cores
   ours_*_plain                the same as ours_bidir, ours_causal with
-                              trax_favor.cpu_speedups off:
+                              trax_favor.ops.cpu_speedups off:
                               plain einsums, jnp.max, XLA's default options
                               (CPU only: elsewhere that is the default)
   ours_bidir_xla_defaults     the switch on (product gradients, row maximum)
@@ -46,8 +46,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from trax_favor import cpu_speedups
 from trax_favor import ops
+from trax_favor.ops import cpu_speedups
 from benchmarks import harness
 
 BIDIRECTIONAL = ('ours_bidir', 'ours_bidir_plain', 'ours_bidir_xla_defaults',
@@ -58,7 +58,7 @@ BIDIRECTIONAL = ('ours_bidir', 'ours_bidir_plain', 'ours_bidir_xla_defaults',
 CAUSAL = ('ours_causal', 'ours_causal_plain', 'ours_causal_relu',
           'trax_causal_favor_relu', 'performer_pytorch_causal',
           'exact_causal', 'dpa_causal')
-# Traced with trax_favor.cpu_speedups off, or compiled with XLA's default
+# Traced with trax_favor.ops.cpu_speedups off, or compiled with XLA's default
 # options: only distinct on the CPU.
 SWITCHED_OFF = ('ours_bidir_plain', 'ours_causal_plain')
 XLA_DEFAULTS = ('ours_bidir_xla_defaults', 'authors_bidir_xla_defaults')

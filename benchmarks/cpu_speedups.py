@@ -2,7 +2,7 @@
 
     python -m benchmarks.cpu_speedups --out results/cpu_speedups
 
-`trax_favor.cpu_speedups` (hand-written product gradients, the sliced row
+`trax_favor.ops.cpu_speedups` (hand-written product gradients, the sliced row
 maximum, xla_cpu_experimental_ynn_fusion_type='') is on by default on the
 CPU; TRAX_FAVOR_CPU_SPEEDUPS=0 turns all three off (plain einsums, jnp.max,
 XLA's default options). Each setting runs in its own child process:

@@ -22,7 +22,7 @@ import sys
 import tempfile
 
 from benchmarks import harness
-from trax_favor import training
+from trax_favor.run import training
 
 BINDINGS = ('D_MODEL=64,SEQUENCE_LENGTH=128,N_LAYERS=2,BATCH_SIZE=8,'
             'N_RANDOM_FEATURES=32,train.eval_frequency=1000,'

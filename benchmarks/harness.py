@@ -1,5 +1,5 @@
 """The benchmark harness: what every experiment and benchmark writes (machine,
-versions, git SHA; JSON saved after each measurement with `trax_favor.files`),
+versions, git SHA; JSON saved after each measurement with `trax_favor.run.files`),
 Markdown tables, figures, and timing helpers.
 
 Each result file is rewritten whole after every measurement (to a temporary
@@ -18,9 +18,9 @@ import jax
 import numpy as np
 
 import trax_favor
-from trax_favor import cpu_speedups
-from trax_favor import files
-from trax_favor import memory
+from trax_favor.ops import cpu_speedups
+from trax_favor.run import files
+from trax_favor.run import memory
 
 # The package's atomic JSON files and memory figures, under the names the
 # benchmarks and experiments use.

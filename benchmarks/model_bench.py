@@ -43,11 +43,12 @@ from trax import optimizers
 from trax import shapes
 from trax.optimizers import trainer as trax_trainer
 
-from trax_favor import configs
-from trax_favor import cpu_speedups
-from trax_favor import decoding
 from benchmarks import harness
+from trax_favor import compat
+from trax_favor import decoding
 from trax_favor.models import performer
+from trax_favor.ops import cpu_speedups
+from trax_favor.run import configs
 
 MODELS = {  # name -> (config files, after the family's <attention>_6l.gin)
     'performer': ('performer', []),
@@ -269,7 +270,7 @@ def _child_main(arg):
   family, model, bindings, steps, batch = json.loads(arg)
   measure = measure_steps_interleaved if isinstance(model, list) else (
       measure_step)
-  with cpu_speedups.trax_jit_options():  # trax's trainer jits, as our training
+  with compat.trax_jit_options():  # trax's trainer jits, as our training
     result = measure(family, model, bindings, steps, batch)
   print(json.dumps(result), flush=True)
 

@@ -48,8 +48,8 @@ import sys
 import jax
 import numpy as np
 
-from trax_favor import memory
 from trax_favor import ops
+from trax_favor.run import memory
 from benchmarks import contenders
 from benchmarks import harness
 

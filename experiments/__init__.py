@@ -7,6 +7,6 @@ transfer          exact-attention weights in FAVOR+ models
 backward_compat   the transfer, then fine-tuning with FAVOR+
 """
 
-from trax_favor import cli
+from trax_favor.run import cli
 
 cli.quiet_start()  # command lines: trax imported quietly, with the fixes

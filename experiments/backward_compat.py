@@ -14,7 +14,7 @@ import argparse
 import sys
 
 from benchmarks import harness
-from trax_favor import training as trax_favor_training
+from trax_favor.run import training as trax_favor_training
 from experiments import transfer
 
 

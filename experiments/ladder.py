@@ -31,10 +31,10 @@ import time
 
 import numpy as np
 
-from trax_favor import checkpoint_files
-from trax_favor import checkpoints
-from trax_favor import configs
-from trax_favor import training as trax_favor_training
+from trax_favor import model_files
+from trax_favor.run import checkpoints
+from trax_favor.run import configs
+from trax_favor.run import training as trax_favor_training
 from benchmarks import harness
 
 ATTENTIONS = ('performer', 'reformer')
@@ -113,7 +113,7 @@ def train_cli(config_files, bindings, rung_dir, name, log_every=10):
 def collect(rung_dir):
   """Eval curves, timing and memory of a trained rung."""
   path = checkpoints.latest(rung_dir)
-  checkpoint = checkpoint_files.read_pickle(path)  # runs no code from it
+  checkpoint = model_files.read_pickle(path)  # runs no code from it
   history = trax_favor_training.read_eval_history(rung_dir)
   progress = {r['step']: r for r in trax_favor_training.read_progress(rung_dir)}
 
@@ -123,7 +123,7 @@ def collect(rung_dir):
   seconds = [progress[s]['seconds'] if s in progress else None
              for s, _ in curve('loss')]
   rates = [r['steps_per_s'] for r in progress.values() if r['steps_per_s']]
-  weights = checkpoint_files.read_arrays(  # beside the pickle, as in trax
+  weights = model_files.read_arrays(  # beside the pickle, as in trax
       path.replace('.pkl.gz', '.weights.npy.gz'))
   n_params = sum(int(np.size(w)) for w in weights)
   return {
@@ -162,7 +162,7 @@ def run_ladder(preset, work_dir, out, extra_bindings=(), stop_after=None):
         f'N_LAYERS={n}' for n in [PRESETS[preset].get('n_layers', {}).get(
             depth)] if n]
     steps, eval_frequency = _schedule(rung_bindings, config_file)
-    done = checkpoint_files.steps(rung_dir)
+    done = checkpoints.steps(rung_dir)
     if done and done[0][0] >= steps:
       print(f'[{name}] done earlier (step {done[0][0]}), skipping',
             flush=True)

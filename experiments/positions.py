@@ -33,13 +33,13 @@ from trax import shapes
 
 from benchmarks import harness
 from experiments import ladder
-from trax_favor import checkpoints
-from trax_favor import configs
 from trax_favor import ops
-from trax_favor import training
 from trax_favor.data import local_text
 from trax_favor.ops import reference
 from trax_favor.ops import rotary
+from trax_favor.run import checkpoints
+from trax_favor.run import configs
+from trax_favor.run import training
 
 NO_ABSOLUTE = "trax_favor.PerformerLM.pos_type='none'"
 ROPE = 'trax_favor.FavorSelfAttention.rotary=True'
@@ -124,7 +124,7 @@ def run(args):
   record = {'machine': harness.machine_info(), 'config': vars(args),
             'quality': {}, 'extrapolation': {}}
   lengths = harness.comma_list(args.eval_lengths, int)
-  for variant in VARIANTS:
+  for variant in harness.comma_list(args.variants, str):
     bindings = variant_bindings(variant, args.max_relative_distance)
     finals = []
     for seed in range(args.seeds):
@@ -173,6 +173,8 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--out', default='results/positions_cpu')
   parser.add_argument('--work_dir', default='runs/positions')
+  parser.add_argument('--variants', type=harness.comma_list_arg(str),
+                      default=','.join(VARIANTS))
   parser.add_argument('--steps', type=int, default=200)
   parser.add_argument('--length', type=int, default=512)
   parser.add_argument('--seeds', type=int, default=3)
@@ -183,7 +185,12 @@ def main(argv=None):
   parser.add_argument('--max_relative_distance', type=int, default=128)
   parser.add_argument('--config', action='append', default=[],
                       help='extra gin binding for every run (repeatable)')
-  run(parser.parse_args(argv))
+  args = parser.parse_args(argv)
+  unknown = set(harness.comma_list(args.variants)) - set(VARIANTS)
+  if unknown:
+    parser.error(f'--variants: unknown {sorted(unknown)}; choose from '
+                 f'{", ".join(VARIANTS)}')
+  run(args)
 
 
 if __name__ == '__main__':

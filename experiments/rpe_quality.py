@@ -25,7 +25,7 @@ import os
 
 from benchmarks import harness
 from experiments import ladder
-from trax_favor import training
+from trax_favor.run import training
 
 EVAL_EVERY = 20  # steps; the runs' lengths are multiples of it
 VARIANTS = {
@@ -55,7 +55,8 @@ def _train(name, variant, steps, work_dir, bindings, extra=()):
 def run(args):
   record = {'machine': harness.machine_info(), 'config': vars(args),
             'quality': {}, 'stability': {}}
-  for variant in VARIANTS:
+  variants = harness.comma_list(args.variants, str)
+  for variant in variants:
     bits = _train(variant, variant, args.steps, args.work_dir, [],
                   args.config)
     record['quality'][variant] = {'last': bits[-1][1],
@@ -63,7 +64,7 @@ def run(args):
                                   'curve': bits}
     harness.save_json(record, args.out + '.json')
   rates = harness.comma_list(args.learning_rates, float)
-  for variant in VARIANTS:
+  for variant in variants:
     runs = {}
     for rate in rates:
       bits = _train(f'{variant}_lr{rate:g}', variant, args.sweep_steps,
@@ -81,7 +82,7 @@ def run(args):
            ', '.join(f'{r}: {x["last"]:.2f}' for r, x in
                      record['stability'][v]['runs'].items()),
            str(record['stability'][v]['highest_stable_rate'])]
-          for v in VARIANTS]
+          for v in variants]
   table = harness.markdown_table(
       ['variant', f'bits/dim @ {args.steps}', 'best',
        f'bits/dim @ {args.sweep_steps} per learning rate',
@@ -96,6 +97,8 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--out', default='results/rpe_quality_cpu')
   parser.add_argument('--work_dir', default='runs/rpe_quality')
+  parser.add_argument('--variants', type=harness.comma_list_arg(str),
+                      default=','.join(VARIANTS))
   parser.add_argument('--steps', type=int, default=200)
   parser.add_argument('--sweep_steps', type=int, default=60)
   parser.add_argument('--learning_rates', type=harness.comma_list_arg(float),
@@ -105,7 +108,12 @@ def main(argv=None):
   parser.add_argument('--diverged_above', type=float, default=6.0,
                       help='bits/dim: a run ending above this diverged '
                       '(8 is chance for bytes)')
-  run(parser.parse_args(argv))
+  args = parser.parse_args(argv)
+  unknown = set(harness.comma_list(args.variants)) - set(VARIANTS)
+  if unknown:
+    parser.error(f'--variants: unknown {sorted(unknown)}; choose from '
+                 f'{", ".join(VARIANTS)}')
+  run(args)
 
 
 if __name__ == '__main__':

@@ -18,9 +18,9 @@ from trax import shapes
 from trax.supervised import training
 
 from benchmarks import harness
-from trax_favor import configs
-from trax_favor import training as trax_favor_training
 from trax_favor.data import streams
+from trax_favor.run import configs
+from trax_favor.run import training as trax_favor_training
 
 CONFIG = harness.repo_path('gin/offline_default.gin')
 EXACT = ['trax_favor.PerformerLM.attention_type=@trax.layers.SelfAttention',

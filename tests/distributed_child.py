@@ -14,14 +14,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from trax_favor import cli
+from trax_favor.run import cli
 cli.quiet_start()
 import jax
 import numpy as np
 from trax.supervised import callbacks
-from trax_favor import configs
-from trax_favor import distributed
-from trax_favor import training
+from trax_favor.run import configs
+from trax_favor.run import distributed
+from trax_favor.run import training
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 LOSS = 'metrics/WeightedCategoryCrossEntropy'  # the training loss, per eval

@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from trax_favor import configs
+from trax_favor.run import configs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PARTS = ('base.gin', 'tiny.gin')  # included by runnable configs, not run

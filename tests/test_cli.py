@@ -14,11 +14,11 @@ import pytest
 from trax.supervised import training
 
 import gin_helpers
-from trax_favor import checkpoint_files
-from trax_favor import checkpoints
-from trax_favor import configs
 from trax_favor import decoding
-from trax_favor import training as favor_training
+from trax_favor.run import checkpoints
+from trax_favor.run import checkpoints as checkpoint_files
+from trax_favor.run import configs
+from trax_favor.run import training as favor_training
 
 REPO = gin_helpers.REPO
 TEXT_CONFIG = 'gin/offline_default.gin'
@@ -196,8 +196,8 @@ def test_image_completion_to_png(tmp_path, cache_dir):
 TRAIN_ON_ALL_DEVICES = f"""
 import json, sys
 import jax
-from trax_favor import configs
-from trax_favor import training as favor_training
+from trax_favor.run import configs
+from trax_favor.run import training as favor_training
 configs.parse_config([{TEXT_CONFIG!r}], {SHRINK!r} + ['train.steps=6',
                   'train.eval_frequency=2'])
 loop = favor_training.train(sys.argv[1], n_devices=jax.local_device_count())

@@ -212,24 +212,6 @@ def test_trax_trainer_module_imports_without_changing_jax_lib():
   assert ('jax.lib.xla_extension' in sys.modules) == had_module
 
 
-MULTI_DEVICE = """
-import sys
-sys.path.insert(0, 'tests')
-import test_compat, trax_favor
-loop = test_compat._toy_loop(None, n_devices=2, batch=4)
-loop.run(3)
-print('devices', loop.n_devices, 'step', loop.step, trax_favor.compat.applied())
-"""
-
-
-@pytest.mark.slow
-def test_multi_device_training_on_forced_host_devices():
-  result = _run([sys.executable, '-c', MULTI_DEVICE],
-                {'XLA_FLAGS': '--xla_force_host_platform_device_count=2'})
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert 'devices 2 step 3' in result.stdout
-
-
 GLOBALS = """
 import json, os, sys
 fd2 = os.readlink('/proc/self/fd/2')

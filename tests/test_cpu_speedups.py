@@ -13,9 +13,10 @@ from trax.fastmath import jax as trax_jax
 
 from trax import shapes
 
-from trax_favor import cpu_speedups
+from trax_favor import compat
 from trax_favor import ops
 from trax_favor.layers import FavorSelfAttention
+from trax_favor.ops import cpu_speedups
 from trax_favor.ops import favor
 from trax_favor.ops import rpe
 
@@ -58,7 +59,7 @@ def test_trax_jit_gets_the_options_only_inside_the_context(monkeypatch):
     return original(*args, **kwargs)
 
   monkeypatch.setitem(trax_jax.JAX_BACKEND, 'jit', recording_jit)
-  with cpu_speedups.trax_jit_options():
+  with compat.trax_jit_options():
     inside = fastmath.jit(_product_with_reductions)
   outside = fastmath.jit(_product_with_reductions)
   assert seen == [{cpu_speedups.YNN_OPTION: ''}, None]

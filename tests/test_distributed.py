@@ -12,8 +12,8 @@ import sys
 import numpy as np
 import pytest
 
-from trax_favor import checkpoint_files
-from trax_favor import training
+from trax_favor.run import checkpoints as checkpoint_files
+from trax_favor.run import training
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHILD = os.path.join(REPO, 'tests', 'distributed_child.py')

@@ -16,8 +16,8 @@ from trax import shapes
 from trax.supervised import training
 
 import gin_helpers
-from trax_favor import configs
-from trax_favor import training as favor_training
+from trax_favor.run import configs
+from trax_favor.run import training as favor_training
 
 PAIRS = gin_helpers.twin_pairs()
 PAIR_IDS = [p.replace('gin/', '').replace('.gin', '') for p, _ in PAIRS]

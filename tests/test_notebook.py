@@ -14,7 +14,7 @@ import nbformat
 import pytest
 
 import gin_helpers
-from trax_favor import checkpoint_files
+from trax_favor.run import checkpoints as checkpoint_files
 
 NOTEBOOK = os.path.join(gin_helpers.REPO, 'notebooks',
                         'trax_favor_quickstart.ipynb')

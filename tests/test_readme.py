@@ -45,7 +45,7 @@ def test_model_snippet_runs_in_either_import_order(order, tmp_path):
 def test_decoding_recipe_runs_on_a_training_run(tmp_path):
   os.symlink(os.path.join(gin_helpers.REPO, 'gin'), tmp_path / 'gin')
   train = _python(
-      'from trax_favor import configs, training\n'
+      'from trax_favor.run import configs, training\n'
       "configs.parse_config(['gin/offline_default.gin'], ['STEPS=2', "
       "'D_MODEL=32', 'SEQUENCE_LENGTH=64', 'BATCH_SIZE=2', "
       "'train.eval_frequency=2', 'train.eval_steps=1'])\n"
@@ -56,14 +56,18 @@ def test_decoding_recipe_runs_on_a_training_run(tmp_path):
   shrink = ("_parse = configs.parse_config\n"
             "configs.parse_config = lambda files: _parse(files, ['D_MODEL=32',"
             " 'SEQUENCE_LENGTH=64'])\n")
-  code = recipe.replace('from trax_favor import configs\n',
-                        'from trax_favor import configs\n' + shrink)
-  result = _python(code + "\nprint('decoded', tokens.shape)", str(tmp_path))
+  imports = 'from trax_favor.run import checkpoints, configs\n'
+  assert imports in recipe
+  code = recipe.replace(imports, imports + shrink)
+  show = "\nprint('decoded', tokens.shape, tokens.tolist())"
+  result = _python(code + show, str(tmp_path))
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'decoded (1, 20)' in result.stdout
-  # Without the projections, the recipe stops with the error naming them.
-  broken = code.replace('trax_favor.load_projections(model, checkpoint)',
-                        'pass')
-  result = _python(broken, str(tmp_path))
-  assert result.returncode != 0
-  assert 'load_projections' in result.stderr
+  # Without the load_projections line, init_from_file takes the projections
+  # from the checkpoint's state (compat's init_from_file_projections).
+  implicit = code.replace('trax_favor.load_projections(model, checkpoint)',
+                          'pass')
+  assert implicit != code
+  again = _python(implicit + show, str(tmp_path))
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert again.stdout == result.stdout

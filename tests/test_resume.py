@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from trax.supervised import callbacks
 
-from trax_favor import checkpoint_files
-from trax_favor import checkpoints
-from trax_favor import configs
-from trax_favor import interrupts
-from trax_favor import training
+from trax_favor.run import checkpoints
+from trax_favor.run import checkpoints as checkpoint_files
+from trax_favor.run import configs
+from trax_favor.run import interrupts
+from trax_favor.run import training
 
 STEPS = 12
 SHRINK = [  # the offline default at a few seconds per run; eval every step

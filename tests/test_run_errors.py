@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 import trax_favor
 
-from trax_favor import cli
-from trax_favor import configs
-from trax_favor import distributed
-from trax_favor import loop
-from trax_favor import run_dir
 from trax_favor import sample
 from trax_favor import train
 from trax_favor.models import performer
+from trax_favor.run import cli
+from trax_favor.run import configs
+from trax_favor.run import distributed
+from trax_favor.run import loop
+from trax_favor.run import run_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, 'gin', 'offline_default.gin')

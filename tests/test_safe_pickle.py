@@ -24,12 +24,12 @@ from trax.data import inputs as trax_inputs
 from trax.supervised import training as trax_training
 
 import trax_favor
-from trax_favor import checkpoint_files
-from trax_favor import checkpoints
 from trax_favor import compat
-from trax_favor import configs
-from trax_favor import loop as loop_lib
 from trax_favor import safe_pickle
+from trax_favor.run import checkpoints
+from trax_favor.run import checkpoints as checkpoint_files
+from trax_favor.run import configs
+from trax_favor.run import loop as loop_lib
 
 PACKAGE = pathlib.Path(trax_favor.__file__).parent
 REPO = PACKAGE.parent
@@ -208,6 +208,10 @@ READERS = {
         layer, _gzip_path(p)),
     'trax_init_from_file': _in_trax_readers(
         lambda p, layer: layer.init_from_file(_gzip_path(p))),
+    # Outside safe_unpickling: with FAVOR layers, compat's
+    # init_from_file_projections reads the file through safe_pickle.
+    'trax_init_from_file_weights_only': lambda p, layer: layer.init_from_file(
+        _gzip_path(p), weights_only=True),
     'trax_unpickle_from_file': _in_trax_readers(
         lambda p, _: trax_training.unpickle_from_file(_gzip_path(p), True)),
     'trax_load_data_counters': _in_trax_readers(

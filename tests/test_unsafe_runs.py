@@ -13,15 +13,15 @@ import sys
 import pytest
 
 import gin_helpers
-from trax_favor import checkpoint_files
-from trax_favor import checkpoints
-from trax_favor import configs
-from trax_favor import files
-from trax_favor import run_dir
 from trax_favor import safe_pickle
 from trax_favor import sample
 from trax_favor import train
-from trax_favor import training
+from trax_favor.run import checkpoints
+from trax_favor.run import checkpoints as checkpoint_files
+from trax_favor.run import configs
+from trax_favor.run import files
+from trax_favor.run import run_dir
+from trax_favor.run import training
 
 REPO = gin_helpers.REPO
 CONFIG = os.path.join(REPO, 'gin', 'offline_default.gin')

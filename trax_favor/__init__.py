@@ -5,13 +5,17 @@
     model = trax.models.ReformerLM(
         vocab_size=256, attention_type=trax_favor.FavorSelfAttention)
 
-`import trax_favor` is cheap and changes nothing global: it imports neither
-JAX nor trax and starts no backend. The names below load on first use;
-`trax_favor.ops` is pure JAX (no trax, TensorFlow or gym). The first name
-that needs trax imports it with the trax-on-current-JAX fixes applied
-(`trax_favor.compat`, which changes trax's own modules only). Importing
-trax_favor before trax also makes `import trax` several times faster (see
-`compat.install_import_hook`).
+`import trax_favor` is cheap: it imports neither JAX nor trax and starts no
+backend. It changes one global thing, `sys.meta_path`: it puts a finder
+first (`compat.install_import_hook`) that acts only when trax itself is
+imported: it applies the trax-on-current-JAX fixes to trax's own modules
+(`trax_favor.compat`) and gives `trax.layers.assert_shape` a cheaper
+`inspect.stack`, which makes `import trax` several times faster (see
+docs/compat.md); once trax has loaded the finder removes itself. Where
+trax was imported first, the fixes are applied at once instead. Nothing
+else changes: no environment variable, signal handler, logging, JAX
+attribute or stderr (tests/test_import_hook.py). The names below load on
+first use; `trax_favor.ops` is pure JAX (no trax, TensorFlow or gym).
 """
 
 import importlib
@@ -25,15 +29,24 @@ _EXPORTS = {
     'favor_layers': 'trax_favor.layers',
     'load_projections': 'trax_favor.layers',
     'load_weights': 'trax_favor.layers',
+    'redraw_projections': 'trax_favor.layers',
     'transfer_projections': 'trax_favor.layers',
     'PerformerLM': 'trax_favor.models',
-    'compiler_options': 'trax_favor.cpu_speedups',
+    'compiler_options': 'trax_favor.ops.cpu_speedups',
 }
-_SUBMODULES = ('ops', 'layers', 'models', 'data', 'compat', 'cpu_speedups',
-               'configs', 'training', 'checkpoints', 'decoding',
-               'configurables', 'safe_pickle')
+_SUBMODULES = ('ops', 'layers', 'models', 'data', 'compat', 'run',
+               'decoding', 'configurables', 'safe_pickle', 'model_files',
+               'checks')
+# The modules users reach as trax_favor.<name> (`from trax_favor import
+# configs, training`), where they live.
+_MODULES = {
+    'configs': 'trax_favor.run.configs',
+    'training': 'trax_favor.run.training',
+    'checkpoints': 'trax_favor.run.checkpoints',
+    'cpu_speedups': 'trax_favor.ops.cpu_speedups',
+}
 
-__all__ = sorted(_EXPORTS) + list(_SUBMODULES)
+__all__ = sorted(_EXPORTS) + list(_SUBMODULES) + sorted(_MODULES)
 
 
 def __getattr__(name):
@@ -41,6 +54,8 @@ def __getattr__(name):
     return getattr(importlib.import_module(_EXPORTS[name]), name)
   if name in _SUBMODULES:
     return importlib.import_module(f'trax_favor.{name}')
+  if name in _MODULES:
+    return importlib.import_module(_MODULES[name])
   raise AttributeError(f'module trax_favor has no attribute {name!r}')
 
 

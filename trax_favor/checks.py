@@ -13,6 +13,13 @@ class ConfigError(ValueError):
   as one line; it is a ValueError, so callers may catch either."""
 
 
+class ProjectionMissing(ConfigError):
+  """A FAVOR layer whose weights were loaded without its fixed projection,
+  refusing to run. Raised inside a layer's forward, it passes through
+  trax's LayerError wrapping unchanged (compat's
+  `layer_error_passes_projection_missing`), so the user sees its one line."""
+
+
 def check_positive_int(**values):
   """Raises ConfigError naming the first value that is not an int > 0.
 

@@ -19,7 +19,7 @@ from trax.layers import attention as trax_attention
 from trax.layers.research import position_encodings
 
 from trax_favor import checks
-from trax_favor import cpu_speedups
+from trax_favor.ops import cpu_speedups
 from trax_favor.data import streams
 from trax_favor.layers import projections
 

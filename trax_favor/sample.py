@@ -18,7 +18,7 @@ step, with a constant-size state per sequence.
 import argparse
 import sys
 
-from trax_favor import cli
+from trax_favor.run import cli
 
 
 def parse_args(argv):
@@ -44,64 +44,11 @@ def parse_args(argv):
   return parser.parse_args(argv)
 
 
-def check_flags(args, image_size):
-  """One line for flags that do not apply to the config's data."""
-  # pylint: disable-next=g-import-not-at-top
-  from trax_favor import configs
-  if image_size is None and (args.image or args.prompt_rows):
-    raise configs.RunError('--image and --prompt_rows apply to image configs; '
-                           'this config is text: use --prompt and --length.')
-  if image_size is not None and args.prompt:
-    raise configs.RunError('--prompt applies to text configs; this config is '
-                           'images: use --image and --prompt_rows.')
-  if image_size is None and args.length < 1:
-    raise configs.RunError(f'--length must be at least 1, got {args.length}.')
-
-
-def _read_png(path, image_size):
-  import matplotlib.image  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from trax_favor.data import tfds_data  # pylint: disable=g-import-not-at-top
-  pixels = matplotlib.image.imread(path)  # (h, w, c) floats in [0, 1] for PNG
-  pixels = np.round(pixels[..., :3] * 255).astype(np.uint8)
-  return tfds_data.resized_image(pixels, image_size)
-
-
 def main(argv=None):
   args = parse_args(sys.argv[1:] if argv is None else argv)
   cli.quiet_start()
-  # pylint: disable=g-import-not-at-top
-  from trax_favor import checkpoints
-  from trax_favor import configs
-  from trax_favor import decoding
-  # pylint: enable=g-import-not-at-top
-
-  def run():
-    configs.parse_config(args.config_file, args.config)
-    image_size = configs.configured_image_size()
-    check_flags(args, image_size)
-    model = checkpoints.restore(args.output_dir, mode='predict')
-    try:
-      sample(model, image_size)
-    except ValueError as e:  # a bad prompt, length or image: one line
-      raise configs.RunError(str(e)) from e
-
-  def sample(model, image_size):
-    if image_size is None:
-      text = decoding.complete_text(model, args.prompt, args.length,
-                                    args.temperature, args.seed)
-      sys.stdout.write(args.prompt + text + '\n')
-      return
-    import matplotlib.image  # pylint: disable=g-import-not-at-top
-    import numpy as np  # pylint: disable=g-import-not-at-top
-    prompt = _read_png(args.image, image_size) if args.image else None
-    image = decoding.complete_image(model, image_size, prompt,
-                                    args.prompt_rows, args.temperature,
-                                    args.seed)
-    panels = [image] if prompt is None else [prompt, image]
-    matplotlib.image.imsave(args.png, np.concatenate(panels, axis=1))
-    print(f'wrote {args.png} ({"prompt | completion" if prompt is not None else "sample"})')
-  cli.main_guard(run, verbose=args.verbose)
+  from trax_favor.run import commands  # pylint: disable=g-import-not-at-top
+  commands.sample(args)
 
 
 if __name__ == '__main__':

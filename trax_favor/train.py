@@ -18,7 +18,7 @@ Flags:
                  may always change)
   --verbose      on an error, the full traceback instead of one line
 
-Several processes (one per device; see trax_favor/distributed.py), each
+Several processes (one per device; see trax_favor/run/distributed.py), each
 started with the same flags plus its id, on a shared --output_dir:
   --coordinator_address  HOST:PORT of process 0's coordinator
   --num_processes        how many processes
@@ -29,7 +29,7 @@ started with the same flags plus its id, on a shared --output_dir:
 import argparse
 import sys
 
-from trax_favor import cli
+from trax_favor.run import cli
 
 
 def parse_args(argv):
@@ -57,21 +57,8 @@ def parse_args(argv):
 def main(argv=None):
   args = parse_args(sys.argv[1:] if argv is None else argv)
   cli.quiet_start()
-  # pylint: disable=g-import-not-at-top
-  from trax_favor import configs
-  from trax_favor import distributed
-  from trax_favor import training
-  # pylint: enable=g-import-not-at-top
-
-  def run():
-    # Before anything starts the backend (importing trax does not).
-    distributed.initialize(args.coordinator_address, args.num_processes,
-                           args.process_id)
-    configs.parse_config(args.config_file, args.config)
-    training.train(args.output_dir, n_devices=args.n_devices,
-                   log_every=args.log_every,
-                   allow_config_change=args.allow_config_change)
-  cli.main_guard(run, verbose=args.verbose)
+  from trax_favor.run import commands  # pylint: disable=g-import-not-at-top
+  commands.train(args)
 
 
 if __name__ == '__main__':

@@ -19,8 +19,8 @@ from benchmarks import distributed as distributed_bench
 from benchmarks import harness
 from benchmarks import model_bench
 from benchmarks import rpe as rpe_bench
-from trax_favor import cpu_speedups
-from trax_favor import memory
+from trax_favor.ops import cpu_speedups
+from trax_favor.run import memory
 
 @pytest.mark.slow
 def test_model_bench_step_is_trax_reversible_training(in_repo):

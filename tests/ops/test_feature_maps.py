@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from trax_favor import cpu_speedups
 from trax_favor import ops
+from trax_favor.ops import cpu_speedups
 from trax_favor.ops import feature_maps
 
 D = 16

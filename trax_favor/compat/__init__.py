@@ -4,7 +4,14 @@
   fixes         the fixes, one per trax call, trax.trainer's import, and
                 `safe_unpickling`: trax's checkpoint readers through
                 trax_favor.safe_pickle, for the length of a context
+  projection_fixes
+                two fixes for FAVOR layers, not for JAX: trax's
+                init_from_file(weights_only=True) restores their fixed
+                projections (or marks them missing), and their refusal
+                passes through trax's LayerError as one line
   import_hook   the finder that applies them when trax is imported
+  cpu_options   `trax_jit_options`: trax's jit with the CPU speed-ups'
+                compiler options (trax_favor.ops.cpu_speedups)
 
 Trax's last release (1.4.1, 2021) calls JAX APIs that have since changed or
 gone. Each fix below is the smallest change that restores one upstream call
@@ -32,6 +39,8 @@ This package must not import trax, or anything heavy, at module level:
 `import trax_favor` imports it.
 """
 
+from trax_favor.compat import projection_fixes  # pylint: disable=unused-import
+from trax_favor.compat.cpu_options import trax_jit_options
 from trax_favor.compat.fixes import import_trainer
 from trax_favor.compat.fixes import jit_with_options
 from trax_favor.compat.fixes import safe_unpickling

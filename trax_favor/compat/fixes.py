@@ -276,7 +276,7 @@ def jit_with_options(compiler_options):
   Trax's training and eval steps are jitted by trax (`fastmath.jit`, an
   entry of its backend table); the programs they compile keep the options
   after the context ends. Used by trax_favor's training for the CPU options
-  of `trax_favor.cpu_speedups`; an explicit compiler_options argument wins.
+  of `trax_favor.ops.cpu_speedups`; an explicit compiler_options argument wins.
   """
   from trax.fastmath import jax as trax_jax  # pylint: disable=g-import-not-at-top
   original = trax_jax.JAX_BACKEND['jit']

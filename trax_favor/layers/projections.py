@@ -2,11 +2,14 @@
 
 A FavorSelfAttention layer's random projection is state, not a weight
 (it is not trained). Checkpoints written by trax's Loop hold it (in the
-model state), but a model built in another mode, or loaded from weights
-only, needs it copied:
+model state), and trax's `init_from_file(..., weights_only=True)` restores
+it from there (compat's `init_from_file_projections` calls
+`restore_or_mark_missing`); where the file has none, the layers are marked
+and refuse to run until one of these sets it:
 
   transfer_projections(trained, model)   from a model in memory
   load_projections(model, file_name)     from a trax checkpoint file
+  redraw_projections(model, rng)         a deliberate fresh draw
 
 and `load_weights(model, file_name)` loads a checkpoint's weights into a
 model that has more (new layer options' weights keep their init values).
@@ -16,8 +19,8 @@ Both read the file with `trax_favor.safe_pickle` (no code from it runs).
 import jax
 import numpy as np
 
-from trax_favor import checkpoint_files
 from trax_favor import checks
+from trax_favor import model_files
 from trax_favor.layers import self_attention
 
 
@@ -34,16 +37,12 @@ def favor_layers(layer):
           if isinstance(sub, self_attention.FavorSelfAttention)]
 
 
-def _set_projection(layer, projection):
-  expected = layer.projection_matrix.shape
-  if tuple(projection.shape) != tuple(expected):
-    raise checks.ConfigError(
-        f'projection shapes differ: {tuple(projection.shape)} '
-        f'vs {tuple(expected)}.')
-  if isinstance(layer.state, tuple):  # predict mode: (projection, sums)
-    layer.state = (projection, layer.state[1])
-  else:
-    layer.state = projection
+def _projections_in(flat_state, layers):
+  """The arrays of a file's flat state shaped like the layers' projections,
+  in order: one per layer, or None where the count differs."""
+  shapes = {tuple(layer.projection_matrix.shape) for layer in layers}
+  found = [np.asarray(s) for s in flat_state if tuple(np.shape(s)) in shapes]
+  return found if len(found) == len(layers) else None
 
 
 def transfer_projections(source, target):
@@ -59,7 +58,7 @@ def transfer_projections(source, target):
     raise checks.ConfigError(
         f'source has {len(src)} FAVOR layers, target {len(dst)}.')
   for s_layer, t_layer in zip(src, dst):
-    _set_projection(t_layer, s_layer.projection_matrix)
+    t_layer.set_projection(s_layer.projection_matrix)
 
 
 def load_projections(model, file_name):
@@ -77,22 +76,54 @@ def load_projections(model, file_name):
       safe_pickle.UnsafeCheckpoint (a ValueError) where the file names
       anything but arrays, plain values and trax's checkpoint classes.
   """
-  flat_state = checkpoint_files.read_pickle(file_name).get('flat_state')
+  flat_state = model_files.read_pickle(file_name).get('flat_state')
   if flat_state is None:
     raise checks.ConfigError(
         f'{file_name} holds no model state (saved weights-only),'
         ' so it has no FAVOR projections.')
   layers = favor_layers(model)
-  shapes = {tuple(layer.projection_matrix.shape) for layer in layers}
-  projections = [np.asarray(s) for s in flat_state
-                 if tuple(np.shape(s)) in shapes]
-  if len(projections) != len(layers):
+  projections = _projections_in(flat_state, layers)
+  if projections is None:
+    shapes = {tuple(layer.projection_matrix.shape) for layer in layers}
+    found = sum(tuple(np.shape(s)) in shapes for s in flat_state)
     raise checks.ConfigError(
-        f'{file_name} holds {len(projections)} arrays shaped like a FAVOR '
+        f'{file_name} holds {found} arrays shaped like a FAVOR '
         f'projection, but the model has {len(layers)} FAVOR layers: was it '
         'saved from a model of this config?')
   for layer, projection in zip(layers, projections):
-    _set_projection(layer, projection)
+    layer.set_projection(projection)
+
+
+def redraw_projections(model, rng):
+  """Gives every FAVOR layer of `model` a fresh projection, on purpose.
+
+  The one way to run loaded weights with random features they were not
+  trained with: for weights trained without FAVOR (a tl.SelfAttention
+  Reformer's, which load unchanged), or to measure how much a model
+  depends on its draw. Layer i draws from `jax.random.fold_in(rng, i)`
+  (the same rng gives the same projections); it clears the layers'
+  "projection missing" mark. `model` must be initialized.
+  """
+  for i, layer in enumerate(favor_layers(model)):
+    layer.set_projection(layer.draw_projection(jax.random.fold_in(rng, i)))
+
+
+def restore_or_mark_missing(model, flat_state):
+  """After trax loaded weights only: sets each FAVOR layer's projection
+  from a file's flat state (None where the file has no state) and returns
+  True; where the state has not one projection per layer, marks every
+  FAVOR layer's projection missing (they refuse to run) and returns False.
+  """
+  layers = favor_layers(model)
+  projections = None if flat_state is None else _projections_in(
+      flat_state, layers)
+  if projections is None:
+    for layer in layers:
+      layer.mark_projection_missing()
+    return False
+  for layer, projection in zip(layers, projections):
+    layer.set_projection(projection)
+  return True
 
 
 def load_weights(model, file_name):
@@ -112,9 +143,9 @@ def load_weights(model, file_name):
   Raises:
     ValueError: some of the file's weights found no place in the model.
   """
-  saved = checkpoint_files.read_pickle(file_name)['flat_weights']
+  saved = model_files.read_pickle(file_name)['flat_weights']
   if isinstance(saved, int):  # trax's Loop keeps them beside the pickle
-    saved = checkpoint_files.read_arrays(
+    saved = model_files.read_arrays(
         file_name.replace('.pkl.gz', '.weights.npy.gz'))
   leaves, tree = jax.tree_util.tree_flatten(model.weights)
   taken, merged = 0, []

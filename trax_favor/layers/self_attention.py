@@ -16,48 +16,29 @@ State:
                  relative positions also the last D keys (ops/rpe.py).
 
 The fixed projection is drawn from the init rng, so every layer draws its own.
-It is state, not a weight: copy it between models with `transfer_projections`
-or `load_projections` (see `projections.py`). A predict-mode layer whose
-weights were loaded without its projection (trax's `init_from_file(...,
-weights_only=True)`) refuses to run, with an error naming those two calls,
-instead of decoding with fresh random features.
+It is state, not a weight: trax's `init_from_file(..., weights_only=True)`
+restores it from the file's state where the file has one (compat's
+`init_from_file_projections`); `transfer_projections`, `load_projections`
+and `redraw_projections` set it explicitly (see `projections.py`). A layer
+whose weights were loaded without it refuses to run, in every mode, with
+one line naming those calls (see `projection_state.py`), instead of running
+with fresh random features.
 """
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from trax.layers import base
 from trax.layers.research import efficient_attention
 
 from trax_favor import checks
 from trax_favor.ops import attention
 from trax_favor.ops import favor
 from trax_favor.ops import feature_maps
+from trax_favor.layers import projection_state
 from trax_favor.layers import relative
 from trax_favor.ops import random_features
 from trax_favor.ops import rpe
 
 REDRAW_POLICIES = ('fixed', 'step')
-
-LOAD_PROJECTIONS_HINT = (
-    'copy them with trax_favor.transfer_projections(trained_model, model) '
-    'or trax_favor.load_projections(model, checkpoint_file)')
-
-
-def _differ(tree, drawn):
-  """Whether a tree of concrete arrays differs from `drawn` in value (the
-  same leaves, as objects, are equal without a look at their values)."""
-  leaves, drawn_leaves = (jax.tree_util.tree_leaves(t) for t in (tree, drawn))
-  if len(leaves) != len(drawn_leaves):
-    return True
-  return any(a is not b and not np.array_equal(np.asarray(a), np.asarray(b))
-             for a, b in zip(leaves, drawn_leaves))
-
-
-def _is_concrete(tree):
-  """Whether no leaf of tree is a tracer (a value set outside jit)."""
-  return not any(isinstance(leaf, jax.core.Tracer)
-                 for leaf in jax.tree_util.tree_leaves(tree))
 
 
 def _output_dropout(rng, x, rate):
@@ -66,7 +47,7 @@ def _output_dropout(rng, x, rate):
   return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
 
 
-class FavorSelfAttention(base.Layer):
+class FavorSelfAttention(projection_state.ProjectionStateLayer):
   """Multi-head self-attention by FAVOR+ random features (Performer).
 
   Dropout semantics (train mode only):
@@ -256,59 +237,7 @@ class FavorSelfAttention(base.Layer):
       self.state = (projection, tuple(empty) + position)
     else:
       self.state = projection
-    # What init drew, to tell loaded weights and projections from these (see
-    # the `weights` and `state` setters). Not for a traced init (trax's
-    # abstract evaluation of shapes), which changes nothing it keeps.
-    if _is_concrete((self.weights, projection)):
-      self._drawn = [self.weights, projection]
-      self._loaded = [False, False]  # weights, projection
-
-  # -- loaded weights without their projection --------------------------------
-
-  @property
-  def weights(self):
-    return self._weights
-
-  @weights.setter
-  def weights(self, weights):
-    base.Layer.weights.fset(self, weights)
-    self._note_loaded(0, weights)
-
-  @property
-  def state(self):
-    return self._state
-
-  @state.setter
-  def state(self, state):
-    base.Layer.state.fset(self, state)
-    if isinstance(state, tuple) and state:  # predict: (projection, sums)
-      self._note_loaded(1, state[0])
-
-  def _note_loaded(self, index, value):
-    """Marks weights (index 0) or the projection (1) as loaded where a
-    concrete value set from outside differs from what init drew."""
-    drawn = getattr(self, '_drawn', None)
-    if (drawn is None or self._mode != 'predict' or self._loaded[index]
-        or isinstance(value, dict) or not _is_concrete(value)):
-      return
-    if _differ(value, drawn[index]):
-      self._loaded[index] = True
-    else:  # the same values (trax re-packs them): compare by identity next
-      drawn[index] = value
-
-  def _check_projection_loaded(self):
-    """Refuses to decode with trained weights and fresh random features."""
-    if self._loaded[0] and not self._loaded[1]:
-      raise checks.ConfigError(
-          'FavorSelfAttention(mode=\'predict\'): weights were loaded without '
-          'the trained FAVOR projections (for example by init_from_file(..., '
-          'weights_only=True)), so it would decode with fresh random '
-          f'features; {LOAD_PROJECTIONS_HINT}.')
-
-  @property
-  def projection_matrix(self):
-    """The fixed (n_random_features, d_qk) projection held in state."""
-    return self.state[0] if self._mode == 'predict' else self.state
+    self.remember_drawn(projection)  # see projection_state.py
 
   # -- forward ----------------------------------------------------------------
 
@@ -326,8 +255,7 @@ class FavorSelfAttention(base.Layer):
           f'FavorSelfAttention with d_model={w_q.shape[1]} '
           'expects inputs of shape (batch, length, '
           f'{w_q.shape[1]}), got {tuple(x.shape)}.')
-    if self._mode == 'predict':
-      self._check_projection_loaded()
+    self.check_projection()  # at trace time: a Python-side mark
     if mask is not None and mask.shape != x.shape[:2]:
       raise checks.ConfigError(
           f'mask must have shape (batch, length) = {x.shape[:2]}, '

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from trax_favor import checks
-from trax_favor import cpu_speedups
+from trax_favor.ops import cpu_speedups
 from trax_favor.ops import favor
 from trax_favor.ops import feature_maps
 from trax_favor.ops import rpe

@@ -75,10 +75,10 @@ import jax
 import jax.numpy as jnp
 
 from trax_favor import checks
-from trax_favor import cpu_speedups
-from trax_favor.cpu_speedups import apply_sums
-from trax_favor.cpu_speedups import pair_scores
-from trax_favor.cpu_speedups import sum_over_keys
+from trax_favor.ops import cpu_speedups
+from trax_favor.ops.cpu_speedups import apply_sums
+from trax_favor.ops.cpu_speedups import pair_scores
+from trax_favor.ops.cpu_speedups import sum_over_keys
 
 
 # Reference log-scale of an empty sum and log-scale of a masked key: finite, so

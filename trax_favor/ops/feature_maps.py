@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from trax_favor import checks
-from trax_favor import cpu_speedups
+from trax_favor.ops import cpu_speedups
 
 
 @dataclasses.dataclass(frozen=True)

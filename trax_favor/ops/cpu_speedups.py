@@ -39,8 +39,10 @@ importing trax_favor starts no JAX backend.
                           program, compiles with `compiler_options()`
   `compiler_options()`    the dict, for a jit of your own:
                           jax.jit(f, compiler_options=trax_favor.compiler_options())
-  `trax_jit_options()`    a context in which trax's jit (its training and
-                          eval steps) compiles with them; our training uses it
+
+trax's jit (its training and eval steps) gets the options inside
+`trax_favor.compat.trax_jit_options()`; our training uses it. This module
+is pure JAX: it knows nothing of trax.
 """
 
 import contextlib
@@ -121,18 +123,6 @@ def jit(fn, **jit_kwargs):
                        if options else jax.jit(traced, **jit_kwargs))
     return programs[key](*args, **kwargs)
   return call
-
-
-@contextlib.contextmanager
-def trax_jit_options():
-  """Within this context, trax's `fastmath.jit` compiles with the options."""
-  options = compiler_options()
-  if not options:
-    yield
-    return
-  from trax_favor import compat  # pylint: disable=g-import-not-at-top
-  with compat.jit_with_options(options):
-    yield
 
 
 # Widest reduction XLA's CPU backend leaves alone (`TreeReductionRewriter`).

@@ -1,9 +1,11 @@
 """What trax_favor's command lines share: a quiet start, config flags, and
 one-line errors.
 
-Only the command lines (train, sample, trax_trainer, the benchmark and
-experiment scripts) call `quiet_start`; importing the library never
-touches the environment or the terminal.
+The entry modules (`python -m trax_favor.train`, `.sample`,
+`.trax_trainer`) parse their flags, call `quiet_start`, and hand the flags
+to `commands`; the benchmark and experiment scripts use the same pieces.
+Only command lines call `quiet_start`: importing the library never touches
+the environment or the terminal.
 """
 
 import contextlib
@@ -68,15 +70,15 @@ def user_error(error):
   that cannot be written, a full disk), or None for an unexpected internal
   error."""
   # pylint: disable=g-import-not-at-top
-  from trax_favor import checkpoint_files
   from trax_favor import checks
-  from trax_favor import configs
+  from trax_favor import model_files
   from trax_favor import safe_pickle
   from trax_favor.data import DatasetNotPreparedError
+  from trax_favor.run.errors import RunError
   # pylint: enable=g-import-not-at-top
-  if isinstance(error, (configs.RunError, DatasetNotPreparedError,
+  if isinstance(error, (RunError, DatasetNotPreparedError,
                         checks.ConfigError,
-                        checkpoint_files.DamagedCheckpoint,
+                        model_files.DamagedCheckpoint,
                         safe_pickle.UnsafeCheckpoint)):
     message = str(error)
   elif isinstance(error, OSError):
@@ -95,7 +97,7 @@ def main_guard(fn, verbose=False):
   """Runs fn(). An ordinary fault (see user_error) ends the process with one
   line and exit code 2 (its traceback with verbose); Ctrl-C and SIGTERM end
   it with 130 and 143; an unexpected error shows its traceback."""
-  from trax_favor import interrupts  # pylint: disable=g-import-not-at-top
+  from trax_favor.run import interrupts  # pylint: disable=g-import-not-at-top
   try:
     return fn()
   except KeyboardInterrupt as e:

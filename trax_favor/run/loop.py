@@ -3,9 +3,10 @@ exact resume.
 
 `build_loop` does what `trax.supervised.trainer_lib.train` does on its Loop
 path (the configs bind `train.*` as for trax), but builds a `Loop` whose
-checkpoints are `checkpoint_files` directories and whose resume continues
-the interrupted run exactly: besides trax's step, weights, optimizer slots,
-model state and history, a checkpoint records
+checkpoints go through the run's `RunDir` (whole, verified, with fallback)
+and whose resume continues the interrupted run exactly: besides trax's
+step, weights, optimizer slots, model state and history, a checkpoint
+records
 
   rng   the Loop's random key (dropout and every later key derive from it);
   data  how many batches each train and eval stream has given; a resumed
@@ -20,7 +21,6 @@ trajectory (tests/test_resume.py checks it to float tolerance).
 
 import contextlib
 import inspect
-import os
 
 import gin
 import jax
@@ -31,15 +31,15 @@ from trax import jaxboard
 from trax.supervised import trainer_lib
 from trax.supervised import training
 
-from trax_favor import checkpoint_files
 from trax_favor import checks
 from trax_favor import compat
-from trax_favor import configs
-from trax_favor import distributed
-from trax_favor import files
+from trax_favor import model_files
+from trax_favor.run import configs
+from trax_favor.run import distributed
+from trax_favor.run import run_dir as run_dir_lib
+from trax_favor.run.errors import RunError
 
 _TRAIN = 'trax.supervised.trainer_lib.train'
-OPERATIVE_CONFIG = 'operative_config.gin'
 # trainer_lib.train arguments this Loop does not take (trax's own trainer,
 # `python -m trax_favor.trax_trainer`, does).
 _UNSUPPORTED = ('use_memory_efficient_trainer', 'n_weights_shards',
@@ -91,6 +91,10 @@ class Loop(training.Loop):
     self._streams = streams  # {'train': [...], 'eval': [...]}
     self.resumed_from = None
     self.fell_back_from = []  # damaged checkpoints passed over, as strings
+    output_dir = kwargs.get('output_dir')
+    # The other processes of a multi-process run only read.
+    self.run_dir = None if output_dir is None else run_dir_lib.RunDir(
+        output_dir, read_only=not distributed.is_chief())
     # trax's __init__ also unpickles output_dir/data_counters<i>.pkl.
     with compat.safe_unpickling():
       super().__init__(*args, **kwargs)
@@ -116,39 +120,35 @@ class Loop(training.Loop):
   def save_checkpoint(self, basename):
     """Publishes checkpoints/step_<step>/ (or checkpoints/<basename>/ for
     trax's permanent and best-metric checkpoints) as a whole."""
-    if self._output_dir is None or not self.is_chief:
+    if self.run_dir is None or not self.is_chief:
       return
     record, weights, slots = self._parts()
-    name = (checkpoint_files.step_name(self.step) if basename == 'model'
-            else basename)
 
     def write(directory):
-      stem = os.path.join(directory, 'model')
+      stem = run_dir_lib.model_stem(directory)
       for i, task_slots in enumerate(slots):
-        checkpoint_files.write_arrays(task_slots, f'{stem}.opt_slots{i}.npy.gz')
-      checkpoint_files.write_arrays(weights, f'{stem}.weights.npy.gz')
-      checkpoint_files.write_pickle(record, f'{stem}.pkl.gz')
+        model_files.write_arrays(task_slots, f'{stem}.opt_slots{i}.npy.gz')
+      model_files.write_arrays(weights, f'{stem}.weights.npy.gz')
+      model_files.write_pickle(record, f'{stem}.pkl.gz')
 
-    checkpoint_files.publish(self._output_dir, name, write, {
-        'step': self.step,
+    self.run_dir.save_checkpoint(self.step, write, {
         'rng': _key_bits(self._rng),
         'data': {kind: [s.count for s in streams]
                  for kind, streams in self._streams.items()},
-    })
+    }, name=None if basename == 'model' else basename)
     self.saved_step = self.step
-    checkpoint_files.prune(self._output_dir)
 
   def _check(self, path):
     """Reads checkpoint `path` completely and checks it against this model:
     the manifest, then every array. Returns the manifest."""
-    manifest = checkpoint_files.verify(path)
-    stem = os.path.join(path, 'model')
-    record = checkpoint_files.read_pickle(f'{stem}.pkl.gz')
-    weights = checkpoint_files.read_arrays(f'{stem}.weights.npy.gz')
-    slots = [checkpoint_files.read_arrays(f'{stem}.opt_slots{i}.npy.gz')
+    manifest = run_dir_lib.verify(path)
+    stem = run_dir_lib.model_stem(path)
+    record = model_files.read_pickle(f'{stem}.pkl.gz')
+    weights = model_files.read_arrays(f'{stem}.weights.npy.gz')
+    slots = [model_files.read_arrays(f'{stem}.opt_slots{i}.npy.gz')
              for i in range(len(self._trainer_per_task))]
     if record.get('step') != manifest['step']:
-      raise checkpoint_files.DamagedCheckpoint(
+      raise model_files.DamagedCheckpoint(
           f'{stem}.pkl.gz: step {record.get("step")}, the manifest says '
           f'{manifest["step"]}')
     _, expected_weights, expected_slots = self._parts()
@@ -164,7 +164,7 @@ class Loop(training.Loop):
       if found != expected:
         first = next((f'{a} vs {b}' for a, b in zip(found, expected)
                       if a != b), f'{len(found)} vs {len(expected)} arrays')
-        raise configs.RunError(
+        raise RunError(
             f'checkpoint {path} does not fit the configured model: its '
             f'{what} differ ({first}); was it trained with another config?')
     return manifest
@@ -180,41 +180,35 @@ class Loop(training.Loop):
     if directory is not None or filename is not None:
       with compat.safe_unpickling():
         return super().load_checkpoint(directory, filename)
-    if self._output_dir is None:
+    if self.run_dir is None:
       return None
-    for _, path in checkpoint_files.steps(self._output_dir):
-      try:
-        manifest = self._check(path)
-      except (checkpoint_files.DamagedCheckpoint, OSError) as e:
-        if self.is_chief:  # the others only read
-          aside = checkpoint_files.set_aside(path)
-          e = f'{e} (set aside as {aside})'
-        self.fell_back_from.append(str(e))
-        continue
-      with compat.safe_unpickling():  # _check read it; trax reads it again
-        super().load_checkpoint(path, 'model')
-      self._rng = jax.numpy.asarray(np.asarray(manifest['rng'], np.uint32))
-      for kind, counts in manifest['data'].items():
-        for stream, count in zip(self._streams[kind], counts):
-          stream.skip_to(count)
-      self.resumed_from = path
-      self.saved_step = self.step
+    path, manifest = self.run_dir.latest_checkpoint(check=self._check)
+    self.fell_back_from = list(self.run_dir.passed_over)
+    if path is None:
+      if self.fell_back_from:
+        raise RunError(
+            'no whole checkpoint to resume from: '
+            + '; '.join(self.fell_back_from)
+            + '. Use another --output_dir to start afresh.')
+      self.saved_step = None
       return None
-    if self.fell_back_from:
-      raise configs.RunError(
-          'no whole checkpoint to resume from: '
-          + '; '.join(self.fell_back_from)
-          + '. Use another --output_dir to start afresh.')
-    self.saved_step = None
+    with compat.safe_unpickling():  # _check read it; trax reads it again
+      super().load_checkpoint(path, run_dir_lib.MODEL)
+    self._rng = jax.numpy.asarray(np.asarray(manifest['rng'], np.uint32))
+    for kind, counts in manifest['data'].items():
+      for stream, count in zip(self._streams[kind], counts):
+        stream.skip_to(count)
+    self.resumed_from = path
+    self.saved_step = self.step
     return None
 
   def _save_gin(self, summary_writer):
     """The operative config to operative_config.gin (trax writes it over
     config.gin, which holds the run's whole config here: see run_dir)."""
-    if self._output_dir is None or not self.is_chief:
+    if self.run_dir is None or not self.is_chief:
       return
     text = configs.operative_config_str()
-    files.save_text(text, os.path.join(self._output_dir, OPERATIVE_CONFIG))
+    self.run_dir.save_operative_config(text)
     if summary_writer is not None:
       summary_writer.text('gin_config',
                           jaxboard.markdownify_operative_config_str(text))
@@ -249,18 +243,18 @@ def train_args():
   try:
     bound = gin.get_bindings(_TRAIN)
   except ValueError as e:
-    raise configs.RunError(f'the config binds no train.*: {e}') from e
+    raise RunError(f'the config binds no train.*: {e}') from e
   args = {**defaults, **bound}
   if args['model'] is gin.REQUIRED:
-    raise configs.RunError('the config binds no train.model.')
+    raise RunError('the config binds no train.model.')
   if jax.process_count() > 1 and args['random_seed'] is None:
-    raise configs.RunError(
+    raise RunError(
         'a multi-process run needs train.random_seed: without it trax draws '
         'different weights and FAVOR projections per process and averages '
         'them, which destroys the projections\' orthogonality.')
   used = [name for name in _UNSUPPORTED if args[name] not in (None, False, 1)]
   if used:
-    raise configs.RunError(
+    raise RunError(
         f'train.{used[0]} is not supported by trax_favor.train; run the '
         'config with python -m trax_favor.trax_trainer (trax\'s trainer).')
   checks.check_positive_int(**{'train.steps': args['steps'],

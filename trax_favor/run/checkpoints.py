@@ -1,20 +1,43 @@
-"""Restoring a trained model from a training run's directory."""
+"""A run's checkpoints for readers: the newest whole one, and the trained
+model restored from it (samplers, evaluators, notebooks).
 
-import os
+The checkpoint policy is `RunDir`'s (see `run_dir`): the same newest whole
+checkpoint the training loop would resume from, damaged ones passed over;
+a reader renames nothing. The module-level functions take a run
+directory's path, for callers that hold one.
+"""
 
 import gin
 import jax
 import numpy as np
 from trax import shapes
 
-from trax_favor import checkpoint_files
 from trax_favor import compat
-from trax_favor import configs
-from trax_favor import run_dir
 from trax_favor import safe_pickle
 from trax_favor.layers import projections
+from trax_favor.model_files import DamagedCheckpoint  # pylint: disable=unused-import
+from trax_favor.model_files import read_arrays  # pylint: disable=unused-import
+from trax_favor.model_files import read_pickle  # pylint: disable=unused-import
+from trax_favor.model_files import write_arrays  # pylint: disable=unused-import
+from trax_favor.model_files import write_pickle  # pylint: disable=unused-import
+from trax_favor.run import configs
+from trax_favor.run import run_dir as run_dir_lib
+from trax_favor.run.errors import RunError
+from trax_favor.run.run_dir import MANIFEST  # pylint: disable=unused-import
+from trax_favor.run.run_dir import step_name  # pylint: disable=unused-import
+from trax_favor.run.run_dir import verify  # pylint: disable=unused-import
 
-CHECKPOINT = 'model.pkl.gz'  # trax's file name, inside each checkpoint
+CHECKPOINT = run_dir_lib.MODEL + '.pkl.gz'  # trax's file, in each checkpoint
+
+
+def steps(output_dir):
+  """[(step, directory)] of output_dir's step checkpoints, newest first."""
+  return run_dir_lib.RunDir(output_dir, read_only=True).checkpoint_steps()
+
+
+def publish(output_dir, name, write, record):
+  """Publishes checkpoints/<name> of output_dir as a whole (RunDir.publish)."""
+  return run_dir_lib.RunDir(output_dir).publish(name, write, record)
 
 
 def latest(output_dir):
@@ -26,19 +49,15 @@ def latest(output_dir):
   Raises:
     RunError: no checkpoint, or none that is whole (each damaged one named).
   """
-  damaged = []
-  for _, path in checkpoint_files.steps(output_dir):
-    try:
-      checkpoint_files.verify(path)
-    except checkpoint_files.DamagedCheckpoint as e:
-      damaged.append(str(e))
-      continue
-    return os.path.join(path, CHECKPOINT)
-  if damaged:
-    raise configs.RunError('no whole checkpoint in '
-                           f'{output_dir}: {"; ".join(damaged)}')
-  raise configs.RunError(f'no checkpoint in {output_dir}: train first, or '
-                         'point --output_dir at a training run.')
+  run = run_dir_lib.RunDir(output_dir, read_only=True)
+  path, _ = run.latest_checkpoint()
+  if path is not None:
+    return run_dir_lib.model_stem(path) + '.pkl.gz'
+  if run.passed_over:
+    raise RunError('no whole checkpoint in '
+                   f'{output_dir}: {"; ".join(run.passed_over)}')
+  raise RunError(f'no checkpoint in {output_dir}: train first, or '
+                 'point --output_dir at a training run.')
 
 
 def _shapes(tree):
@@ -70,7 +89,7 @@ def restore(output_dir, mode='predict', batch_size=1):
       names a global outside the allow-list (it is not passed over).
   """
   path = latest(output_dir)
-  run_dir.check_config(output_dir, gin.config_str(), allow_changes=True)
+  run_dir_lib.check_config(output_dir, gin.config_str(), allow_changes=True)
   model_fn = configs.configured_model_fn()
   trained = model_fn(mode='eval')
   # Axial positions need whole images.
@@ -88,22 +107,21 @@ def restore(output_dir, mode='predict', batch_size=1):
   except safe_pickle.UnsafeCheckpoint:
     raise
   except (ValueError, TypeError, IndexError) as e:
-    raise configs.RunError(f'{mismatch}: {e}') from e
+    raise RunError(f'{mismatch}: {e}') from e
   found = _shapes(trained.weights), _shapes(trained.state)
   if found != expected:
     diffs = [f'{a} vs {b}' for a, b in zip(found[0][1] + found[1][1],
                                            expected[0][1] + expected[1][1])
              if a != b]
-    raise configs.RunError(f'{mismatch}: checkpoint/config shapes differ, '
-                           f'first {diffs[:3]}')
+    raise RunError(f'{mismatch}: checkpoint/config shapes differ, '
+                   f'first {diffs[:3]}')
   if mode == 'eval':
     return trained
   model = model_fn(mode=mode)
   model.init(shapes.ShapeDtype((batch_size, 1), np.int32))
   if (jax.tree_util.tree_structure(model.weights)
       != jax.tree_util.tree_structure(trained.weights)):
-    raise configs.RunError(
-        f'checkpoint {path} does not fit the {mode}-mode model.')
+    raise RunError(f'checkpoint {path} does not fit the {mode}-mode model.')
   model.weights = trained.weights
   projections.transfer_projections(trained, model)
   return model

@@ -1,32 +1,24 @@
-"""A training run's directory: one writer at a time, and the config that made
-it.
+"""Config drift: how a resumed run's gin config differs from the one its run
+directory was trained with, and which differences are allowed.
 
-  lock    `hold(output_dir)` takes an exclusive lock (output_dir/.lock,
-          holding the PID); a second training on the same directory stops
-          at once, naming the holder's PID. The kernel drops the lock when
-          the holder exits, however it exits.
-  config  `check_config(output_dir, config_text)` compares a resumed run's
-          config with the run's saved config.gin, binding by binding with
-          macros resolved:
-            model   train.model and every binding of the configurables it
-                    refers to (e.g. PerformerLM.*, FavorSelfAttention.*: the
-                    shapes, the feature map, the random features): a change
-                    is always refused;
-            safe    train.steps and when to evaluate or checkpoint: taken,
-                    and reported;
-            other   data, optimizer, schedule, seeds: refused unless the
-                    caller allows them (`--allow_config_change`).
+Bindings are compared one by one, with macros resolved, in three classes:
+
+  model   train.model and every binding of the configurables it refers to
+          (e.g. PerformerLM.*, FavorSelfAttention.*: the shapes, the
+          feature map, the random features): a change is always refused;
+  safe    train.steps and when to evaluate or checkpoint: taken, and
+          reported;
+  other   data, optimizer, schedule, seeds: refused unless the caller
+          allows them (`--allow_config_change`).
+
+Pure Python on gin's config text: no gin, no trax. `RunDir.check_config`
+reads the saved text and calls `check`.
 """
 
-import errno
-import fcntl
-import os
 import re
 
-from trax_favor import configs
+from trax_favor.run.errors import RunError
 
-LOCK = '.lock'
-CONFIG = 'config.gin'
 SAFE = ('train.steps', 'train.eval_frequency', 'train.eval_steps',
         'train.save_graphs', 'train.checkpoints_at',
         'train.permanent_checkpoints_at',
@@ -34,32 +26,6 @@ SAFE = ('train.steps', 'train.eval_frequency', 'train.eval_steps',
         'train.checkpoint_highest', 'train.checkpoint_lowest')
 _BINDING = re.compile(r'^([\w./]+) = (.*)$')
 _REFERENCE = re.compile(r'@([\w./]+)')
-
-
-class Lock:
-  """An exclusive lock on a run directory, for the life of this object."""
-
-  def __init__(self, output_dir):
-    path = os.path.join(output_dir, LOCK)
-    self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-      fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-      if e.errno not in (errno.EAGAIN, errno.EACCES):
-        raise
-      holder = os.pread(self._fd, 64, 0).decode(errors='replace').strip()
-      os.close(self._fd)
-      raise configs.RunError(
-          f'{output_dir} is in use by another training (PID {holder or "?"}); '
-          'wait for it to end or use another --output_dir.') from None
-    os.ftruncate(self._fd, 0)
-    os.pwrite(self._fd, f'{os.getpid()}\n'.encode(), 0)
-
-  def release(self):
-    if self._fd is not None:
-      fcntl.flock(self._fd, fcntl.LOCK_UN)
-      os.close(self._fd)
-      self._fd = None
 
 
 def bindings(config_text):
@@ -115,9 +81,10 @@ def _describe(diffs):
                    f'{"unset" if b is None else b}' for k, a, b in diffs)
 
 
-def check_config(output_dir, config_text, allow_changes=False):
-  """Refuses a config that differs from output_dir's saved config.gin where
-  it shapes the model (always) or elsewhere (unless allow_changes).
+def check(saved_text, config_text, where, allow_changes=False):
+  """Refuses `config_text` where it differs from `saved_text` (the config
+  `where` was trained with) in a binding that shapes the model (always) or
+  elsewhere (unless allow_changes).
 
   Returns:
     The accepted differences as one line for the log, or '' if none.
@@ -125,24 +92,19 @@ def check_config(output_dir, config_text, allow_changes=False):
   Raises:
     RunError: listing the refused bindings, old -> new.
   """
-  path = os.path.join(output_dir, CONFIG)
-  if not os.path.exists(path):
-    return ''
-  with open(path) as f:
-    saved = f.read()
-  diffs = differences(saved, config_text)
-  shaping = model_bindings(bindings(saved)) | model_bindings(
+  diffs = differences(saved_text, config_text)
+  shaping = model_bindings(bindings(saved_text)) | model_bindings(
       bindings(config_text))
   refused = [d for d in diffs if d[0] in shaping]
   if refused:
-    raise configs.RunError(
-        f'the config differs from the one {output_dir} was trained with, '
+    raise RunError(
+        f'the config differs from the one {where} was trained with, '
         f'where it shapes the model: {_describe(refused)}. Use another '
         '--output_dir for another model.')
   other = [d for d in diffs if d[0] not in SAFE]
   if other and not allow_changes:
-    raise configs.RunError(
-        f'the config differs from the one {output_dir} was trained with: '
+    raise RunError(
+        f'the config differs from the one {where} was trained with: '
         f'{_describe(other)}. Pass --allow_config_change to resume with '
         'these changes, or use another --output_dir.')
   return _describe(diffs)

@@ -41,8 +41,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
 from trax import fastmath
 
-from trax_favor import configs
-from trax_favor import cpu_speedups
+from trax_favor.ops import cpu_speedups
+from trax_favor.run.errors import RunError
 
 _BARRIER_TIMEOUT_MS = 30 * 60 * 1000  # a slow first compilation is fine
 _ENV = ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID')
@@ -71,9 +71,9 @@ def initialize(coordinator_address=None, num_processes=None, process_id=None):
                                process_id=process_id,
                                coordinator_bind_address=bind)
   except (RuntimeError, ValueError) as e:
-    raise configs.RunError(f'jax.distributed.initialize failed: {e}') from e
+    raise RunError(f'jax.distributed.initialize failed: {e}') from e
   if jax.local_device_count() != 1:
-    raise configs.RunError(
+    raise RunError(
         f'process {jax.process_index()} sees {jax.local_device_count()} '
         'devices; multi-process training takes one device per process (set '
         'CUDA_VISIBLE_DEVICES per process on GPU hosts).')
@@ -94,7 +94,7 @@ def process_rows(batches, n_processes, index):
   for batch in batches:
     size = len(batch[0])
     if size % n_processes:
-      raise configs.RunError(
+      raise RunError(
           f'the global batch of {size} does not split over {n_processes} '
           'processes: use a batch size divisible by the number of processes.')
     rows = size // n_processes
@@ -104,6 +104,9 @@ def process_rows(batches, n_processes, index):
 def barrier(name):
   """Waits until every process got here (the coordination service, not a
   device collective, so it has no 30 s limit)."""
+  # JAX has no public handle on its coordination service (jax 0.10.2:
+  # jax.distributed exports initialize/shutdown only; multihost_utils'
+  # sync_global_devices is a device collective, with gloo's 30 s limit).
   # pylint: disable-next=g-import-not-at-top
   from jax._src import distributed as jax_distributed
   client = jax_distributed.global_state.client

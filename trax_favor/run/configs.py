@@ -11,10 +11,7 @@ import os
 import gin
 
 from trax_favor import configurables  # pylint: disable=unused-import
-
-
-class RunError(RuntimeError):
-  """A run cannot start: bad config files, or a checkpoint that does not fit."""
+from trax_favor.run.errors import RunError
 
 
 def _search_paths(config_file):
