@@ -25,6 +25,11 @@ memory, a whole number of chunks. In the attention benchmark (2-core CPU,
 l = 16384, 8 heads, m = 256, forward and backward) blocks of 512 cut the
 layer's XLA-planned memory from 971 to 409 MiB (bidirectional, also 1.2x
 faster) and from 1612 to 444 MiB (causal, 1.1x slower): README, Results.
+
+Sequence parallelism. With `sequence_axis` (a mesh axis name, inside
+`jax.shard_map`), q, k and v are this device's contiguous shard of the
+length; the shards' key sums travel in one all-gather whose size does not
+depend on the length (`sequence_parallel.py`, docs/sequence_parallel.md).
 """
 
 import functools
@@ -37,6 +42,7 @@ from trax_favor.ops import cpu_speedups
 from trax_favor.ops import favor
 from trax_favor.ops import feature_maps
 from trax_favor.ops import rpe
+from trax_favor.ops import sequence_parallel
 
 
 def default_chunk_size(feature_map):
@@ -53,7 +59,7 @@ def favor_attention(q, k, v, projection, feature_map='softmax', causal=False,
                     key_mask=None, initial_state=None, chunk_size=None,
                     block_size=512, numerical_stabilizer=1e-6,
                     attention_dropout=0.0, rng=None, relative_bias=None,
-                    max_relative_distance=None):
+                    max_relative_distance=None, sequence_axis=None):
   """FAVOR attention from per-head queries, keys and values.
 
   Args:
@@ -82,6 +88,16 @@ def favor_attention(q, k, v, projection, feature_map='softmax', causal=False,
       blocks carry an `rpe.RelativeState`; bidirectional attention with it
       computes features at full length (block_size is not used).
     max_relative_distance: D, with relative_bias.
+    sequence_axis: optional mesh axis name: called inside `jax.shard_map`,
+      q, k, v (and key_mask) are this device's contiguous shard of the
+      length, shards in axis-index order; outputs are this shard's, and
+      equal the unsplit call's (float32 rounding aside). initial_state then
+      holds the tokens before the first shard; the final state returned is
+      the whole sequence's, the same on every device (typed varying under
+      shard_map's check_vma: return it stacked). Dropout: block j of
+      shard i draws its mask from fold_in(rng, i * n + j), n blocks per
+      shard; that is the unsplit call's mask with block_size = the shard's
+      block length whenever the shard length is a whole number of blocks.
 
   Returns:
     Outputs (..., l, v); with causal=True, (outputs, final KeySums, or
@@ -91,6 +107,17 @@ def favor_attention(q, k, v, projection, feature_map='softmax', causal=False,
   if (relative_bias is None) != (max_relative_distance is None):
     raise checks.ConfigError('relative_bias and max_relative_distance go '
                              'together: give both or neither.')
+  if sequence_axis is not None and relative_bias is not None:
+    raise checks.ConfigError('relative_bias is not supported with '
+                             'sequence_axis yet; pass one or the other.')
+  if sequence_axis is not None:
+    try:
+      sequence_parallel.shard_index(sequence_axis)
+    except NameError:
+      raise checks.ConfigError(
+          f'sequence_axis={sequence_axis!r} names no mesh axis here: call '
+          'favor_attention inside jax.shard_map over a mesh with that '
+          'axis.') from None
   if chunk_size is None:
     chunk_size = (default_chunk_size(feature_map) if relative_bias is None
                   else rpe.DEFAULT_CHUNK_SIZE)
@@ -129,14 +156,28 @@ def favor_attention(q, k, v, projection, feature_map='softmax', causal=False,
   return _favor_attention(q, k, v, projection, key_mask, initial_state, rng,
                           relative_bias, feature_map, causal, chunk_size,
                           block_size, float(numerical_stabilizer),
-                          float(attention_dropout), max_relative_distance)
+                          float(attention_dropout), max_relative_distance,
+                          sequence_axis)
 
 
-@functools.partial(cpu_speedups.jit, static_argnums=tuple(range(8, 15)))
+@functools.partial(cpu_speedups.jit, static_argnums=tuple(range(8, 16)))
 def _favor_attention(q, k, v, projection, key_mask, initial_state, rng, bias,
                      feature_map, causal, chunk_size, block_size, eps, rate,
-                     max_distance):
+                     max_distance, axis):
   """favor_attention after argument checks (jitted: eager dispatch is slow)."""
+  *batch, length, _ = q.shape
+  n = 1 if block_size is None else -(-length // block_size)  # blocks
+  # Dropout masks are keyed by the block's place in the whole sequence.
+  first_block = 0 if axis is None else sequence_parallel.shard_index(axis) * n
+
+  def across_shards(local_sums, initial):
+    """(sums this shard's queries see before its own keys, the whole
+    sequence's sums) from this shard's key sums: one all-gather."""
+    gathered = sequence_parallel.gather_sums(local_sums, axis)
+    if not causal:
+      return None, sequence_parallel.total(gathered, axis)
+    return (sequence_parallel.prefix(gathered, axis, initial),
+            sequence_parallel.total(gathered, axis, initial))
 
   def attend(q_feat, k_feat, k_log_scale, v, state, mask):
     """One block (or the whole sequence): the plain or relative core."""
@@ -160,18 +201,27 @@ def _favor_attention(q, k, v, projection, key_mask, initial_state, rng, bias,
     if fmap.shared_log_scale:  # one constant for all keys: no stabilizer needed
       k_log_scale = None
     if rate:  # one dropout mask per block, redrawn alike when recomputed
-      keep = jax.random.bernoulli(jax.random.fold_in(rng, block_index),
+      keep = jax.random.bernoulli(jax.random.fold_in(rng,
+                                                     first_block + block_index),
                                   1.0 - rate, k_feat.shape)
       k_feat = jnp.where(keep, k_feat / (1.0 - rate), 0.0)
     return k_feat, k_log_scale
 
   if block_size is None:  # one block: features at full length
     k_feat, k_log_scale = key_features(k, 0)
-    return attend(query_features(q), k_feat, k_log_scale, v, initial_state,
-                  key_mask)
+    if axis is None:
+      return attend(query_features(q), k_feat, k_log_scale, v, initial_state,
+                    key_mask)
+    if not causal:
+      _, sums = across_shards(favor.key_sums(k_feat, k_log_scale, v,
+                                             key_mask), None)
+      return favor.read_out(query_features(q), sums, v.dtype)
+    before, final = across_shards(sequence_parallel.causal_key_sums(
+        k_feat, k_log_scale, v, key_mask), initial_state)
+    out, _ = attend(query_features(q), k_feat, k_log_scale, v, before,
+                    key_mask)
+    return out, final
 
-  *batch, length, _ = q.shape
-  n = -(-length // block_size)
   pad = n * block_size - length
   if pad:  # padded tokens: zero inputs, removed as keys, outputs cut off
     widths = [(0, 0)] * len(batch) + [(0, pad), (0, 0)]
@@ -189,7 +239,18 @@ def _favor_attention(q, k, v, projection, key_mask, initial_state, rng, bias,
   index = jnp.arange(n)
   m_out = projection.shape[0] * fmap.features_per_row
   empty = favor.empty_state(batch, m_out, v.shape[-1])
+  if axis is not None:  # scan carries hold this shard's sums
+    empty = sequence_parallel.varying(empty, axis)
   remat = functools.partial(jax.checkpoint, prevent_cse=False)
+
+  def add_key_block(sum_keys):
+    """Scan body adding one key block's sums (features recomputed)."""
+    def add(sums, xs):
+      k_blk, v_blk, m_blk, i = xs
+      k_feat, k_log_scale = key_features(k_blk, i)
+      block_sums = sum_keys(k_feat, k_log_scale, v_blk, m_blk)
+      return favor.combine_sums(sums, block_sums), None
+    return remat(add)
 
   if causal:
     def causal_block(state, xs):
@@ -205,19 +266,22 @@ def _favor_attention(q, k, v, projection, key_mask, initial_state, rng, bias,
       empty = rpe.empty_state(batch, m_out, v.shape[-1], max_distance)
     init = empty if initial_state is None else state_type(
         *(jnp.asarray(x, jnp.float32) for x in initial_state))
+    if axis is not None:  # this shard's keys first: a key-only pass
+      local, _ = jax.lax.scan(add_key_block(sequence_parallel.causal_key_sums),
+                              empty, (kb, vb, mb, index))
+      init, whole = across_shards(local, init)
     final, out = jax.lax.scan(remat(causal_block), init,
                               (qb, kb, vb, mb, index))
+    if axis is not None:
+      final = whole
   else:
-    def add_key_block(sums, xs):
-      k_blk, v_blk, m_blk, i = xs
-      k_feat, k_log_scale = key_features(k_blk, i)
-      block_sums = favor.key_sums(k_feat, k_log_scale, v_blk, m_blk)
-      return favor.combine_sums(sums, block_sums), None
-
     def read_block(sums, q_blk):
       return sums, favor.read_out(query_features(q_blk), sums, v.dtype)
 
-    sums, _ = jax.lax.scan(remat(add_key_block), empty, (kb, vb, mb, index))
+    sums, _ = jax.lax.scan(add_key_block(favor.key_sums), empty,
+                           (kb, vb, mb, index))
+    if axis is not None:
+      _, sums = across_shards(sums, None)
     _, out = jax.lax.scan(remat(read_block), sums, qb)
   out = jnp.moveaxis(out, 0, -3).reshape(*batch, n * block_size, -1)
   out = out[..., :length, :]  # (..., l, v)
