@@ -6,6 +6,8 @@
 #   bash benchmarks/accelerator.sh --no-install  # the environment as it is
 #   bash benchmarks/accelerator.sh --dry-run --out DIR
 #                                                # CPU, every size shrunk
+#   bash benchmarks/accelerator.sh --image-only  # only jax, numpy, pytest
+#                                                # (and torch) installed
 #
 # Steps: install the extras, check that JAX sees the GPU, run the tests of
 # the ops and the layer on it, then the attention benchmark, the peer
@@ -17,10 +19,24 @@
 # printed. --dry-run shrinks every size, skips the install and the GPU
 # check, and runs one test, so the whole script runs on a CPU in about a
 # minute (tests/benchmarks/test_accelerator.py runs it in the test suite).
+#
+# --image-only is for an image that has JAX, NumPy, pytest and PyTorch but
+# no trax, gin or TensorFlow, and no package registry: it installs nothing
+# from the network (performer-pytorch and its small dependencies from
+# wheels in .wheels/ if that folder exists: prepare it where a registry is
+# reachable with `pip download --no-deps -d .wheels performer-pytorch einops
+# local-attention axial-positional-embedding`), runs the ops tests without
+# the trax conftest, the peer benchmark's trax-free contenders (ours, the
+# authors' form, exact attention and jax.nn.dot_product_attention, with
+# cuDNN where the backend has it, performer-pytorch where installed) up to
+# 64K tokens, and the relative-positions benchmark; each step under a time
+# limit (STEP_LIMIT seconds, default 300). With --dry-run it runs on a CPU
+# (a test runs it with trax, gin and TensorFlow unimportable).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DRY_RUN=0
+IMAGE_ONLY=0
 INSTALL=1
 OUT=results/gpu
 PYTHON=${PYTHON:-python3}
@@ -28,16 +44,63 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) DRY_RUN=1; INSTALL=0 ;;
     --no-install) INSTALL=0 ;;
+    --image-only) IMAGE_ONLY=1 ;;
     --out) OUT="$2"; shift ;;
     --out=*) OUT="${1#--out=}" ;;
-    *) echo "accelerator.sh: unknown option $1 (--dry-run, --no-install," \
-            "--out DIR)" >&2; exit 2 ;;
+    *) echo "accelerator.sh: unknown option $1 (--dry-run, --image-only," \
+            "--no-install, --out DIR)" >&2; exit 2 ;;
   esac
   shift
 done
 mkdir -p "$OUT"
 START=$(date +%s)
 step() { echo "== [$(( $(date +%s) - START )) s] $*"; }
+
+limited() { timeout --kill-after=10 "${STEP_LIMIT:-300}" "$@"; }
+
+if [ "$IMAGE_ONLY" = 1 ]; then
+  # Most of the GPU's memory for XLA, some left for PyTorch's peers.
+  export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.8}
+  if [ "$INSTALL" = 1 ] && [ -d .wheels ]; then
+    step "install: performer-pytorch from .wheels (no network)"
+    "$PYTHON" -m pip install -q --no-index --find-links .wheels \
+      performer-pytorch || echo "performer-pytorch not installed: skipped"
+  fi
+  if [ "$DRY_RUN" = 1 ]; then
+    export JAX_PLATFORMS=cpu
+    TESTS=(tests/ops/test_feature_maps.py -k "softmax")
+    PEERS=(--lengths=128 --rounds=1 --n_heads=2 --d_head=16
+           --n_random_features=8 --sanity_length=64 --memory=planned)
+    RPE=(--lengths=256 --exact_max_len=256 --n_heads=2 --d=16 --m=8
+         --max_relative_distance=8 --rounds=1 --decode_prefixes=64
+         --decode_tokens=2)
+  else
+    step "check: JAX sees a GPU"
+    "$PYTHON" -c "import jax, sys; print('JAX', jax.__version__, jax.devices());
+sys.exit(0 if jax.default_backend() == 'gpu' else
+         'accelerator.sh: JAX sees no GPU; run with --dry-run on a CPU')"
+    TESTS=(tests/ops -m "not slow")
+    PEERS=(--lengths=1024,4096,16384,65536 --rounds=5 --exact_max_len=16384
+           --dpa_max_len=65536 --torch_causal_max_len=16384 --memory=planned)
+    RPE=(--lengths=4096,16384 --rounds=3)
+  fi
+  ONLY=ours_bidir,ours_causal,authors_bidir,exact_bidir,exact_causal
+  ONLY=$ONLY,dpa_bidir,dpa_causal
+  if "$PYTHON" -c "import performer_pytorch" 2>/dev/null; then
+    ONLY=$ONLY,performer_pytorch_bidir,performer_pytorch_causal
+  fi
+  step "tests: the ops, without trax"
+  # --noconftest: tests/conftest.py sets up trax; the ops tests need none.
+  JAX_DEFAULT_MATMUL_PRECISION=highest limited "$PYTHON" -m pytest -q \
+    -p no:cacheprovider --noconftest "${TESTS[@]}"
+  step "peer benchmark (trax-free contenders)"
+  limited "$PYTHON" -m benchmarks.peers --out "$OUT/peers" --only="$ONLY" \
+    "${PEERS[@]}"
+  step "relative-positions benchmark"
+  limited "$PYTHON" -m benchmarks.rpe --out "$OUT/rpe" "${RPE[@]}"
+  step "done: results in $OUT"
+  exit 0
+fi
 
 if [ "$INSTALL" = 1 ]; then
   step "install: the gpu and benchmarks extras"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from trax_favor import ops
-from trax_favor.layers import relative
+from trax_favor.ops import feature_maps
 from trax_favor.ops import rpe
 
 # Outputs: the float32 result against float64, relative to the outputs'
@@ -119,7 +119,7 @@ def test_zero_bias_is_plain_favor_at_the_configs_sizes(causal, temperature):
   """d_qk 64, m 256, l 1024, queries and keys at the layer's normalization."""
   rng = np.random.default_rng(int(temperature))
   q, k, v = (_normal(rng, (2, 1024, 64)) for _ in range(3))
-  q, k = relative.normalize(q, temperature), relative.normalize(k, temperature)
+  q, k = feature_maps.normalize(q, temperature), feature_maps.normalize(k, temperature)
   w = ops.draw_projection(jax.random.PRNGKey(1), 256, 64)
   q_feat, _ = ops.feature_map('softmax', q, w)
   k_feat, s = ops.feature_map('softmax', k, w)
@@ -144,8 +144,8 @@ def _causal_run(q, k, v, key_mask=None):
   t = 8.0
   w = ops.draw_projection(jax.random.PRNGKey(2), 64, 64)
   bias = jnp.linspace(0.0, 20.0, 65)
-  q_feat, _ = ops.feature_map('softmax', relative.normalize(q, t), w)
-  k_feat, s = ops.feature_map('softmax', relative.normalize(k, t), w)
+  q_feat, _ = ops.feature_map('softmax', feature_maps.normalize(q, t), w)
+  k_feat, s = ops.feature_map('softmax', feature_maps.normalize(k, t), w)
   return rpe.rpe_favor(q_feat, k_feat, s, v, bias, 64, key_mask=key_mask,
                        causal=True)
 

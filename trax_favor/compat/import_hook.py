@@ -83,11 +83,12 @@ def _remove_import_hook():
 def install_import_hook():
   """Installs the finder until trax is imported (idempotent).
 
-  Where trax is imported already, applies the fixes instead.
+  Where trax is imported already, applies the fixes instead; where it is
+  blocked (None in sys.modules), does nothing.
   """
-  if 'trax' in sys.modules:
+  if sys.modules.get('trax') is not None:
     patching.apply()
-  elif not any(isinstance(f, _TraxFinder) for f in sys.meta_path):
+  elif 'trax' not in sys.modules and not any(isinstance(f, _TraxFinder) for f in sys.meta_path):
     sys.meta_path.insert(0, _TraxFinder())
 
 

@@ -21,6 +21,7 @@ the options, their weights and their attention path.
 import jax.numpy as jnp
 
 from trax_favor import checks
+from trax_favor.ops import feature_maps
 from trax_favor.ops import rotary as rotary_ops
 from trax_favor.ops import rpe
 
@@ -85,14 +86,7 @@ def temperature(qk_normalization, log_t, d_qk):
   return jnp.sqrt(jnp.float32(d_qk))
 
 
-def normalize(x, t):
-  """x (b, h, l, d) at L2 norm sqrt(t) d^(1/4): the feature maps divide by
-  d^(1/4), so q.k / sqrt(d) becomes t cos(q, k)."""
-  d = x.shape[-1]
-  t = jnp.reshape(t, (-1, 1, 1)) if jnp.ndim(t) else t
-  norm = jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32)), -1,
-                          keepdims=True) + 1e-12)
-  return (x / norm * jnp.sqrt(t) * float(d) ** 0.25).astype(x.dtype)
+normalize = feature_maps.normalize  # op code, with the ops
 
 
 def rotate(q, k, start, fraction, base):

@@ -153,3 +153,14 @@ def full_features(name, x, projection, numerical_stabilizer=0.0):
   """phi(x) itself (..., l, m_out); may overflow: for tests and analysis."""
   features, log_scale = feature_map(name, x, projection, numerical_stabilizer)
   return features * jnp.exp(log_scale)[..., None]
+
+
+def normalize(x, t):
+  """qk_normalization: x (b, h, l, d) at L2 norm sqrt(t) d^(1/4): the feature maps divide by
+  d^(1/4), so q.k / sqrt(d) becomes t cos(q, k)."""
+  d = x.shape[-1]
+  # (h,) -> (h, 1, 1): a temperature per head, over positions and features
+  t = jnp.reshape(t, (-1, 1, 1)) if jnp.ndim(t) else t
+  norm = jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32)), -1,
+                          keepdims=True) + 1e-12)
+  return (x / norm * jnp.sqrt(t) * float(d) ** 0.25).astype(x.dtype)
