@@ -35,6 +35,7 @@ from trax_favor.ops import favor
 from trax_favor.ops import feature_maps
 from trax_favor.layers import projection_state
 from trax_favor.layers import relative
+from trax_favor.layers import sequence_axis as sequence_axis_lib
 from trax_favor.ops import random_features
 from trax_favor.ops import rpe
 
@@ -68,7 +69,7 @@ class FavorSelfAttention(projection_state.ProjectionStateLayer):
                numerical_stabilizer=None, chunk_size=None, block_size=512,
                relative_position=None, max_relative_distance=None,
                qk_normalization=None, rotary=False, rotary_fraction=None,
-               rotary_base=None):
+               rotary_base=None, sequence_axis=None):
     """Builds the layer.
 
     Args:
@@ -121,6 +122,9 @@ class FavorSelfAttention(projection_state.ProjectionStateLayer):
         features (ops/rotary.py); predict mode carries the position.
       rotary_fraction: rotary only: share of d_qk rotated (None: 1.0).
       rotary_base: rotary only: the wavelength base (None: 10000).
+      sequence_axis: None, or a mesh axis name: inside jax.shard_map the
+        input is this device's shard of the length (layers/sequence_axis.py,
+        docs/sequence_parallel.md); not with relative_position or predict.
     """
     super().__init__(n_in=(2 if masked else 1), n_out=1)
     checks.check_positive_int(n_heads=n_heads, d_qk=d_qk, d_v=d_v)
@@ -170,6 +174,8 @@ class FavorSelfAttention(projection_state.ProjectionStateLayer):
     rotation = relative.check_rotary(rotary, rotary_fraction, rotary_base,
                                      d_qk)
     self._rotary = rotation if rotary else None  # (fraction, base)
+    self._sequence_axis = sequence_axis_lib.check_option(
+        sequence_axis, mode, 'FavorSelfAttention', relative_position)
     self._n_heads, self._d_qk, self._d_v = n_heads, d_qk, d_v
     self._share_qk, self._causal, self._masked = share_qk, causal, masked
     self._mode = mode
@@ -184,6 +190,11 @@ class FavorSelfAttention(projection_state.ProjectionStateLayer):
     self._numerical_stabilizer = float(numerical_stabilizer)
     self._chunk_size = chunk_size
     self._block_size = block_size
+
+  @property
+  def sequence_axis(self):
+    """The mesh axis the length may be split over (None: never)."""
+    return self._sequence_axis
 
   # -- initialization ---------------------------------------------------------
 
@@ -279,7 +290,7 @@ class FavorSelfAttention(projection_state.ProjectionStateLayer):
                                extra.pop(0) if extra else None, self._d_qk)
       q, k = relative.normalize(q, t), relative.normalize(k, t)
 
-    start = 0
+    start = sequence_axis_lib.offset(self._sequence_axis, x.shape[1])
     if self._mode == 'predict':
       projection, decode_state = self.state
       if self._rotary:
@@ -330,7 +341,8 @@ class FavorSelfAttention(projection_state.ProjectionStateLayer):
     common = dict(feature_map=self._feature_map_name, key_mask=key_mask,
                   numerical_stabilizer=self._numerical_stabilizer,
                   attention_dropout=self._attention_dropout, rng=rng,
-                  block_size=self._block_size)
+                  block_size=self._block_size,
+                  sequence_axis=sequence_axis_lib.bound(self._sequence_axis))
     if bias is not None:
       common.update(relative_bias=bias,
                     max_relative_distance=self._max_relative_distance)

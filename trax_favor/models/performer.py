@@ -27,12 +27,14 @@ switch for bidirectional (masked-LM) models, and argument checks.
 """
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import trax.layers as tl
 from trax.models.research import configurable_transformer as ct
 
 from trax_favor import checks
 from trax_favor.layers import FavorSelfAttention
+from trax_favor.layers import sequence_axis as sequence_axis_lib
 
 
 def _attention_types(attention_type, n_layers):
@@ -50,12 +52,13 @@ def _attention_types(attention_type, n_layers):
   return [types[i % len(types)] for i in range(n_layers)]
 
 
-class _PredictLimit:
+class _PositionTable:
   """Mixin for trax's position tables: in predict mode a call that would run
   past the table (max_len positions) is refused with one clear error (trax
   would fail deep inside JAX, or clamp and give later tokens the last
-  position). Weights and state are trax's, so checkpoints and the other
-  modes are unchanged."""
+  position); with a sequence axis bound (inside shard_map), this shard's
+  rows of the table are added (`shard_positions`). Weights and state are
+  trax's, so checkpoints and the other modes are unchanged."""
 
   def forward(self, x):
     fed = self.state
@@ -66,26 +69,91 @@ class _PredictLimit:
             f'in this call exceed max_len={self._table_size}; start a new '
             'sequence (a fresh model state) or build the model with a '
             'larger max_len.')
-    return super().forward(x)
+    if sequence_axis_lib.bound(self._sequence_axis) is None:
+      return super().forward(x)
+    return x + self.shard_positions(x)  # (b, l, d) at global positions
+
+  @property
+  def sequence_axis(self):
+    return self._sequence_axis
+
+  def check_sequence_length(self, n_tokens):
+    """One ConfigError if a whole sequence of n_tokens does not fit the
+    table (a dynamic slice would clamp: later tokens, earlier positions)."""
+    if n_tokens > self._table_size:
+      raise checks.ConfigError(
+          f'{self._name}: the sequence has {n_tokens} tokens, more than the '
+          f'{self._table_size} positions of its table (max_len).')
+
+  def _read(self, table, local_length):
+    """Rows offset .. offset + l - 1 of a table (1, table_size, d)."""
+    n_shards = sequence_axis_lib.n_shards(self._sequence_axis)
+    self.check_sequence_length(n_shards * local_length)
+    start = sequence_axis_lib.offset(self._sequence_axis, local_length)
+    return jax.lax.dynamic_slice_in_dim(table, start, local_length, axis=1)
+
+  def _dropout_multiplier(self, noise_shape):
+    """trax's position dropout (mask shared along the length, so every
+    shard draws the same one from the same rng), or 1."""
+    if not self._dropout:
+      return 1.0
+    keep = jax.random.bernoulli(self.rng, 1.0 - self._dropout, noise_shape)
+    return keep.astype(np.float32) / (1.0 - self._dropout)
 
 
-class PositionalEncoding(_PredictLimit, tl.PositionalEncoding):
-  """trax's learned positions, with the predict-mode limit."""
+class PositionalEncoding(_PositionTable, tl.PositionalEncoding):
+  """trax's learned positions, with the predict-mode limit; with
+  sequence_axis bound, the table is read at the shard's offset."""
 
-  def __init__(self, max_len, dropout, mode):
+  def __init__(self, max_len, dropout, mode, sequence_axis=None):
     super().__init__(max_len=max_len, dropout=dropout, mode=mode)
     self._name = 'PositionalEncoding'
     self._table_size = max_len
+    self._sequence_axis = sequence_axis_lib.check_option(
+        sequence_axis, mode, 'PositionalEncoding')
+
+  def shard_positions(self, x):
+    """(1, l, d): this shard's rows of the table, with trax's dropout."""
+    table = self.weights
+    table = table[None] if table.ndim < 3 else table  # (1, max_len, d)
+    rows = self._read(table, x.shape[1])  # (1, l, d)
+    return rows * self._dropout_multiplier((1, 1, rows.shape[-1]))
 
 
-class AxialPositionalEncoding(_PredictLimit, tl.AxialPositionalEncoding):
-  """trax's axial positions (images), with the predict-mode limit."""
+class AxialPositionalEncoding(_PositionTable, tl.AxialPositionalEncoding):
+  """trax's axial positions (images), with the predict-mode limit; with
+  sequence_axis bound, the flattened table is read at the shard's offset."""
 
-  def __init__(self, shape, d_embs, dropout, mode):
+  def __init__(self, shape, d_embs, dropout, mode, sequence_axis=None):
     super().__init__(shape=shape, d_embs=d_embs, dropout=dropout, mode=mode,
                      dropout_broadcast_dims=tuple(range(1, len(shape) + 1)))
     self._name = 'AxialPositionalEncoding'
     self._table_size = int(np.prod(shape))
+    self._sequence_axis = sequence_axis_lib.check_option(
+        sequence_axis, mode, 'AxialPositionalEncoding')
+
+  def check_sequence_length(self, n_tokens):
+    """One ConfigError unless a whole sequence of n_tokens fills the table
+    exactly (as trax's reshape requires)."""
+    if n_tokens != self._table_size:
+      raise checks.ConfigError(
+          f'AxialPositionalEncoding: the sequence has {n_tokens} tokens; '
+          f'pos_axial_shape {self._shape} needs exactly {self._table_size}.')
+
+  def shard_positions(self, x):
+    """(b, l, d): this shard's rows of the table, with trax's dropout
+    (drawn at trax's shape (b, 1, .., 1, d), so the unsplit mask)."""
+    shape = (1,) + tuple(self._shape)
+    table = jnp.concatenate(
+        [jnp.broadcast_to(w, shape + (w.shape[-1],)) for w in self.weights],
+        -1)  # (1, *pos_axial_shape, d)
+    table = table.reshape(1, self._table_size, -1)  # (1, prod(shape), d)
+    rows = self._read(table, x.shape[1])  # (1, l, d)
+    if not self._dropout:
+      return rows
+    noise = (x.shape[0],) + (1,) * len(self._shape) + (rows.shape[-1],)
+    multiplier = self._dropout_multiplier(noise)  # (b, 1, .., 1, d)
+    return rows * multiplier.reshape(x.shape[0], 1, -1)  # (b, 1, d) mask
 
 
 POS_TYPES = (None, 'axial', 'none')
@@ -93,13 +161,13 @@ POS_TYPES = (None, 'axial', 'none')
 
 @tl.assert_shape('...d->...d')  # as trax's PositionalEncoder: same weight tree
 def _positional_encoder(max_len, dropout, mode, pos_type, pos_axial_shape,
-                        pos_d_axial_embs):
+                        pos_d_axial_embs, sequence_axis):
   """trax's positional encodings as its PositionalEncoder builds them for
   pos_type None and 'axial', with the predict-mode limit."""
   if pos_type == 'axial':
     return AxialPositionalEncoding(pos_axial_shape, pos_d_axial_embs,
-                                   dropout, mode)
-  return PositionalEncoding(max_len, dropout, mode)
+                                   dropout, mode, sequence_axis)
+  return PositionalEncoding(max_len, dropout, mode, sequence_axis)
 
 
 def _check_axial(pos_axial_shape, pos_d_axial_embs, d_model, max_len):
@@ -120,20 +188,23 @@ def _check_axial(pos_axial_shape, pos_d_axial_embs, d_model, max_len):
 
 
 def PerformerBlock(d_model, d_ff, d_qk, d_v, n_heads, attention_type,
-                   causal, dropout, ff_activation, ff_chunk_size, mode):
+                   causal, dropout, ff_activation, ff_chunk_size, mode,
+                   sequence_axis=None):
   """One reversible block: attention half-residual, then feed-forward.
 
   The same layers, in the same order, as trax's reformer `DecoderBlock` (so
   weight trees and outputs match ReformerLM's), with `causal` passed through
-  instead of fixed to True.
+  instead of fixed to True; sequence_axis, when given, is passed to the
+  attention (the feed-forward is position-wise).
 
   Returns:
     A list of four reversible layers for `tl.ReversibleSerial`.
   """
+  split = {} if sequence_axis is None else dict(sequence_axis=sequence_axis)
   attention = attention_type(
       n_heads=n_heads, d_qk=d_qk, d_v=d_v, causal=causal,
       masked=False,  # LM batches have no padding-mask input
-      output_dropout=dropout, attention_dropout=dropout, mode=mode)
+      output_dropout=dropout, attention_dropout=dropout, mode=mode, **split)
   feed_forward = ct.FeedForwardWithOptions(
       d_model=d_model, d_ff=d_ff, dropout=dropout, dropout_shared_axes=[-2],
       ff_activation=ff_activation, ff_dropout=dropout,
@@ -165,7 +236,8 @@ def PerformerLM(vocab_size,
                 pos_d_axial_embs=None,
                 ff_activation=tl.FastGelu,
                 ff_chunk_size=0,
-                mode='train'):
+                mode='train',
+                sequence_axis=None):
   """Reversible Performer language model (causal or bidirectional).
 
   Args:
@@ -195,6 +267,11 @@ def PerformerLM(vocab_size,
     ff_chunk_size: if > 0, run the feed-forward on chunks of this many
       positions (tl.BatchLeadingAxes(tl.Chunk(...)) inside Trax).
     mode: 'train', 'eval' or 'predict'.
+    sequence_axis: None, or a mesh axis name: the model can then run with
+      the length split over that axis (`models.sequence_parallel`; the
+      attention must take `sequence_axis`, as FavorSelfAttention does);
+      the shift, positions and attention see the whole sequence. Weights
+      are the same as without it. Not in predict mode.
 
   Returns:
     A Trax layer mapping token ids (b, l) to logits (b, l, vocab_size).
@@ -216,6 +293,7 @@ def PerformerLM(vocab_size,
   if pos_type == 'axial':
     _check_axial(tuple(pos_axial_shape), tuple(pos_d_axial_embs or ()),
                  d_model, max_len)
+  sequence_axis_lib.check_option(sequence_axis, mode, 'PerformerLM')
   if ff_chunk_size < 0:
     raise checks.ConfigError(
         f'ff_chunk_size must be >= 0, got {ff_chunk_size}.')
@@ -224,13 +302,15 @@ def PerformerLM(vocab_size,
                      n_heads=n_heads, attention_type=layer_attention,
                      causal=causal, dropout=dropout,
                      ff_activation=ff_activation, ff_chunk_size=ff_chunk_size,
-                     mode=mode)
+                     mode=mode, sequence_axis=sequence_axis)
       for layer_attention in _attention_types(attention_type, n_layers)]
   positional_encoding = [] if pos_type == 'none' else _positional_encoder(
       max_len, dropout, mode, pos_type, tuple(pos_axial_shape),
-      tuple(pos_d_axial_embs or ()))
+      tuple(pos_d_axial_embs or ()), sequence_axis)
+  shift = (sequence_axis_lib.ShiftRight(sequence_axis, mode) if sequence_axis
+           else tl.ShiftRight(mode=mode))  # the same without sequence_axis
   return tl.Serial(
-      tl.ShiftRight(mode=mode) if causal else [],
+      shift if causal else [],
       tl.Embedding(vocab_size, d_model),
       tl.Dropout(rate=dropout, shared_axes=[-2], mode=mode),
       positional_encoding,
