@@ -15,6 +15,7 @@ attributes of trax's modules.
 
 import ast
 import os
+import pathlib
 
 import pytest
 
@@ -149,3 +150,11 @@ def test_at_most_eight_modules_at_the_package_root():
   root = [n for n in os.listdir(PACKAGE)
           if n.endswith('.py') and n != '__init__.py']
   assert len(root) <= 8, sorted(root)
+
+
+def test_test_module_names_are_unique():
+  """tests/ has no __init__.py: pytest imports test files by basename, so
+  two files of one name break collection (as a clean clone showed)."""
+  tests = pathlib.Path(__file__).parent
+  names = [p.name for p in tests.rglob('test_*.py')]
+  assert sorted({n for n in names if names.count(n) > 1}) == []

@@ -47,8 +47,8 @@ def test_unknown_option_is_one_line(tmp_path):
        '--fast'], capture_output=True, text=True, timeout=30, check=False)
   assert done.returncode == 2
   assert done.stderr.strip().splitlines() == [
-      'accelerator.sh: unknown option --fast (--dry-run, --no-install, '
-      '--out DIR)']
+      'accelerator.sh: unknown option --fast (--dry-run, --image-only, '
+      '--no-install, --out DIR)']
   del tmp_path
 
 
