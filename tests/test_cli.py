@@ -98,7 +98,11 @@ def test_training_resumes_after_kill_9(text_run):
                for f in os.listdir(output_dir / mode))
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_143(tmp_path, cache_dir):
+@pytest.mark.parametrize('signum,code', [(signal.SIGTERM, 143),
+                                         (signal.SIGINT, 130)],
+                         ids=['sigterm', 'sigint'])
+def test_a_signal_saves_a_checkpoint_and_exits_128_plus_it(
+    tmp_path, cache_dir, signum, code):
   command = _command('trax_favor.train', tmp_path, '--log_every=1')
   env = _env(cache_dir)
   run = subprocess.Popen(command, cwd=REPO, env=env, text=True,
@@ -108,15 +112,18 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(tmp_path, cache_dir):
     for line in run.stdout:
       lines.append(line)
       if line.startswith('step 6/'):
-        run.send_signal(signal.SIGTERM)
+        run.send_signal(signum)
     run.wait(timeout=120)
   finally:
     run.kill()
   out = ''.join(lines)
-  assert run.returncode == 143, out[-3000:]
+  assert run.returncode == code, out[-3000:]
+  assert 'stopped by' not in out  # the saved checkpoint is the one line
   stopped_at = int(out.split('interrupted at step ')[1].split(':')[0])
   assert stopped_at >= 6
   assert checkpoint_files.steps(str(tmp_path))[0][0] == stopped_at
+  if signum == signal.SIGINT:
+    return  # the resume is the same after either signal
   second = _run(command, env)
   assert f'at step {stopped_at}' in second.stdout
   assert f'done: step {STEPS}/{STEPS}' in second.stdout
@@ -235,3 +242,11 @@ def test_errors_are_one_clear_line(module, config, bindings, message,
   assert result.returncode == 2
   assert message in result.stderr and 'Traceback' not in result.stderr, (
       result.stderr[-3000:])
+
+
+def test_the_stock_trainer_help_lists_its_flags_and_exits_0(cache_dir):
+  result = _run([sys.executable, '-m', 'trax_favor.trax_trainer', '--help'],
+                _env(cache_dir), timeout=120)
+  assert result.returncode == 0, result.stderr[-3000:]
+  for flag in ('--config_file', '--config:', '--output_dir'):
+    assert flag in result.stdout

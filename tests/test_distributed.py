@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -140,3 +141,115 @@ def test_sigterm_to_one_process_stops_both_after_one_step(tmp_path):
              for out in outputs]
   assert stopped[0] == stopped[1] >= 5
   assert checkpoint_files.steps(str(tmp_path / 'run'))[0][0] == stopped[0]
+
+
+# Faults of a multi-process job (docs/reliability.md): one line, a prompt
+# exit, never a hang or XLA's native abort.
+
+TINY = ('D_MODEL=32', 'SEQUENCE_LENGTH=32', 'N_LAYERS=1', 'BATCH_SIZE=4',
+        'N_RANDOM_FEATURES=16', 'train.eval_steps=1')
+NATIVE = ('Fatal Python error', '*** Begin stack trace', 'SIGABRT',
+          'Traceback')
+
+
+def _train_process(run_dir, coordinator, index, extra=(), timeout=120):
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=REPO)
+  env.pop('XLA_FLAGS', None)
+  command = [sys.executable, '-u', '-m', 'trax_favor.train',
+             f'--config_file={REPO}/gin/offline_default.gin',
+             f'--output_dir={run_dir}', '--log_every=1',
+             f'--coordinator_address={coordinator}', '--num_processes=2',
+             f'--process_id={index}', f'--distributed_timeout={timeout}',
+             *[f'--config={b}' for b in TINY + tuple(extra)]]
+  return subprocess.Popen(command, env=env, text=True, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE)
+
+
+def _finish(process, timeout):
+  """(rc, stdout, stderr, seconds); kills the child (by handle) past
+  timeout and fails."""
+  start = time.monotonic()
+  try:
+    out, err = process.communicate(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    process.kill()
+    out, err = process.communicate()
+    pytest.fail(f'no exit within {timeout} s: {out[-2000:]} {err[-2000:]}')
+  return process.returncode, out, err, time.monotonic() - start
+
+
+def _one_line(err):
+  lines = [l for l in err.splitlines() if l.startswith('error: ')]
+  assert len(lines) == 1, err[-3000:]
+  assert not any(n in err for n in NATIVE), err[-3000:]
+  return lines[0]
+
+
+@pytest.mark.slow
+def test_different_configs_refused_on_every_process(tmp_path):
+  coordinator = f'127.0.0.1:{_free_port()}'
+  processes = [
+      _train_process(tmp_path / 'run', coordinator, 0, ['STEPS=2']),
+      _train_process(tmp_path / 'run', coordinator, 1,
+                     ['STEPS=2', 'N_RANDOM_FEATURES=8'])]
+  results = [_finish(p, 120) for p in processes]
+  for rc, _, err, _ in results:
+    assert rc != 0
+    line = _one_line(err)
+    assert 'different configs' in line and 'N_RANDOM_FEATURES' in line, line
+  assert not os.path.exists(tmp_path / 'run' / 'checkpoints')
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('victim', [1, 0])
+def test_sigkill_of_one_process_stops_the_other_with_one_line(tmp_path,
+                                                              victim):
+  """A process killed after the step-2 checkpoint (process 0 is the
+  coordinator): the other exits within 60 s with one line naming what it
+  lost; the checkpoint stays whole."""
+  coordinator = f'127.0.0.1:{_free_port()}'
+  run_dir = tmp_path / 'run'
+  extra = ['STEPS=400', 'train.eval_frequency=100', 'train.checkpoints_at=[2]']
+  processes = [_train_process(run_dir, coordinator, i, extra)
+               for i in range(2)]
+  survivor = processes[1 - victim]
+  try:
+    for line in survivor.stdout:
+      if line.startswith('step 4/'):  # step 2's checkpoint is published
+        break
+    processes[victim].kill()
+    processes[victim].wait()
+    rc, _, err, seconds = _finish(survivor, 60)
+  finally:
+    for process in processes:
+      if process.poll() is None:
+        process.kill()
+        process.wait()
+  assert rc != 0 and seconds < 60, (rc, seconds)
+  line = _one_line(err)
+  assert f'process {1 - victim}:' in line, line
+  assert 'process 1' in line if victim else 'process 0' in line, line
+  assert checkpoint_files.steps(str(run_dir))[0][0] >= 2
+  assert os.path.exists(checkpoint_files.latest(str(run_dir)))
+
+
+@pytest.mark.slow
+def test_absent_coordinator_gives_up_within_the_timeout(tmp_path):
+  process = _train_process(tmp_path / 'run', f'127.0.0.1:{_free_port()}', 1,
+                           ['STEPS=2'], timeout=10)
+  rc, _, err, seconds = _finish(process, 40)
+  assert rc != 0 and seconds < 35, (rc, seconds)
+  assert 'could not join the coordinator' in _one_line(err)
+
+
+@pytest.mark.slow
+def test_busy_coordinator_port_is_one_line(tmp_path):
+  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
+    busy.bind(('127.0.0.1', 0))
+    busy.listen()
+    coordinator = f'127.0.0.1:{busy.getsockname()[1]}'
+    process = _train_process(tmp_path / 'run', coordinator, 0, ['STEPS=2'],
+                             timeout=10)
+    rc, _, err, _ = _finish(process, 40)
+  assert rc != 0
+  assert 'in use' in _one_line(err)

@@ -2,6 +2,7 @@
 damaged run resumes from its newest whole checkpoint and follows the
 uninterrupted run's trajectory (every eval, to float tolerance)."""
 
+import json
 import os
 import pathlib
 import shutil
@@ -171,3 +172,41 @@ def test_without_a_whole_checkpoint_the_run_stops(two_checkpoints):
     _damage(path, 'truncated slots', None)
   with pytest.raises(configs.RunError, match='no whole checkpoint.*opt_slots0'):
     _train(two_checkpoints)
+
+
+def test_a_manifest_with_a_wrong_random_key_falls_back(two_checkpoints,
+                                                       uninterrupted, capsys):
+  newest = _checkpoint_dirs(two_checkpoints)[0]
+  manifest = newest / checkpoint_files.MANIFEST
+  record = json.loads(manifest.read_text())
+  manifest.write_text(json.dumps({**record, 'rng': 'abc'}))  # valid JSON
+  capsys.readouterr()
+  _train(two_checkpoints)
+  out = capsys.readouterr().out
+  assert 'no valid random key and data positions' in out
+  assert 'step_00000008 (the newest whole one) at step 8' in out
+  _assert_same_trajectory(two_checkpoints, uninterrupted)
+
+
+def test_a_reader_whose_checkpoint_is_pruned_reads_the_next_newest(
+    two_checkpoints, monkeypatch):
+  """A trainer pruning the checkpoint a sampler just chose: the sampler
+  reads the newest one left, never a traceback."""
+  newest, older = _checkpoint_dirs(two_checkpoints)
+  configs.parse_config([os.path.join(configs_dir(), 'offline_default.gin')],
+                       SHRINK)
+  chosen = checkpoints.latest(str(two_checkpoints))
+  latest = checkpoints.latest
+  calls = []
+
+  def pruned_after_choosing(output_dir):
+    calls.append(output_dir)
+    if len(calls) == 1:
+      shutil.rmtree(newest)  # what RunDir.save_checkpoint's pruning does
+      return chosen
+    return latest(output_dir)
+  monkeypatch.setattr(checkpoints, 'latest', pruned_after_choosing)
+  model = checkpoints.restore(str(two_checkpoints), mode='eval')
+  assert len(calls) == 2 and model.weights is not None
+  assert chosen.startswith(str(newest)) and not newest.exists()
+  assert checkpoint_files.steps(str(two_checkpoints))[0][1] == str(older)

@@ -3,8 +3,11 @@ a changed config on resume, a second writer, unwritable directories, bad
 sampling flags, decoding past max_len. None of them starts training."""
 
 import errno
+import hashlib
+import json
 import logging
 import os
+import signal
 
 import gin
 import jax
@@ -18,6 +21,7 @@ from trax_favor.models import performer
 from trax_favor.run import cli
 from trax_favor.run import configs
 from trax_favor.run import distributed
+from trax_favor.run import interrupts
 from trax_favor.run import loop
 from trax_favor.run import run_dir
 
@@ -50,6 +54,7 @@ BAD_BINDINGS = [
     (['D_MODEL="32"'], "d_model must be a positive int, got '32'"),
     (['train.steps="ten"'], "train.steps must be a positive int, got 'ten'"),
     (['train.steps=='], 'cannot parse'),
+    (['SEQUENCE_LENGTH=0'], 'sequence_length must be a positive int, got 0'),
 ]
 
 
@@ -191,3 +196,114 @@ def test_multi_process_runs_need_a_seed_and_a_divisible_batch(monkeypatch):
       [3, 4, 5]]
   with pytest.raises(configs.RunError, match='does not split over 4'):
     next(distributed.process_rows(iter([(np.arange(6),)]), 4, 0))
+
+
+def _tree_digest(path):
+  """{relative path: bytes} of every file under path but the lock (whose
+  PID a refused run may rewrite): a refusal must leave the rest as it was."""
+  found = {}
+  for root, _, names in os.walk(path):
+    for name in names:
+      full = os.path.join(root, name)
+      if name != run_dir.LOCK:
+        with open(full, 'rb') as f:
+          found[os.path.relpath(full, path)] = f.read()
+  return found
+
+
+@pytest.mark.parametrize('flags,expected', [
+    (['--log_every=0'], '--log_every must be at least 1, got 0'),
+    (['--output_dir='], '--output_dir is empty'),
+], ids=['log_every_0', 'empty_output_dir'])
+def test_training_flags_out_of_range_end_with_one_line(tmp_path, capsys,
+                                                       flags, expected):
+  (tmp_path / run_dir.CONFIG).write_text('# a run\n')
+  before = _tree_digest(tmp_path)
+  err = _error_line(capsys, train.main, _train_argv(tmp_path, *SMALL) + flags)
+  assert expected in err
+  assert _tree_digest(tmp_path) == before
+
+
+@pytest.mark.parametrize('temperature', ['nan', 'inf', '-1'])
+def test_a_temperature_that_is_no_number_ends_with_one_line(
+    tmp_path, capsys, temperature):
+  err = _error_line(capsys, sample.main, _train_argv(tmp_path, *SMALL)
+                    + [f'--temperature={temperature}'])
+  assert '--temperature must be a finite number >= 0' in err
+  assert os.listdir(tmp_path) == []
+
+
+def test_a_truncated_eval_history_ends_with_one_line(tmp_path, capsys):
+  (tmp_path / run_dir.EVAL_HISTORY).write_text('{"loss": [[4, 1.5], [8')
+  before = _tree_digest(tmp_path)
+  err = _error_line(capsys, train.main, _train_argv(tmp_path, *SMALL))
+  assert 'eval_history.json is damaged' in err
+  assert _tree_digest(tmp_path) == before
+
+
+def _checkpoint(base, step, manifest_text):
+  directory = base / 'checkpoints' / run_dir.step_name(step)
+  directory.mkdir(parents=True)
+  (directory / 'model.pkl.gz').write_bytes(b'x')
+  (directory / run_dir.MANIFEST).write_text(manifest_text)
+  return directory
+
+
+GOOD_FILES = json.dumps({'files': {'model.pkl.gz': {
+    'bytes': 1, 'sha256': hashlib.sha256(b'x').hexdigest()}}})
+WRONG_MANIFESTS = {
+    'a_list': '[1, 2]',
+    'no_files': '{"step": 8}',
+    'size_as_text': ('{"files": {"model.pkl.gz": {"bytes": "1", '
+                     '"sha256": "0"}}}'),
+    'entry_not_object': '{"files": {"model.pkl.gz": 7}}',
+    'path_outside': ('{"files": {"../model.pkl.gz": {"bytes": 1, '
+                     '"sha256": "0"}}}'),
+    'step_negative': GOOD_FILES[:-1] + ', "step": -3}',
+}
+
+
+@pytest.mark.parametrize('text', WRONG_MANIFESTS.values(),
+                         ids=WRONG_MANIFESTS.keys())
+def test_a_manifest_of_the_wrong_shape_is_damaged_and_passed_over(tmp_path,
+                                                                  text):
+  whole = _checkpoint(tmp_path, 4, GOOD_FILES)
+  _checkpoint(tmp_path, 8, text)
+  before = _tree_digest(tmp_path)
+  reader = run_dir.RunDir(str(tmp_path), read_only=True)
+  assert reader.latest_checkpoint()[0] == str(whole)
+  assert len(reader.passed_over) == 1
+  assert 'manifest.json: not a manifest' in reader.passed_over[0]
+  assert _tree_digest(tmp_path) == before  # a reader changes nothing
+  writer = run_dir.RunDir(str(tmp_path))
+  assert writer.latest_checkpoint()[0] == str(whole)
+  assert writer.damaged_checkpoints() == ['step_00000008.damaged']
+
+
+def test_only_damaged_checkpoints_left_refuses_every_rerun(tmp_path, capsys):
+  aside = tmp_path / 'checkpoints' / 'step_00000004.damaged'
+  aside.mkdir(parents=True)
+  (aside / 'model.pkl.gz').write_bytes(b'cut')
+  before = _tree_digest(tmp_path)
+  for _ in range(2):
+    err = _error_line(capsys, train.main, _train_argv(tmp_path, *SMALL))
+    assert 'only damaged ones (step_00000004.damaged)' in err
+    assert _tree_digest(tmp_path) == before
+
+
+def test_ctrl_c_during_start_up_says_so_and_exits_130(tmp_path, capsys,
+                                                     monkeypatch):
+  def interrupted():
+    raise KeyboardInterrupt
+  monkeypatch.setattr(cli, 'quiet_start', interrupted)
+  with pytest.raises(SystemExit) as done:
+    train.main(_train_argv(tmp_path, *SMALL))
+  assert done.value.code == 130
+  err = capsys.readouterr().err.strip()
+  assert err.startswith('stopped by SIGINT before any checkpoint was saved')
+  assert '\n' not in err and os.listdir(tmp_path) == []
+  saved = interrupts.Interrupted(signal.SIGTERM)
+  saved.saved = True  # the run said where its checkpoint is: no more lines
+  with pytest.raises(SystemExit) as done:
+    cli.main_guard(lambda: (_ for _ in ()).throw(saved))
+  assert done.value.code == 143 and capsys.readouterr().err == ''

@@ -93,8 +93,9 @@ def sample(model, prompt, n_tokens, temperature=1.0, seed=0):
       position table (max_len) cannot take p + n_tokens more tokens.
   """
   checks.check_positive_int(n_tokens=n_tokens)
-  if temperature < 0:
-    raise checks.ConfigError(f'temperature must be >= 0, got {temperature}.')
+  if not 0 <= temperature < float('inf'):  # NaN fails too
+    raise checks.ConfigError(
+        f'temperature must be a finite number >= 0, got {temperature}.')
   prompt = np.asarray(prompt, np.int32).reshape(-1)
   left = positions_left(model)
   if left is not None and len(prompt) + n_tokens > left:

@@ -46,8 +46,11 @@ def parse_args(argv):
 
 def main(argv=None):
   args = parse_args(sys.argv[1:] if argv is None else argv)
-  cli.quiet_start()
-  from trax_favor.run import commands  # pylint: disable=g-import-not-at-top
+  try:  # importing trax takes seconds: Ctrl-C here says so, exit 130
+    cli.quiet_start()
+    from trax_favor.run import commands  # pylint: disable=g-import-not-at-top
+  except KeyboardInterrupt as e:
+    cli.stopped(e)
   commands.sample(args)
 
 

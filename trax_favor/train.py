@@ -23,6 +23,7 @@ started with the same flags plus its id, on a shared --output_dir:
   --coordinator_address  HOST:PORT of process 0's coordinator
   --num_processes        how many processes
   --process_id           this process's id, 0 .. num_processes - 1
+  --distributed_timeout  seconds for every process to join (default 120)
 (or JAX's JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID).
 """
 
@@ -50,14 +51,22 @@ def parse_args(argv):
                       help='several processes: how many')
   parser.add_argument('--process_id', type=int, default=None,
                       help="several processes: this one's id")
+  parser.add_argument('--distributed_timeout', type=float, default=120,
+                      help='several processes: seconds for all of them to '
+                      'join before giving up')
   cli.add_verbose_flag(parser)
   return parser.parse_args(argv)
 
 
 def main(argv=None):
-  args = parse_args(sys.argv[1:] if argv is None else argv)
-  cli.quiet_start()
-  from trax_favor.run import commands  # pylint: disable=g-import-not-at-top
+  argv = sys.argv[1:] if argv is None else argv
+  args = parse_args(argv)
+  cli.supervise_job(args, argv)  # a multi-process job's process: supervised
+  try:  # importing trax takes seconds: Ctrl-C here says so, exit 130
+    cli.quiet_start()
+    from trax_favor.run import commands  # pylint: disable=g-import-not-at-top
+  except KeyboardInterrupt as e:
+    cli.stopped(e)
   commands.train(args)
 
 

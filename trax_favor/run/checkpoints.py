@@ -66,6 +66,40 @@ def _shapes(tree):
   return structure, [tuple(np.shape(leaf)) for leaf in leaves]
 
 
+def _vanished(error):
+  """Whether `error`, or an error it was raised from (safe_pickle wraps
+  the reader's), says a file is gone (Python's or tf.io.gfile's)."""
+  while error is not None:
+    if isinstance(error, FileNotFoundError) or (
+        type(error).__name__ == 'NotFoundError'
+        and type(error).__module__.startswith('tensorflow')):
+      return True
+    error = error.__cause__
+  return False
+
+
+def _init_from_newest(model, output_dir, path, signature):
+  """model.init_from_file(path) through safe_pickle. A training run that
+  saves while this reads prunes old checkpoints: if `path` vanishes under
+  the reader, it tries once more with the newest whole checkpoint then.
+  Returns the path loaded."""
+  for attempt in (1, 2):
+    try:
+      with compat.safe_unpickling():  # trax's reader, through safe_pickle
+        model.init_from_file(path, weights_only=False,
+                             input_signature=signature)
+      return path
+    except Exception as e:  # pylint: disable=broad-except
+      if not _vanished(e):
+        raise
+      if attempt == 2:
+        raise RunError(
+            f'checkpoint {path} was removed while it was read, twice (a '
+            f'training run is pruning {output_dir}); try again.') from e
+      path = latest(output_dir)
+  return path
+
+
 def restore(output_dir, mode='predict', batch_size=1):
   """The parsed config's model in `mode`, with output_dir's trained weights.
 
@@ -101,9 +135,7 @@ def restore(output_dir, mode='predict', batch_size=1):
   trained.init(signature)
   expected = _shapes(trained.weights), _shapes(trained.state)
   try:
-    with compat.safe_unpickling():  # trax's reader, through safe_pickle
-      trained.init_from_file(path, weights_only=False,
-                             input_signature=signature)
+    path = _init_from_newest(trained, output_dir, path, signature)
   except safe_pickle.UnsafeCheckpoint:
     raise
   except (ValueError, TypeError, IndexError) as e:

@@ -93,15 +93,37 @@ def user_error(error):
   return ' '.join(line.strip() for line in message.splitlines() if line.strip())
 
 
+def stopped(error):
+  """Ends the process for Ctrl-C or SIGTERM (KeyboardInterrupt `error`)
+  with 130 or 143, saying so in one line unless the run already said what
+  it saved (`error.saved`, see `training`)."""
+  import signal  # pylint: disable=g-import-not-at-top
+  from trax_favor.run import interrupts  # pylint: disable=g-import-not-at-top
+  if not getattr(error, 'saved', False):
+    name = signal.Signals(getattr(error, 'signum', signal.SIGINT)).name
+    print(f'stopped by {name} before any checkpoint was saved (during '
+          'start-up: nothing of this run was written).', file=sys.stderr,
+          flush=True)
+  sys.exit(interrupts.exit_code(error))
+
+
+def supervise_job(args, argv):
+  """With multi-process flags, runs this command again as a child under
+  run/supervisor.py (its native aborts become one line) and exits with its
+  code; otherwise (or in that child) returns."""
+  from trax_favor.run import supervisor  # pylint: disable=g-import-not-at-top
+  if supervisor.wanted(args):
+    sys.exit(supervisor.run(argv, args.process_id))
+
+
 def main_guard(fn, verbose=False):
   """Runs fn(). An ordinary fault (see user_error) ends the process with one
   line and exit code 2 (its traceback with verbose); Ctrl-C and SIGTERM end
   it with 130 and 143; an unexpected error shows its traceback."""
-  from trax_favor.run import interrupts  # pylint: disable=g-import-not-at-top
   try:
     return fn()
   except KeyboardInterrupt as e:
-    sys.exit(interrupts.exit_code(e))
+    stopped(e)
   except Exception as e:  # pylint: disable=broad-except
     line = user_error(e)
     if line is None or verbose:

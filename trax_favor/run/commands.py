@@ -2,6 +2,7 @@
 and `trax_trainer` (the entry modules `python -m trax_favor.train`, ...
 only parse flags, call `cli.quiet_start` and then one of these)."""
 
+import math
 import sys
 
 from trax_favor import decoding
@@ -18,9 +19,11 @@ def train(args):
   """Joins a multi-process job if asked, parses the config, trains."""
 
   def run():
+    check_train_flags(args)
     # Before anything starts the backend (importing trax does not).
     distributed.initialize(args.coordinator_address, args.num_processes,
-                           args.process_id)
+                           args.process_id,
+                           timeout=getattr(args, 'distributed_timeout', 120))
     configs.parse_config(args.config_file, args.config)
     training.train(args.output_dir, n_devices=args.n_devices,
                    log_every=args.log_every,
@@ -28,8 +31,25 @@ def train(args):
   cli.main_guard(run, verbose=args.verbose)
 
 
+def _check_output_dir(output_dir):
+  if not output_dir or not output_dir.strip():
+    raise RunError('--output_dir is empty: name the run directory, e.g. '
+                   '--output_dir=runs/default.')
+
+
+def check_train_flags(args):
+  """One line for training flags out of range (before anything is read)."""
+  _check_output_dir(args.output_dir)
+  if args.log_every < 1:
+    raise RunError(f'--log_every must be at least 1, got {args.log_every}.')
+
+
 def check_sample_flags(args, image_size):
   """One line for flags that do not apply to the config's data."""
+  _check_output_dir(args.output_dir)
+  if not math.isfinite(args.temperature) or args.temperature < 0:
+    raise RunError('--temperature must be a finite number >= 0 (0: the most '
+                   f'likely token), got {args.temperature}.')
   if image_size is None and (args.image or args.prompt_rows):
     raise RunError('--image and --prompt_rows apply to image configs; '
                    'this config is text: use --prompt and --length.')
@@ -91,6 +111,12 @@ def trax_trainer():
   from trax_favor import compat
   # pylint: enable=g-import-not-at-top
   trainer = compat.import_trainer()
+  if any(arg in ('-h', '--help', '--helpshort', '-?') for arg in sys.argv[1:]):
+    # absl lists only the main module's flags (none here) and exits 1.
+    from absl import flags  # pylint: disable=g-import-not-at-top
+    print(f'{sys.modules["__main__"].__doc__ or ""}\nflags (trax.trainer\'s):'
+          f'\n{flags.FLAGS.module_help("trax.trainer_flags")}')
+    sys.exit(0)
 
   def run(argv):
     try:

@@ -42,14 +42,20 @@ from jax.sharding import PartitionSpec
 from trax import fastmath
 
 from trax_favor.ops import cpu_speedups
+from trax_favor.run import watchdog
 from trax_favor.run.errors import RunError
 
 _BARRIER_TIMEOUT_MS = 30 * 60 * 1000  # a slow first compilation is fine
 _ENV = ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID')
 
 
-def initialize(coordinator_address=None, num_processes=None, process_id=None):
+def initialize(coordinator_address=None, num_processes=None, process_id=None,
+               timeout=120):
   """Joins the multi-process job, if one is asked for (flags or JAX_*).
+
+  Faults are bounded (run/watchdog.py): a busy loopback port is refused
+  first; a job that has not assembled within `timeout` seconds, a lost
+  peer or coordinator end the process with one line.
 
   Returns:
     Whether this is a job of several processes.
@@ -65,19 +71,87 @@ def initialize(coordinator_address=None, num_processes=None, process_id=None):
   if coordinator_address and coordinator_address.rsplit(':', 1)[0] in (
       '127.0.0.1', 'localhost'):
     bind = coordinator_address
+  index = process_id if process_id is not None else int(
+      os.environ.get('JAX_PROCESS_ID', '0'))
+  if bind and index == 0:
+    busy = watchdog.check_port_free(bind)
+    if busy:
+      raise RunError(f'process 0: {busy}')
+  joined = watchdog.arrival_deadline(timeout, index, num_processes,
+                                     coordinator_address)
   try:
-    jax.distributed.initialize(coordinator_address=coordinator_address,
-                               num_processes=num_processes,
-                               process_id=process_id,
-                               coordinator_bind_address=bind)
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address,
+        num_processes=num_processes, process_id=process_id,
+        coordinator_bind_address=bind,
+        initialization_timeout=int(timeout) + 30,  # our timer speaks first
+        heartbeat_timeout_seconds=watchdog.JAX_HEARTBEAT_S,
+        shutdown_timeout_seconds=watchdog.JAX_SHUTDOWN_S)
   except (RuntimeError, ValueError) as e:
     raise RunError(f'jax.distributed.initialize failed: {e}') from e
+  joined()
+  if jax.process_count() > 1:
+    watchdog.watch(_client(), jax.process_index(), jax.process_count())
   if jax.local_device_count() != 1:
     raise RunError(
         f'process {jax.process_index()} sees {jax.local_device_count()} '
         'devices; multi-process training takes one device per process (set '
         'CUDA_VISIBLE_DEVICES per process on GPU hosts).')
   return jax.process_count() > 1
+
+
+def _client():
+  # JAX has no public handle on its coordination service (jax 0.10.2:
+  # jax.distributed exports initialize/shutdown only).
+  # pylint: disable-next=g-import-not-at-top
+  from jax._src import distributed as jax_distributed
+  return jax_distributed.global_state.client
+
+
+def check_same_config(config_text, timeout_s=120):
+  """Refuses, on every process, a job whose processes parsed different
+  configs (or run different trax_favor versions), naming the bindings.
+
+  Each process publishes its config text in the coordination service's
+  key-value store and reads every other's (a few KB, once per run).
+  """
+  if not is_multiprocess():
+    return
+  import trax_favor  # pylint: disable=g-import-not-at-top
+  text = f'trax_favor.__version__ = {trax_favor.__version__!r}\n{config_text}'
+  client, index = _client(), jax.process_index()
+  client.key_value_set(f'trax_favor/config/{index}', text,
+                       allow_overwrite=True)
+  mine = _bindings(text)
+  for peer in range(jax.process_count()):
+    if peer == index:
+      continue
+    theirs = _bindings(client.blocking_key_value_get(
+        f'trax_favor/config/{peer}', int(timeout_s * 1000)))
+    if theirs != mine:
+      low, high = sorted((index, peer))
+      a, b = (mine, theirs) if index == low else (theirs, mine)
+      differences = '; '.join(
+          f'{k}: {a.get(k, "(unset)")} vs {b.get(k, "(unset)")}'
+          for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
+      raise RunError(
+          f'processes {low} and {high} of this job have different configs '
+          f'({differences}): start every process with the same --config_file '
+          'and --config flags and the same trax_favor.')
+
+
+def _bindings(text):
+  """{binding: value} of a gin config text (continuation lines joined)."""
+  bindings, key = {}, None
+  for line in text.splitlines():
+    if not line.strip() or line.lstrip().startswith('#'):
+      continue
+    if ' = ' in line and not line[0].isspace():
+      key, value = line.split(' = ', 1)
+      bindings[key.strip()] = value.strip()
+    elif key is not None:
+      bindings[key] += ' ' + line.strip()
+  return bindings
 
 
 def is_multiprocess():
@@ -173,13 +247,17 @@ class GlobalStep:
     if self._compiled is None:
       self._compiled = self._update.lower(*args).compile()
       barrier('trax_favor_first_step')
-    weights, slots, state, stats, stop_all = self._compiled(*args)
+    try:
+      weights, slots, state, stats, stop_all = self._compiled(*args)
+      stop_all = int(self._local(stop_all))  # waits for the collective
+    except Exception as e:  # pylint: disable=broad-except
+      watchdog.step_failed(e)  # a peer is gone: one line, exit
     self._values = (weights, slots, state)
     local_weights, local_state = self._local(weights), self._local(state)
     trainer.accelerated_model_with_loss.weights = local_weights
     trainer.accelerated_model_with_loss.state = local_state
     trainer.optimizer.slots = self._local(slots)
-    if int(self._local(stop_all)):  # some process was signalled before it
+    if stop_all:  # some process was signalled before it
       self._interrupts.agreed = True
       if self._interrupts.pending is None:
         self._interrupts.pending = signal.SIGTERM

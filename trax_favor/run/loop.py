@@ -79,6 +79,19 @@ def _key_bits(key):
   return np.asarray(key).tolist()
 
 
+def _resume_record_ok(manifest, streams):
+  """Whether a manifest holds a random key (a list of uint32 words) and a
+  list of data positions for each kind of stream of this loop."""
+  def counts(values):
+    return isinstance(values, list) and all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0
+        for v in values)
+  data = manifest.get('data')
+  return (counts(manifest.get('rng')) and isinstance(data, dict)
+          and all(counts(data.get(kind)) and len(data[kind]) == len(found)
+                  for kind, found in streams.items()))
+
+
 def _signature(arrays):
   return [(tuple(np.shape(a)), str(np.asarray(a).dtype)) for a in arrays]
 
@@ -147,10 +160,13 @@ class Loop(training.Loop):
     weights = model_files.read_arrays(f'{stem}.weights.npy.gz')
     slots = [model_files.read_arrays(f'{stem}.opt_slots{i}.npy.gz')
              for i in range(len(self._trainer_per_task))]
-    if record.get('step') != manifest['step']:
+    if record.get('step') != manifest.get('step'):
       raise model_files.DamagedCheckpoint(
           f'{stem}.pkl.gz: step {record.get("step")}, the manifest says '
-          f'{manifest["step"]}')
+          f'{manifest.get("step")}')
+    if not _resume_record_ok(manifest, self._streams):
+      raise model_files.DamagedCheckpoint(
+          f'{path}: its manifest has no valid random key and data positions')
     _, expected_weights, expected_slots = self._parts()
     expected_state = tl.flatten_weights_and_state(
         self._model.weights, self._model.state)[1]
@@ -190,6 +206,12 @@ class Loop(training.Loop):
             'no whole checkpoint to resume from: '
             + '; '.join(self.fell_back_from)
             + '. Use another --output_dir to start afresh.')
+      damaged = self.run_dir.damaged_checkpoints()
+      if damaged:  # set aside by an earlier run: never start over silently
+        raise RunError(
+            f'no whole checkpoint to resume from in {self.run_dir.path}: only '
+            f'damaged ones ({", ".join(damaged)}). Use another --output_dir '
+            'to start afresh.')
       self.saved_step = None
       return None
     with compat.safe_unpickling():  # _check read it; trax reads it again

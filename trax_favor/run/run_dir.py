@@ -21,8 +21,9 @@ The checkpoint policy, the same for the loop, an interrupted run and the
 sampler: a checkpoint is written into a hidden temporary directory and
 published by one rename (a kill leaves the whole checkpoint or none of it);
 the newest `keep` step checkpoints stay; a load takes the newest one that
-verifies (manifest sizes and checksums, then the caller's own check), and a
-writer sets a damaged one aside and falls back to the one before it. A
+verifies (the manifest's schema, sizes and checksums, see `manifest`, then
+the caller's own check), and a writer sets a damaged one aside and falls
+back to the one before it. A
 pickle that would run code (`safe_pickle.UnsafeCheckpoint`) is made, not
 damaged: it is never set aside or passed over, the reader stops. A reader
 (`read_only=True`: samplers, evaluators, non-chief processes) changes
@@ -33,7 +34,6 @@ Pure Python and NumPy: no JAX, no trax.
 
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -42,6 +42,7 @@ import shutil
 from trax_favor import model_files
 from trax_favor.run import config_drift
 from trax_favor.run import files
+from trax_favor.run import manifest as manifest_lib
 from trax_favor.run.errors import RunError
 
 LOCK = '.lock'
@@ -50,10 +51,11 @@ OPERATIVE_CONFIG = 'operative_config.gin'
 PROGRESS = 'progress.jsonl'
 EVAL_HISTORY = 'eval_history.json'
 CHECKPOINTS = 'checkpoints'
-MANIFEST = 'manifest.json'
+MANIFEST = manifest_lib.MANIFEST
 MODEL = 'model'  # the stem of trax's files inside each checkpoint
 TRAX_CHECKPOINT = 'model.pkl.gz'  # trax's own layout: in output_dir itself
 KEEP = 2  # complete checkpoints kept: the newest and the one before
+verify = manifest_lib.verify  # a checkpoint against its manifest
 _STEP_DIR = re.compile(r'^step_(\d+)$')
 _TMP_MARK = '.tmp'
 
@@ -97,47 +99,10 @@ def _fsync(path):
     os.close(fd)
 
 
-def _digest(path):
-  sha = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for block in iter(lambda: f.read(1 << 20), b''):
-      sha.update(block)
-  return sha.hexdigest()
-
-
 def model_stem(checkpoint):
   """The stem of trax's files in checkpoint directory `checkpoint`
   (`<stem>.pkl.gz` is what `init_from_file` reads)."""
   return os.path.join(checkpoint, MODEL)
-
-
-def verify(checkpoint):
-  """The manifest of checkpoint directory `checkpoint` after checking that
-  every file it lists is there with its size and checksum.
-
-  Raises:
-    model_files.DamagedCheckpoint: naming the first file that is wrong.
-  """
-  damaged = model_files.DamagedCheckpoint
-  manifest_path = os.path.join(checkpoint, MANIFEST)
-  try:
-    manifest = files.load_json(manifest_path)
-  except ValueError as e:
-    raise damaged(f'{manifest_path}: unreadable ({e})') from e
-  if manifest is None:
-    raise damaged(f'{manifest_path}: missing')
-  for name, expected in manifest['files'].items():
-    file_path = os.path.join(checkpoint, name)
-    if not os.path.exists(file_path):
-      raise damaged(f'{file_path}: missing')
-    size = os.path.getsize(file_path)
-    if size != expected['bytes']:
-      raise damaged(f'{file_path}: {size} bytes, the manifest says '
-                    f'{expected["bytes"]}')
-    if _digest(file_path) != expected['sha256']:
-      raise damaged(f'{file_path}: checksum differs from the manifest (the '
-                    'file was changed or damaged)')
-  return manifest
 
 
 class RunDir:
@@ -206,6 +171,14 @@ class RunDir:
              if m]
     return sorted(found, reverse=True)
 
+  def damaged_checkpoints(self):
+    """The names of the checkpoints set aside as damaged (<name>.damaged)."""
+    base = self._checkpoints()
+    if not os.path.isdir(base):
+      return []
+    return sorted(name for name in os.listdir(base)
+                  if '.damaged' in name and not name.startswith('.'))
+
   def save_checkpoint(self, step, write, record, name=None):
     """Publishes one checkpoint as a whole, then keeps the newest `keep`.
 
@@ -239,7 +212,7 @@ class RunDir:
     os.makedirs(tmp)
     write(tmp)
     listing = {f: {'bytes': os.path.getsize(os.path.join(tmp, f)),
-                   'sha256': _digest(os.path.join(tmp, f))}
+                   'sha256': manifest_lib.digest(os.path.join(tmp, f))}
                for f in sorted(os.listdir(tmp))}
     files.save_json({'files': listing, **record}, os.path.join(tmp, MANIFEST))
     _fsync(tmp)
@@ -254,7 +227,7 @@ class RunDir:
       shutil.rmtree(aside, ignore_errors=True)
     return final
 
-  def latest_checkpoint(self, check=verify):
+  def latest_checkpoint(self, check=None):
     """(directory, check(directory)) of the newest checkpoint that passes
     `check` (default: `verify`), or (None, None).
 
@@ -263,6 +236,7 @@ class RunDir:
     read-only, set aside as <name>.damaged. safe_pickle.UnsafeCheckpoint
     is not caught: the load stops there.
     """
+    check = check or verify
     self.passed_over = []
     for _, path in self.checkpoint_steps():
       try:
@@ -304,9 +278,16 @@ class RunDir:
   # -- eval history and progress --------------------------------------------
   def read_eval_history(self):
     """{metric: [(step, value), ...]} as merge_eval_history wrote it."""
-    history = files.load_json(self._file(EVAL_HISTORY)) or {}
-    return {metric: [tuple(point) for point in points]
-            for metric, points in history.items()}
+    path = self._file(EVAL_HISTORY)
+    try:
+      history = files.load_json(path) or {}
+      return {metric: [(int(step), float(value)) for step, value in points]
+              for metric, points in history.items()}
+    except (ValueError, TypeError, AttributeError) as e:
+      raise RunError(
+          f'{path} is damaged ({type(e).__name__}: {e}); move it away to '
+          'continue (the evals it held are lost, the checkpoints are not).'
+      ) from None
 
   def merge_eval_history(self, points):
     """Merges {metric: [(step, value), ...]} into eval_history.json (a

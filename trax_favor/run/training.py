@@ -90,6 +90,7 @@ def _opened(run_dir, config_text, allow_config_change):
           "(model.pkl.gz), not trax_favor's checkpoints/: continue it with "
           'python -m trax_favor.trax_trainer, or use another --output_dir.')
     changes = run_dir.check_config(config_text, allow_config_change)
+    run_dir.read_eval_history()  # a damaged one stops the run before it starts
     if changes:
       _log(f'config changed since the last run: {changes}')
     yield
@@ -162,6 +163,7 @@ def train(output_dir, n_devices=None, log_every=10, allow_config_change=False,
   run_dir = run_dir_lib.RunDir(output_dir,
                                read_only=not distributed.is_chief())
   config_text = gin.config_str()
+  distributed.check_same_config(config_text)  # before the run dir opens
   with _opened(run_dir, config_text, allow_config_change):
     with interrupts_lib.deferred(_log) as interrupts:
       return _train(run_dir, log_every, config_text, callbacks, interrupts)
@@ -182,8 +184,9 @@ def _train(run_dir, log_every, config_text, callbacks, interrupts):
       _evaluate_missed(loop, run_dir)
       if loop.step < total_steps:
         loop.run(total_steps - loop.step)
-  except interrupts_lib.Interrupted:
-    if loop is not None and interrupts.running:
+  except interrupts_lib.Interrupted as stop:
+    stop.saved = loop is not None and interrupts.running  # said below
+    if stop.saved:
       interrupts.running = False  # a further signal stops the save at once
       _save(loop, run_dir, again=True)  # the streams may have moved on
       _log(f'interrupted at step {loop.step}: checkpoint saved in '
