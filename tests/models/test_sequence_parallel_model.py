@@ -83,11 +83,14 @@ def _run_child():
   return json.loads(stdout.strip().splitlines()[-1])
 
 
+# The child (4 host devices, every case compiled) takes about a minute: the
+# tests that read its report are slow-set; the refusals below run always.
 @pytest.fixture(scope='module')
 def report():
   return _run_child()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('case', sorted(CASES) + ['batch-and-sequence'])
 def test_outputs_and_weight_gradients_match_unsplit_model(report, case):
   """The split run's outputs and the gradients of a loss on them w.r.t.
@@ -100,12 +103,14 @@ def test_outputs_and_weight_gradients_match_unsplit_model(report, case):
   assert result['grad'] < GRAD_TOL, result
 
 
+@pytest.mark.slow
 def test_model_built_for_the_axis_runs_unsplit_outside_shard_map(report):
   """Unbound axis: the whole sequence, the unsplit model's outputs (how
   trax's init and an unsplit evaluation use the model)."""
   assert report['unbound-is-unsplit'] < OUT_TOL, report
 
 
+@pytest.mark.slow
 def test_length_not_divisible_or_past_the_table_is_one_line(report):
   message = report['indivisible']
   assert '\n' not in message and 'not divisible' in message, message
