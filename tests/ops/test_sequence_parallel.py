@@ -91,6 +91,7 @@ def report():
   return _run_child()
 
 
+@pytest.mark.slow  # a child interpreter with 4 host devices
 @pytest.mark.parametrize('case', [c['name'] for c in CASES])
 def test_outputs_and_gradients_match_unsplit_call(report, case):
   """Outputs, gradients w.r.t. q, k, v and (causal) the whole sequence's
@@ -117,6 +118,7 @@ def test_outputs_and_gradients_match_unsplit_call(report, case):
   assert not q_rows and not v_rows and set(k_rows) <= nan_keys, result
 
 
+@pytest.mark.slow
 def test_communication_does_not_grow_with_length(report):
   """The collectives of the sharded gradient program (causal, blocks of 128)
   have the same operand and result shapes at both lengths: one all-gather
