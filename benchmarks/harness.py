@@ -7,6 +7,7 @@ name, then renamed), so an interrupted run keeps everything measured so far
 and a rerun can skip it.
 """
 
+import argparse
 from importlib import metadata
 import json
 import os
@@ -100,15 +101,20 @@ def comma_list(text, kind=str):
   return [kind(part) for part in text.split(',') if part]
 
 
-def comma_list_arg(kind):
-  """An argparse `type` that checks an option is a comma_list of `kind`.
+def comma_list_arg(kind, choices=None):
+  """An argparse `type` that checks an option is a comma_list of `kind`
+  (each entry one of `choices`, when given).
 
   It returns the text unchanged (the JSON config keeps it as given), and a
   bad entry becomes argparse's usage error naming the option, e.g.
   "argument --lengths: invalid comma-separated int value: '4k'".
   """
   def check(text):
-    comma_list(text, kind)
+    unknown = [x for x in comma_list(text, kind)
+               if choices is not None and x not in choices]
+    if unknown:
+      raise argparse.ArgumentTypeError(
+          f'unknown {unknown}; choose from {", ".join(map(str, choices))}')
     return text
   check.__name__ = f'comma-separated {kind.__name__}'
   return check

@@ -173,8 +173,8 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--out', default='results/positions_cpu')
   parser.add_argument('--work_dir', default='runs/positions')
-  parser.add_argument('--variants', type=harness.comma_list_arg(str),
-                      default=','.join(VARIANTS))
+  parser.add_argument('--variants', default=','.join(VARIANTS),
+                      type=harness.comma_list_arg(str, choices=VARIANTS))
   parser.add_argument('--steps', type=int, default=200)
   parser.add_argument('--length', type=int, default=512)
   parser.add_argument('--seeds', type=int, default=3)
@@ -185,12 +185,7 @@ def main(argv=None):
   parser.add_argument('--max_relative_distance', type=int, default=128)
   parser.add_argument('--config', action='append', default=[],
                       help='extra gin binding for every run (repeatable)')
-  args = parser.parse_args(argv)
-  unknown = set(harness.comma_list(args.variants)) - set(VARIANTS)
-  if unknown:
-    parser.error(f'--variants: unknown {sorted(unknown)}; choose from '
-                 f'{", ".join(VARIANTS)}')
-  run(args)
+  run(parser.parse_args(argv))
 
 
 if __name__ == '__main__':

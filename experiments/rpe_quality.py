@@ -97,8 +97,8 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--out', default='results/rpe_quality_cpu')
   parser.add_argument('--work_dir', default='runs/rpe_quality')
-  parser.add_argument('--variants', type=harness.comma_list_arg(str),
-                      default=','.join(VARIANTS))
+  parser.add_argument('--variants', default=','.join(VARIANTS),
+                      type=harness.comma_list_arg(str, choices=VARIANTS))
   parser.add_argument('--steps', type=int, default=200)
   parser.add_argument('--sweep_steps', type=int, default=60)
   parser.add_argument('--learning_rates', type=harness.comma_list_arg(float),
@@ -108,12 +108,7 @@ def main(argv=None):
   parser.add_argument('--diverged_above', type=float, default=6.0,
                       help='bits/dim: a run ending above this diverged '
                       '(8 is chance for bytes)')
-  args = parser.parse_args(argv)
-  unknown = set(harness.comma_list(args.variants)) - set(VARIANTS)
-  if unknown:
-    parser.error(f'--variants: unknown {sorted(unknown)}; choose from '
-                 f'{", ".join(VARIANTS)}')
-  run(args)
+  run(parser.parse_args(argv))
 
 
 if __name__ == '__main__':
