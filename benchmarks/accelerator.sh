@@ -30,7 +30,8 @@
 # authors' form, exact attention and jax.nn.dot_product_attention, with
 # cuDNN where the backend has it, performer-pytorch where installed) up to
 # 64K tokens, and the relative-positions benchmark; each step under a time
-# limit (STEP_LIMIT seconds, default 300). With --dry-run it runs on a CPU
+# limit (STEP_LIMIT seconds, default 300; TEST_LIMIT for the tests), a step
+# past it reported and the next one run. With --dry-run it runs on a CPU
 # (a test runs it with trax, gin and TensorFlow unimportable).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -56,7 +57,12 @@ mkdir -p "$OUT"
 START=$(date +%s)
 step() { echo "== [$(( $(date +%s) - START )) s] $*"; }
 
-limited() { timeout --kill-after=10 "${STEP_LIMIT:-300}" "$@"; }
+# A step past its limit (or failing) is reported and the next one runs.
+limited() {
+  local rc=0
+  timeout --kill-after=10 "${LIMIT:-${STEP_LIMIT:-300}}" "$@" || rc=$?
+  [ "$rc" = 0 ] || echo "== step exited with $rc (124: past its limit)"
+}
 
 if [ "$IMAGE_ONLY" = 1 ]; then
   # Most of the GPU's memory for XLA, some left for PyTorch's peers.
@@ -79,7 +85,9 @@ if [ "$IMAGE_ONLY" = 1 ]; then
     "$PYTHON" -c "import jax, sys; print('JAX', jax.__version__, jax.devices());
 sys.exit(0 if jax.default_backend() == 'gpu' else
          'accelerator.sh: JAX sees no GPU; run with --dry-run on a CPU')"
-    TESTS=(tests/ops -m "not slow")
+    # Eight workers (compilation is most of the time), each allocating
+    # GPU memory as it needs it.
+    TESTS=(tests/ops -m "not slow" -n 8)
     PEERS=(--lengths=1024,4096,16384,65536 --rounds=5 --exact_max_len=16384
            --dpa_max_len=65536 --torch_causal_max_len=16384 --memory=planned)
     RPE=(--lengths=4096,16384 --rounds=3)
@@ -91,7 +99,8 @@ sys.exit(0 if jax.default_backend() == 'gpu' else
   fi
   step "tests: the ops, without trax"
   # --noconftest: tests/conftest.py sets up trax; the ops tests need none.
-  JAX_DEFAULT_MATMUL_PRECISION=highest limited "$PYTHON" -m pytest -q \
+  LIMIT=${TEST_LIMIT:-${STEP_LIMIT:-300}} XLA_PYTHON_CLIENT_PREALLOCATE=false \
+    JAX_DEFAULT_MATMUL_PRECISION=highest limited "$PYTHON" -m pytest -q \
     -p no:cacheprovider --noconftest "${TESTS[@]}"
   step "peer benchmark (trax-free contenders)"
   limited "$PYTHON" -m benchmarks.peers --out "$OUT/peers" --only="$ONLY" \

@@ -54,13 +54,22 @@ def git_sha():
   return 'unknown'
 
 
+def _installed_version(name):
+  """The installed version of distribution `name`, or None (an image
+  without trax, say)."""
+  try:
+    return metadata.version(name)
+  except metadata.PackageNotFoundError:
+    return None
+
+
 def machine_info():
   """Platform, CPU count, devices, XLA flags and the versions that shape the
   numbers."""
   return {
       'platform': platform.platform(), 'python': platform.python_version(),
       'cpu_count': os.cpu_count(), 'jax': jax.__version__,
-      'jaxlib': jax.lib.__version__, 'trax': metadata.version('trax'),
+      'jaxlib': _installed_version('jaxlib'), 'trax': _installed_version('trax'),
       'trax_favor': trax_favor.__version__,
       'devices': [str(d) for d in jax.devices()],
       'device_kind': jax.devices()[0].device_kind,
