@@ -46,9 +46,16 @@ def _clear_gin():
   gin.clear_config()
 
 
+@pytest.fixture(name='xla_cache_dir', scope='session')
+def fixture_xla_cache_dir(pytestconfig):
+  """The session's XLA cache folder (a str), for children to share:
+  pytest's cache folder, or a temporary one under `-p no:cacheprovider`."""
+  return _xla_cache_dir(pytestconfig)
+
+
 @pytest.fixture(name='in_repo')
-def fixture_in_repo(monkeypatch, pytestconfig):
+def fixture_in_repo(monkeypatch, xla_cache_dir):
   """Configs are given relative to the repo root; children see the repo."""
   monkeypatch.chdir(gin_helpers.REPO)
   monkeypatch.setenv('PYTHONPATH', gin_helpers.REPO)
-  monkeypatch.setenv('JAX_COMPILATION_CACHE_DIR', _xla_cache_dir(pytestconfig))
+  monkeypatch.setenv('JAX_COMPILATION_CACHE_DIR', xla_cache_dir)

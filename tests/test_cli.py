@@ -52,17 +52,12 @@ def _run(command, env, timeout=600):
                         text=True, timeout=timeout, check=False)
 
 
-@pytest.fixture(name='cache_dir', scope='module')
-def fixture_cache_dir(pytestconfig):
-  return pytestconfig.cache.mkdir('xla_compilation_cache')
-
-
 @pytest.fixture(name='text_run', scope='module')
-def fixture_text_run(tmp_path_factory, cache_dir):
+def fixture_text_run(tmp_path_factory, xla_cache_dir):
   """Trains via the CLI, kill -9 mid-run, reruns the same command."""
   output_dir = tmp_path_factory.mktemp('text_run')
   command = _command('trax_favor.train', output_dir, '--log_every=2')
-  env = _env(cache_dir)
+  env = _env(xla_cache_dir)
   first = subprocess.Popen(command, cwd=REPO, env=env, text=True,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
   lines = []
@@ -102,9 +97,9 @@ def test_training_resumes_after_kill_9(text_run):
                                          (signal.SIGINT, 130)],
                          ids=['sigterm', 'sigint'])
 def test_a_signal_saves_a_checkpoint_and_exits_128_plus_it(
-    tmp_path, cache_dir, signum, code):
+    tmp_path, xla_cache_dir, signum, code):
   command = _command('trax_favor.train', tmp_path, '--log_every=1')
-  env = _env(cache_dir)
+  env = _env(xla_cache_dir)
   run = subprocess.Popen(command, cwd=REPO, env=env, text=True,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
   try:
@@ -163,21 +158,22 @@ def test_sampling_stops_where_the_position_table_ends(text_run):
                                               mode='eval')) is None
 
 
-def test_sampling_cli_continues_a_prompt(text_run, cache_dir):
+def test_sampling_cli_continues_a_prompt(text_run, xla_cache_dir):
   output_dir, _, _ = text_run
   result = _run(_command('trax_favor.sample', output_dir, '--prompt=def ',
-                         '--length=12', '--temperature=0'), _env(cache_dir))
+                         '--length=12', '--temperature=0'),
+                _env(xla_cache_dir))
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.startswith('def ') and len(result.stdout) >= 12
   # 4 prompt bytes and 61 more: one past the 64 positions, one clear line.
   result = _run(_command('trax_favor.sample', output_dir, '--prompt=def ',
-                         '--length=61'), _env(cache_dir))
+                         '--length=61'), _env(xla_cache_dir))
   assert result.returncode == 2
   assert 'larger max_len' in result.stderr and (
       'Traceback' not in result.stderr), result.stderr[-3000:]
 
 
-def test_image_completion_to_png(tmp_path, cache_dir):
+def test_image_completion_to_png(tmp_path, xla_cache_dir):
   """Tiny ImageNet64 Performer (mocked data), then the sampling CLI."""
   config = 'gin/imagenet64/performer_tiny.gin'
   gin_helpers.parse(config, shrink=False)
@@ -191,7 +187,7 @@ def test_image_completion_to_png(tmp_path, cache_dir):
   result = _run(_command('trax_favor.sample', tmp_path / 'run',
                          f'--image={tmp_path / "prompt.png"}',
                          '--prompt_rows=4', f'--png={tmp_path / "out.png"}',
-                         config=config, bindings=[]), _env(cache_dir))
+                         config=config, bindings=[]), _env(xla_cache_dir))
   assert result.returncode == 0, result.stderr[-3000:]
   out = np.round(matplotlib.image.imread(tmp_path / 'out.png')[..., :3]
                  * 255).astype(np.uint8)
@@ -213,12 +209,13 @@ print('LOSSES', json.dumps([v for _, v in loop.history.get('eval',
 """
 
 
-def test_two_devices_follow_the_one_device_trajectory(tmp_path, cache_dir):
+def test_two_devices_follow_the_one_device_trajectory(tmp_path, xla_cache_dir):
   losses = {}
   for n in (1, 2):
     flags = f'--xla_force_host_platform_device_count={n}'
     result = _run([sys.executable, '-c', TRAIN_ON_ALL_DEVICES,
-                   str(tmp_path / str(n))], _env(cache_dir, XLA_FLAGS=flags))
+                   str(tmp_path / str(n))],
+                  _env(xla_cache_dir, XLA_FLAGS=flags))
     assert result.returncode == 0, result.stderr[-3000:]
     losses[n] = json.loads(result.stdout.split('LOSSES ')[1])
   assert len(losses[1]) == 4  # eval at steps 1, 2, 4, 6
@@ -235,18 +232,18 @@ def test_two_devices_follow_the_one_device_trajectory(tmp_path, cache_dir):
      'where it shapes the model'),
 ], ids=['missing_config', 'missing_dataset', 'changed_model'])
 def test_errors_are_one_clear_line(module, config, bindings, message,
-                                   text_run, cache_dir, tmp_path):
+                                   text_run, xla_cache_dir, tmp_path):
   output_dir = text_run[0] if module == 'trax_favor.sample' else tmp_path
   result = _run(_command(module, output_dir, config=config,
-                         bindings=bindings), _env(cache_dir))
+                         bindings=bindings), _env(xla_cache_dir))
   assert result.returncode == 2
   assert message in result.stderr and 'Traceback' not in result.stderr, (
       result.stderr[-3000:])
 
 
-def test_the_stock_trainer_help_lists_its_flags_and_exits_0(cache_dir):
+def test_the_stock_trainer_help_lists_its_flags_and_exits_0(xla_cache_dir):
   result = _run([sys.executable, '-m', 'trax_favor.trax_trainer', '--help'],
-                _env(cache_dir), timeout=120)
+                _env(xla_cache_dir), timeout=120)
   assert result.returncode == 0, result.stderr[-3000:]
   for flag in ('--config_file', '--config:', '--output_dir'):
     assert flag in result.stdout

@@ -21,9 +21,8 @@ NOTEBOOK = os.path.join(gin_helpers.REPO, 'notebooks',
 
 
 @pytest.mark.slow
-def test_quickstart_notebook_executes(tmp_path, monkeypatch, pytestconfig):
-  monkeypatch.setenv('JAX_COMPILATION_CACHE_DIR', str(
-      pytestconfig.cache.mkdir('xla_compilation_cache')))
+def test_quickstart_notebook_executes(tmp_path, monkeypatch, xla_cache_dir):
+  monkeypatch.setenv('JAX_COMPILATION_CACHE_DIR', xla_cache_dir)
   notebook = nbformat.read(NOTEBOOK, as_version=4)
   # Run from a copy of the notebooks/ folder's place so the notebook's own
   # chdir to the repository root is exercised, writing runs/ under tmp_path.

@@ -140,7 +140,8 @@ def _run(module, output_dir, env_dir):
 
 
 @pytest.mark.slow
-def test_a_replaced_checkpoint_stops_train_and_sample(tmp_path, pytestconfig):
+def test_a_replaced_checkpoint_stops_train_and_sample(tmp_path,
+                                                      xla_cache_dir):
   """Trains 2 steps, replaces the newest model.pkl.gz by a record whose
   history runs `touch ran` and rewrites the manifest to match; the train
   and sample command lines exit 2 with one line, change nothing."""
@@ -159,9 +160,8 @@ def test_a_replaced_checkpoint_stops_train_and_sample(tmp_path, pytestconfig):
   files.save_json(manifest, str(newest / checkpoint_files.MANIFEST))
   checkpoint_files.verify(str(newest))  # whole, as far as the manifest says
   before = _snapshot(output_dir)
-  cache = pytestconfig.cache.mkdir('xla_compilation_cache')
   for module in ('trax_favor.train', 'trax_favor.sample'):
-    result = _run(module, output_dir, cache)
+    result = _run(module, output_dir, xla_cache_dir)
     assert result.returncode == 2, result.stderr[-3000:]
     assert 'Traceback' not in result.stderr
     errors = [l for l in result.stderr.splitlines() if l.startswith('error:')]
