@@ -456,16 +456,17 @@ def test_shared_log_scale_path_matches_masked_reference(feature_map):
 
 # -- length blocks (ops/attention.py): same numbers as features at full length
 
-BLOCK_CASES = [  # (length, block, chunk): blocks not dividing l, odd chunks
-    pytest.param(77, 16, 7, id='L77-b16-c7'),
-    pytest.param(64, 32, 16, id='L64-b32-c16'),
-    pytest.param(40, 512, 16, id='one-block'),
+BLOCK_CASES = [  # (length, block, chunk, feature map): blocks not dividing
+    # l and odd chunks; the shared-scale ReLU on that awkward case only
+    pytest.param(77, 16, 7, 'softmax', id='L77-b16-c7-softmax'),
+    pytest.param(77, 16, 7, 'relu', id='L77-b16-c7-relu'),
+    pytest.param(64, 32, 16, 'softmax', id='L64-b32-c16-softmax'),
+    pytest.param(40, 512, 16, 'softmax', id='one-block-softmax'),
 ]
 
 
-@pytest.mark.parametrize('feature_map', ['softmax', 'relu'])
 @pytest.mark.parametrize('causal', [False, True], ids=['bidir', 'causal'])
-@pytest.mark.parametrize('length,block,chunk', BLOCK_CASES)
+@pytest.mark.parametrize('length,block,chunk,feature_map', BLOCK_CASES)
 def test_blocks_match_full_length_features(length, block, chunk, causal,
                                            feature_map):
   """Outputs, gradients w.r.t. q, k, v and final state, with a key mask."""
