@@ -104,6 +104,8 @@ def _config_text(*bindings):
     (["trax_favor.FavorSelfAttention.feature_map='relu'"],
      "feature_map: unset -> 'relu'"),
     (['D_MODEL=64'], 'PerformerLM.d_model: 32 -> 64'),
+    # No train parameter reaches LayerNorm: a model binding, flag or not.
+    (['LayerNorm.epsilon=1e-3'], 'LayerNorm.epsilon: unset -> 0.001'),
 ])
 def test_a_changed_model_is_refused_and_the_saved_config_kept(
     tmp_path, change, shown):
@@ -125,6 +127,30 @@ def test_other_changes_need_the_flag_and_steps_never_do(tmp_path):
     run_dir.check_config(str(tmp_path), rate)
   assert 'multifactor.constant: 0.003 -> 0.1' in run_dir.check_config(
       str(tmp_path), rate, allow_changes=True)
+  # How a layer computes, not what: taken without the flag.
+  assert run_dir.check_config(
+      str(tmp_path), _config_text('FavorSelfAttention.block_size=32')) == (
+          'FavorSelfAttention.block_size: unset -> 32')
+
+
+@pytest.mark.slow  # a training
+def test_a_checkpoint_refuses_another_model_without_config_gin(tmp_path,
+                                                               capsys):
+  """The checkpoint records the operative model bindings (defaults
+  included): with config.gin deleted and --allow_config_change, a run
+  trained with softmax features does not resume with ReLU ones."""
+  train.main(_train_argv(tmp_path, *SMALL, 'train.steps=1',
+                         'train.eval_frequency=100'))
+  capsys.readouterr()
+  os.remove(tmp_path / run_dir.CONFIG)
+  before = _tree_digest(tmp_path)
+  err = _error_line(capsys, train.main, _train_argv(
+      tmp_path, *SMALL, 'train.steps=2',
+      "trax_favor.FavorSelfAttention.feature_map='relu'") + [
+          '--allow_config_change'])
+  assert ("was trained with another model: FavorSelfAttention.feature_map: "
+          "'softmax' -> 'relu'") in err
+  assert _tree_digest(tmp_path) == before
 
 
 def test_the_cli_refuses_a_changed_model_before_touching_the_run(
@@ -260,6 +286,7 @@ WRONG_MANIFESTS = {
     'path_outside': ('{"files": {"../model.pkl.gz": {"bytes": 1, '
                      '"sha256": "0"}}}'),
     'step_negative': GOOD_FILES[:-1] + ', "step": -3}',
+    'model_config_not_texts': GOOD_FILES[:-1] + ', "model_config": {"a.b": 1}}',
 }
 
 

@@ -3,13 +3,21 @@ directory was trained with, and which differences are allowed.
 
 Bindings are compared one by one, with macros resolved, in three classes:
 
-  model   train.model and every binding of the configurables it refers to
-          (e.g. PerformerLM.*, FavorSelfAttention.*: the shapes, the
-          feature map, the random features): a change is always refused;
-  safe    train.steps and when to evaluate or checkpoint: taken, and
-          reported;
-  other   data, optimizer, schedule, seeds: refused unless the caller
-          allows them (`--allow_config_change`).
+  safe    train.steps, when to evaluate or checkpoint, and how (not what)
+          a layer computes (block_size, chunk_size, ff_chunk_size,
+          sequence_axis): taken, and reported;
+  other   train's other parameters (data, optimizer, schedule, seeds, metrics)
+          and every binding of the configurables they refer to (e.g.
+          Adam.*, multifactor.*, local_text_inputs.*), and the task and loss
+          configurables (TrainTask.*, ...): refused unless the caller allows
+          them (`--allow_config_change`);
+  model   everything else: train.model, what it refers to (PerformerLM.*,
+          FavorSelfAttention.*) and any configurable no train parameter
+          reaches (LayerNorm.epsilon): a change is always refused.
+
+A checkpoint also records the model bindings of the operative config it was
+trained with (`model_config`), defaults included, so that a resume checks
+the model even where config.gin is gone (`check_model_config`).
 
 Pure Python on gin's config text: no gin, no trax. `RunDir.check_config`
 reads the saved text and calls `check`.
@@ -24,6 +32,10 @@ SAFE = ('train.steps', 'train.eval_frequency', 'train.eval_steps',
         'train.permanent_checkpoints_at',
         'train.permanent_checkpoint_frequency',
         'train.checkpoint_highest', 'train.checkpoint_lowest')
+# Parameters that decide how a model computes, not what (outputs do not
+# depend on them): safe wherever they are bound.
+SAFE_PARAMETERS = ('block_size', 'chunk_size', 'ff_chunk_size',
+                   'sequence_axis')
 _BINDING = re.compile(r'^([\w./]+) = (.*)$')
 _REFERENCE = re.compile(r'@([\w./]+)')
 
@@ -52,11 +64,18 @@ def _name(selector):
   return selector.rsplit('/', 1)[-1].rsplit('.', 1)[-1]
 
 
-def model_bindings(found):
-  """The keys of `found` that shape the model: train.model and the bindings
-  of every configurable reachable from it through @references."""
-  todo = [_name(r) for r in _REFERENCE.findall(found.get('train.model', ''))]
-  seen, keys = set(), {'train.model'}
+# Configurables of the training task and its loss: not the model.
+NOT_MODEL = ('TrainTask', 'EvalTask', 'WeightedCategoryCrossEntropy',
+             'CrossEntropyLoss', 'WeightedCategoryAccuracy', 'backend',
+             'num_devices')
+
+
+def _reached(found, roots):
+  """The keys of `found` of every configurable referenced (@name) from the
+  values of `roots`, transitively."""
+  todo = [_name(r) for root in roots
+          for r in _REFERENCE.findall(found.get(root, ''))]
+  seen, keys = set(), set()
   while todo:
     name = todo.pop()
     if name in seen:
@@ -67,6 +86,54 @@ def model_bindings(found):
         keys.add(key)
         todo.extend(_name(r) for r in _REFERENCE.findall(value))
   return keys
+
+
+def _is_train(key):
+  return _name(key.rsplit('.', 1)[0]) == 'train'
+
+
+def _is_safe(key):
+  return key in SAFE or key.rsplit('.', 1)[-1] in SAFE_PARAMETERS
+
+
+def model_bindings(found):
+  """The keys of `found` that may shape the model: train.model, what it
+  reaches, and every binding that no other parameter of train reaches
+  and that is not a task's or a loss's (see the module docstring); safe
+  ones excepted."""
+  model = _reached(found, ['train.model']) | {'train.model'}
+  other = _reached(found, [k for k in found
+                           if _is_train(k) and k != 'train.model'])
+  return {k for k in model | {k for k in found
+                              if not _is_train(k) and k not in other
+                              and _name(k.rsplit('.', 1)[0]) not in NOT_MODEL}
+          if not _is_safe(k)}
+
+
+def model_config(operative_text):
+  """{binding: value} of an operative config's model bindings, for a
+  checkpoint to record."""
+  found = bindings(operative_text)
+  return {k: found[k] for k in sorted(model_bindings(found) & set(found))}
+
+
+def check_model_config(recorded, operative_text, where):
+  """Refuses where a model binding that both `recorded` (a checkpoint's
+  `model_config`) and the current operative config hold differs: a model
+  is never resumed as another one, whatever config.gin says or whether it
+  is there. Bindings only one side holds (a configurable not called yet)
+  are not compared.
+
+  Raises:
+    RunError: listing the differing bindings, old -> new.
+  """
+  now = model_config(operative_text)
+  diffs = [(k, recorded[k], now[k]) for k in sorted(set(recorded) & set(now))
+           if recorded[k] != now[k]]
+  if diffs:
+    raise RunError(
+        f'{where} was trained with another model: {_describe(diffs)}. Use '
+        'another --output_dir for another model.')
 
 
 def differences(saved_text, config_text):
@@ -101,7 +168,7 @@ def check(saved_text, config_text, where, allow_changes=False):
         f'the config differs from the one {where} was trained with, '
         f'where it shapes the model: {_describe(refused)}. Use another '
         '--output_dir for another model.')
-  other = [d for d in diffs if d[0] not in SAFE]
+  other = [d for d in diffs if not _is_safe(d[0])]
   if other and not allow_changes:
     raise RunError(
         f'the config differs from the one {where} was trained with: '

@@ -34,6 +34,7 @@ from trax.supervised import training
 from trax_favor import checks
 from trax_favor import compat
 from trax_favor import model_files
+from trax_favor.run import config_drift
 from trax_favor.run import configs
 from trax_favor.run import distributed
 from trax_favor.run import run_dir as run_dir_lib
@@ -145,6 +146,8 @@ class Loop(training.Loop):
       model_files.write_pickle(record, f'{stem}.pkl.gz')
 
     self.run_dir.save_checkpoint(self.step, write, {
+        'model_config': config_drift.model_config(
+            configs.operative_config_str()),
         'rng': _key_bits(self._rng),
         'data': {kind: [s.count for s in streams]
                  for kind, streams in self._streams.items()},
@@ -167,6 +170,9 @@ class Loop(training.Loop):
     if not _resume_record_ok(manifest, self._streams):
       raise model_files.DamagedCheckpoint(
           f'{path}: its manifest has no valid random key and data positions')
+    if 'model_config' in manifest:  # absent in older checkpoints
+      config_drift.check_model_config(
+          manifest['model_config'], configs.operative_config_str(), path)
     _, expected_weights, expected_slots = self._parts()
     expected_state = tl.flatten_weights_and_state(
         self._model.weights, self._model.state)[1]

@@ -36,8 +36,8 @@ def schema_error(manifest):
   """What is wrong with the shape of a loaded manifest, or None.
 
   The schema: {"files": {name: {"bytes": int >= 0, "sha256": str}}, ...}
-  with file names that stay inside the checkpoint; "step" an int >= 0 if
-  present.
+  with file names that stay inside the checkpoint; "step" an int >= 0 and
+  "model_config" {binding: value text} (see config_drift) if present.
   """
   if not isinstance(manifest, dict):
     return f'a JSON {type(manifest).__name__}, not an object'
@@ -56,6 +56,10 @@ def schema_error(manifest):
       return f'the checksum of {name} is {entry.get("sha256")!r}, not text'
   if 'step' in manifest and not _is_count(manifest['step']):
     return f'"step" is {manifest["step"]!r}, not a count'
+  model = manifest.get('model_config', {})
+  if not isinstance(model, dict) or not all(
+      isinstance(v, str) for v in model.values()):
+    return '"model_config" is not an object of binding texts'
   return None
 
 
