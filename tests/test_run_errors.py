@@ -315,7 +315,28 @@ def test_only_damaged_checkpoints_left_refuses_every_rerun(tmp_path, capsys):
   for _ in range(2):
     err = _error_line(capsys, train.main, _train_argv(tmp_path, *SMALL))
     assert 'only damaged ones (step_00000004.damaged)' in err
+    assert '--start_afresh' in err
     assert _tree_digest(tmp_path) == before
+
+
+def test_start_afresh_moves_what_is_left_and_refuses_a_whole_checkpoint(
+    tmp_path, capsys):
+  whole = _checkpoint(tmp_path, 4, GOOD_FILES)
+  before = _tree_digest(tmp_path)
+  err = _error_line(capsys, train.main,
+                    _train_argv(tmp_path, *SMALL) + ['--start_afresh'])
+  assert f'{whole} is a whole checkpoint: rerun without --start_afresh' in err
+  assert _tree_digest(tmp_path) == before
+  (whole / 'model.pkl.gz').write_bytes(b'y')  # now damaged
+  (tmp_path / run_dir.EVAL_HISTORY).write_text('{"loss": [[4, 1.5]]}')
+  for expected in ('before_afresh', 'before_afresh.1'):
+    moved = run_dir.RunDir(str(tmp_path)).start_afresh()
+    assert moved == str(tmp_path / expected)
+    assert not (tmp_path / 'checkpoints').exists()
+    assert not (tmp_path / run_dir.EVAL_HISTORY).exists()
+  assert os.listdir(tmp_path / 'before_afresh' / 'checkpoints') == [
+      'step_00000004.damaged']
+  assert (tmp_path / 'before_afresh' / run_dir.EVAL_HISTORY).exists()
 
 
 def test_ctrl_c_during_start_up_says_so_and_exits_130(tmp_path, capsys,

@@ -16,6 +16,8 @@ Flags:
                  differ from the run's saved config.gin (a changed model is
                  refused regardless; train.steps and eval/checkpoint timing
                  may always change)
+  --start_afresh where only damaged checkpoints are left: start at step 0,
+                 what is left moved into <output_dir>/before_afresh/
   --verbose      on an error, the full traceback instead of one line
 
 Several processes (one per device; see trax_favor/run/distributed.py), each
@@ -45,6 +47,9 @@ def parse_args(argv):
   parser.add_argument('--allow_config_change', action='store_true',
                       help="resume although the config's data, optimizer "
                       'or schedule changed (never the model)')
+  parser.add_argument('--start_afresh', action='store_true',
+                      help='only damaged checkpoints left: start at step 0 '
+                      '(what is left goes into OUTPUT_DIR/before_afresh/)')
   parser.add_argument('--coordinator_address', default=None,
                       help='several processes: HOST:PORT of the coordinator')
   parser.add_argument('--num_processes', type=int, default=None,

@@ -27,7 +27,8 @@ def train(args):
     configs.parse_config(args.config_file, args.config)
     training.train(args.output_dir, n_devices=args.n_devices,
                    log_every=args.log_every,
-                   allow_config_change=args.allow_config_change)
+                   allow_config_change=args.allow_config_change,
+                   start_afresh=getattr(args, 'start_afresh', False))
   cli.main_guard(run, verbose=args.verbose)
 
 

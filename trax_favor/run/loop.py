@@ -211,13 +211,14 @@ class Loop(training.Loop):
         raise RunError(
             'no whole checkpoint to resume from: '
             + '; '.join(self.fell_back_from)
-            + '. Use another --output_dir to start afresh.')
+            + '. Pass --start_afresh to start at step 0 in this directory, '
+            'or use another --output_dir.')
       damaged = self.run_dir.damaged_checkpoints()
       if damaged:  # set aside by an earlier run: never start over silently
         raise RunError(
             f'no whole checkpoint to resume from in {self.run_dir.path}: only '
-            f'damaged ones ({", ".join(damaged)}). Use another --output_dir '
-            'to start afresh.')
+            f'damaged ones ({", ".join(damaged)}). Pass --start_afresh to '
+            'start at step 0 in this directory, or use another --output_dir.')
       self.saved_step = None
       return None
     with compat.safe_unpickling():  # _check read it; trax reads it again

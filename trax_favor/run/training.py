@@ -76,9 +76,10 @@ def _set_devices(n_devices):
 
 
 @contextlib.contextmanager
-def _opened(run_dir, config_text, allow_config_change):
+def _opened(run_dir, config_text, allow_config_change, start_afresh=False):
   """The open and stop stages: the lock (process 0, the writer of a
-  multi-process run), leftovers, the layout and the config checked."""
+  multi-process run), leftovers, the layout and the config checked; with
+  start_afresh, what is left of an earlier run moved aside."""
   lock = None if run_dir.read_only else run_dir.lock()
   try:
     if not run_dir.read_only:
@@ -90,6 +91,9 @@ def _opened(run_dir, config_text, allow_config_change):
           "(model.pkl.gz), not trax_favor's checkpoints/: continue it with "
           'python -m trax_favor.trax_trainer, or use another --output_dir.')
     changes = run_dir.check_config(config_text, allow_config_change)
+    if start_afresh and not run_dir.read_only:
+      _log(f'starting afresh: {run_dir.start_afresh()} holds the earlier '
+           'checkpoints and history')
     run_dir.read_eval_history()  # a damaged one stops the run before it starts
     if changes:
       _log(f'config changed since the last run: {changes}')
@@ -137,7 +141,7 @@ def _save(loop, run_dir, again=False):
 
 
 def train(output_dir, n_devices=None, log_every=10, allow_config_change=False,
-          callbacks=()):
+          callbacks=(), start_afresh=False):
   """Trains the parsed config's model into output_dir (resuming if there).
 
   Args:
@@ -149,6 +153,9 @@ def train(output_dir, n_devices=None, log_every=10, allow_config_change=False,
       schedule differ from the run's saved config.gin (a change to the model
       is refused regardless).
     callbacks: more trax StepCallback classes for the Loop.
+    start_afresh: where no whole checkpoint is left (only damaged ones),
+      start at step 0, the earlier checkpoints and history moved into
+      output_dir/before_afresh/ (refused while a whole one is left).
 
   Returns:
     The trax Loop after training.
@@ -164,7 +171,7 @@ def train(output_dir, n_devices=None, log_every=10, allow_config_change=False,
                                read_only=not distributed.is_chief())
   config_text = gin.config_str()
   distributed.check_same_config(config_text)  # before the run dir opens
-  with _opened(run_dir, config_text, allow_config_change):
+  with _opened(run_dir, config_text, allow_config_change, start_afresh):
     with interrupts_lib.deferred(_log) as interrupts:
       return _train(run_dir, log_every, config_text, callbacks, interrupts)
 
