@@ -327,8 +327,11 @@ def main(argv=None):
   os.makedirs(os.path.dirname(args.out) or '.', exist_ok=True)
   if 'sanity' not in record or 'skipped' in record['sanity']:
     q, k, v, w = inputs(args, args.sanity_length, seed=1, scale=0.25)
-    record['sanity'] = contenders.sanity(q, k, v, w, args.same_math_tol,
-                                         args.shipped_tol)
+    # Full float32 products (a GPU's default is TF32 for JAX, not for
+    # PyTorch): the tolerances are float32 roundoff.
+    with jax.default_matmul_precision('highest'):
+      record['sanity'] = contenders.sanity(q, k, v, w, args.same_math_tol,
+                                           args.shipped_tol)
     print(f'sanity: {record["sanity"]}', flush=True)
     harness.save_json(record, path)
   for length in harness.comma_list(args.lengths, int):
