@@ -167,7 +167,7 @@ def compile_step(fn, *fn_args, options=None):
   return run, peak
 
 
-def time_interleaved(runs, rounds):
+def time_interleaved(runs, rounds, settle=False):
   """Seconds of each call of `runs` ({name: run(i)}), the names in turn.
 
   Round i calls every run once, with i. On a shared host whose speed drifts
@@ -175,6 +175,11 @@ def time_interleaved(runs, rounds):
   of separate timing runs. Each round starts one name further on (round i
   at name i mod n), so no run always follows the same other one: on this
   CPU one program ran up to 20% slower in the place right after another.
+  With `settle`, every timed call comes right after an untimed call of the
+  same run, so no timed call follows another program at all (caches hold
+  its own data): a per-round ratio then carries no place-in-round bias,
+  which the rotation alone leaves in the median whenever the rounds do not
+  give each run each place equally often.
   Returns {name: [seconds per round]}.
   """
   times = {name: [] for name in runs}
@@ -183,6 +188,8 @@ def time_interleaved(runs, rounds):
     shift = i % len(names) if names else 0
     for name in names[shift:] + names[:shift]:
       run = runs[name]
+      if settle:
+        run(i)
       start = time.perf_counter()
       run(i)
       times[name].append(time.perf_counter() - start)

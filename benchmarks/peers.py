@@ -108,7 +108,7 @@ def time_length(args, length, names):
     runs[name] = lambda i, run=run: run()
   memory_found = {n: {'peak_bytes': p, 'xla_planned_bytes': p}
                   for n, p in planned.items()}
-  return harness.time_interleaved(runs, args.rounds), memory_found
+  return harness.time_interleaved(runs, args.rounds, settle=True), memory_found
 
 
 def torch_cuda_peak(run):
