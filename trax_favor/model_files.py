@@ -51,18 +51,41 @@ def write_pickle(obj, path):
     os.fsync(f.fileno())
 
 
-def _gunzip(path):
+def read_together(*paths):
+  """{path: its bytes} of each path that exists, every file opened before
+  any is read: where a training run prunes the checkpoint meanwhile (its
+  directory removed), the open files still read whole, as one checkpoint.
+  """
+  handles = {}
   try:
+    for path in paths:
+      try:
+        handles[path] = open(path, 'rb')
+      except FileNotFoundError:
+        pass
+    return {path: f.read() for path, f in handles.items()}
+  finally:
+    for f in handles.values():
+      f.close()
+
+
+def _gunzip(path, raw=None):
+  """The decompressed contents of the gzip file at path (or of its bytes
+  `raw`, read earlier)."""
+  try:
+    if raw is not None:
+      return gzip.decompress(raw)
     with gzip.open(path, 'rb') as f:
       return f.read()
   except (OSError, EOFError, zlib.error) as e:
     raise DamagedCheckpoint(f'{path}: not a complete gzip file ({e})') from e
 
 
-def read_arrays(path):
-  """Every array of a file write_arrays wrote; DamagedCheckpoint if any
-  byte of it is missing or unreadable (trax's reader stops quietly)."""
-  data = _gunzip(path)
+def read_arrays(path, raw=None):
+  """Every array of a file write_arrays wrote (or of its bytes `raw`);
+  DamagedCheckpoint if any byte of it is missing or unreadable (trax's
+  reader stops quietly)."""
+  data = _gunzip(path, raw)
   stream, arrays = io.BytesIO(data), []
   while stream.tell() < len(data):
     try:
@@ -73,16 +96,16 @@ def read_arrays(path):
   return arrays
 
 
-def read_pickle(path):
-  """The object in a gzipped pickle (`model.pkl.gz`), read by
-  `safe_pickle`: it runs no code from the file.
+def read_pickle(path, raw=None):
+  """The object in a gzipped pickle (`model.pkl.gz`, or its bytes `raw`),
+  read by `safe_pickle`: it runs no code from the file.
 
   Raises:
     safe_pickle.UnsafeCheckpoint: the file names a global outside the
       allow-list: it was made, not damaged, so never fall back past it.
     DamagedCheckpoint: the file is not a complete gzipped pickle.
   """
-  data = _gunzip(path)
+  data = _gunzip(path, raw)
   try:
     return safe_pickle.loads(data, path)
   except safe_pickle.UnsafeCheckpoint:

@@ -61,6 +61,18 @@ def transfer_projections(source, target):
     t_layer.set_projection(s_layer.projection_matrix)
 
 
+def _read(file_name, *more):
+  """model_files.read_together of file_name and `more`; one ConfigError
+  where file_name is not there."""
+  raw = model_files.read_together(file_name, *more)
+  if file_name not in raw:
+    raise checks.ConfigError(
+        f'{file_name} does not exist (a training run keeps its newest '
+        'checkpoints only: trax_favor.run.checkpoints.latest(run_dir) names '
+        'the newest whole one).')
+  return raw
+
+
 def load_projections(model, file_name):
   """Copies the FAVOR projections saved in a trax checkpoint into `model`.
 
@@ -72,11 +84,13 @@ def load_projections(model, file_name):
   The file is read by `trax_favor.safe_pickle`, which runs no code from it.
 
   Raises:
-    ValueError: the file holds no state, or not one projection per layer;
+    ValueError: the file does not exist, holds no state, or not one
+      projection per layer;
       safe_pickle.UnsafeCheckpoint (a ValueError) where the file names
       anything but arrays, plain values and trax's checkpoint classes.
   """
-  flat_state = model_files.read_pickle(file_name).get('flat_state')
+  flat_state = model_files.read_pickle(
+      file_name, _read(file_name)[file_name]).get('flat_state')
   if flat_state is None:
     raise checks.ConfigError(
         f'{file_name} holds no model state (saved weights-only),'
@@ -141,12 +155,14 @@ def load_weights(model, file_name):
     file_name: `model.pkl.gz` of a checkpoint, or `Layer.save_to_file`'s.
 
   Raises:
-    ValueError: some of the file's weights found no place in the model.
+    ValueError: the file does not exist, or some of its weights found no
+      place in the model.
   """
-  saved = model_files.read_pickle(file_name)['flat_weights']
+  arrays = file_name.replace('.pkl.gz', '.weights.npy.gz')
+  raw = _read(file_name, arrays)  # one checkpoint, also while it is pruned
+  saved = model_files.read_pickle(file_name, raw[file_name])['flat_weights']
   if isinstance(saved, int):  # trax's Loop keeps them beside the pickle
-    saved = model_files.read_arrays(
-        file_name.replace('.pkl.gz', '.weights.npy.gz'))
+    saved = model_files.read_arrays(arrays, raw.get(arrays))
   leaves, tree = jax.tree_util.tree_flatten(model.weights)
   taken, merged = 0, []
   for leaf in leaves:
