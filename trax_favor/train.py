@@ -10,6 +10,14 @@ Flags:
                  command after an interruption continues from the last
                  checkpoint
   --n_devices    data-parallel devices (default: all local devices)
+  --sequence_parallel N
+                 split every sequence of training and eval over N local
+                 devices (the model must take sequence_axis, as PerformerLM
+                 does): a mesh (devices // N, N), the batch split over the
+                 first axis, the length over the second; the sequence
+                 length must divide by N and the batch by devices // N.
+                 Checkpoints are the same with or without it (a run may
+                 resume either way). One process only, for now.
   --log_every    progress line every this many steps
   --allow_config_change
                  resume although the config's data, optimizer or schedule
@@ -42,6 +50,9 @@ def parse_args(argv):
   cli.add_config_flags(parser, 'where checkpoints and logs go')
   parser.add_argument('--n_devices', type=int, default=None,
                       help='data-parallel devices (default: all)')
+  parser.add_argument('--sequence_parallel', type=int, default=None,
+                      metavar='N', help='split every sequence over N local '
+                      'devices (docs/sequence_parallel.md)')
   parser.add_argument('--log_every', type=int, default=10,
                       help='print progress every this many steps')
   parser.add_argument('--allow_config_change', action='store_true',
@@ -63,9 +74,22 @@ def parse_args(argv):
   return parser.parse_args(argv)
 
 
+def check_flags(args):
+  """Flags that do not go together: one RunError, before a multi-process
+  job starts its processes (pure Python)."""
+  from trax_favor.run.errors import RunError  # pylint: disable=g-import-not-at-top
+  if args.sequence_parallel is not None and (args.num_processes or 1) > 1:
+    raise RunError(
+        f'--sequence_parallel with --num_processes={args.num_processes} is '
+        'not supported yet: sequence parallelism splits sequences over the '
+        'devices of one process; run one process, or drop '
+        '--sequence_parallel.')
+
+
 def main(argv=None):
   argv = sys.argv[1:] if argv is None else argv
   args = parse_args(argv)
+  cli.main_guard(lambda: check_flags(args), verbose=args.verbose)
   cli.supervise_job(args, argv)  # a multi-process job's process: supervised
   try:  # importing trax takes seconds: Ctrl-C here says so, exit 130
     cli.quiet_start()

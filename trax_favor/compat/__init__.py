@@ -10,6 +10,8 @@
                 projections (or marks them missing), and their refusal
                 passes through trax's LayerError as one line
   import_hook   the finder that applies them when trax is imported
+  devices       `one_trax_device`: trax's Loop built for one device on a
+                host with more (the training's --sequence_parallel)
   cpu_options   `trax_jit_options`: trax's jit with the CPU speed-ups'
                 compiler options (trax_favor.ops.cpu_speedups)
 
@@ -41,6 +43,7 @@ This package must not import trax, or anything heavy, at module level:
 
 from trax_favor.compat import projection_fixes  # pylint: disable=unused-import
 from trax_favor.compat.cpu_options import trax_jit_options
+from trax_favor.compat.devices import one_trax_device
 from trax_favor.compat.fixes import import_trainer
 from trax_favor.compat.fixes import jit_with_options
 from trax_favor.compat.fixes import safe_unpickling

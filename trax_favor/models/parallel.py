@@ -28,6 +28,10 @@ A model that would silently compute something else when split, one with a
 length-mixing layer not built for this axis (trax's ShiftRight, positional
 encodings or attention; FavorSelfAttention without sequence_axis), is
 refused by `check_model` with one line naming the layer.
+
+`SequenceParallel(model, mesh)` is the same as a Trax layer, for trax's
+training Loop (run/sequence_parallel.py): its only sublayer is the model,
+so its weights, state and checkpoints are the model's.
 """
 
 import jax
@@ -141,3 +145,41 @@ def sequence_parallel(model, mesh, axis='seq', batch_axis=None):
     return run(x, weights, state, rng)
 
   return apply
+
+
+class SequenceParallel(tl.Layer):
+  """`sequence_parallel(model, mesh, axis, batch_axis)` as a Trax layer.
+
+  The model is the only sublayer: weights and state are `(model.weights,)`
+  and `(model.state,)`, so `tl.flatten_weights_and_state` gives the
+  model's own lists (a checkpoint is the same with or without the
+  wrapper). The model receives the wrapper's random key unchanged, at init
+  and in forward, so it draws what it draws unwrapped. Put it inside a
+  jit (trax's step on one device): its forward is one shard_map over the
+  mesh's devices.
+  """
+
+  def __init__(self, model, mesh, axis='seq', batch_axis=None):
+    super().__init__(n_in=model.n_in, n_out=model.n_out,
+                     name=f'SequenceParallel_{axis}')
+    self._sublayers = (model,)
+    self._apply = sequence_parallel(model, mesh, axis, batch_axis)
+
+  @property
+  def rng(self):
+    return tl.Layer.rng.fget(self)
+
+  @rng.setter
+  def rng(self, rng):  # the same key, not a split: as unwrapped
+    self._rng = rng
+    self.sublayers[0].rng = rng
+
+  def init_weights_and_state(self, input_signature):
+    weights, state = self.sublayers[0].init(input_signature, use_cache=True)
+    self.state = (state,)
+    self.weights = (weights,)
+
+  def forward(self, x):
+    outputs, state = self._apply(x, self.weights[0], self.state[0], self.rng)
+    self.state = (state,)
+    return outputs

@@ -13,6 +13,9 @@ directory, its processes and its command line.
   progress      progress lines and records, eval history after each eval
   interrupts    Ctrl-C and SIGTERM: finish the step, save, exit
   distributed   data-parallel training over JAX's distributed runtime
+  sequence_parallel
+                `--sequence_parallel=N`: every sequence split over N
+                local devices (one mesh, trax on one device)
   commands      what `python -m trax_favor.train`, `.sample` and
                 `.trax_trainer` do once their flags are parsed
   cli           command-line plumbing: quiet start, flags, one-line errors
@@ -28,7 +31,8 @@ import importlib
 
 _SUBMODULES = ('checkpoints', 'cli', 'commands', 'config_drift', 'configs',
                'distributed', 'errors', 'files', 'interrupts', 'loop',
-               'memory', 'progress', 'run_dir', 'training')
+               'memory', 'progress', 'run_dir', 'sequence_parallel',
+               'training')
 
 __all__ = list(_SUBMODULES)
 

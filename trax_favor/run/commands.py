@@ -11,6 +11,7 @@ from trax_favor.run import checkpoints
 from trax_favor.run import cli
 from trax_favor.run import configs
 from trax_favor.run import distributed
+from trax_favor.run import sequence_parallel
 from trax_favor.run import training
 from trax_favor.run.errors import RunError
 
@@ -28,7 +29,8 @@ def train(args):
     training.train(args.output_dir, n_devices=args.n_devices,
                    log_every=args.log_every,
                    allow_config_change=args.allow_config_change,
-                   start_afresh=getattr(args, 'start_afresh', False))
+                   start_afresh=getattr(args, 'start_afresh', False),
+                   sequence_parallel=getattr(args, 'sequence_parallel', None))
   cli.main_guard(run, verbose=args.verbose)
 
 
@@ -43,6 +45,7 @@ def check_train_flags(args):
   _check_output_dir(args.output_dir)
   if args.log_every < 1:
     raise RunError(f'--log_every must be at least 1, got {args.log_every}.')
+  sequence_parallel.check_flags(getattr(args, 'sequence_parallel', None))
 
 
 def check_sample_flags(args, image_size):

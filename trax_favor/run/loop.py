@@ -20,6 +20,7 @@ trajectory (tests/test_resume.py checks it to float tolerance).
 """
 
 import contextlib
+import functools
 import inspect
 
 import gin
@@ -38,6 +39,7 @@ from trax_favor.run import config_drift
 from trax_favor.run import configs
 from trax_favor.run import distributed
 from trax_favor.run import run_dir as run_dir_lib
+from trax_favor.run import sequence_parallel as sequence_parallel_lib
 from trax_favor.run.errors import RunError
 
 _TRAIN = 'trax.supervised.trainer_lib.train'
@@ -292,17 +294,26 @@ def train_args():
   return args
 
 
-def build_loop(output_dir, args, callbacks=()):
+def build_loop(output_dir, args, callbacks=(), sequence_parallel=None):
   """The Loop of `args` (train_args()), restored from output_dir's newest
-  whole checkpoint if there is one."""
-  n_devices = trainer_lib.num_devices() or fastmath.local_device_count()
+  whole checkpoint if there is one; with sequence_parallel=N, every
+  sequence split over N local devices (run/sequence_parallel.py)."""
+  split = sequence_parallel and sequence_parallel_lib.Setup(sequence_parallel)
+  n_devices = 1 if split else (trainer_lib.num_devices() or
+                               fastmath.local_device_count())
   inputs = args['inputs']() if callable(args['inputs']) else args['inputs']
   train_batches = inputs.train_stream(n_devices)
+  eval_batches = inputs.eval_stream(n_devices)
+  model = args['model']
+  if split:  # trax sees one device; the model's shard_map uses the mesh
+    train_batches = split.checked(train_batches, 'train')
+    eval_batches = split.checked(eval_batches, 'eval')
+    model = functools.partial(split.model, model)
   if jax.process_count() > 1:  # the same global stream, this process's rows
     train_batches = distributed.process_rows(
         train_batches, jax.process_count(), jax.process_index())
   train_stream = CountedStream(train_batches)
-  eval_stream = CountedStream(inputs.eval_stream(n_devices))
+  eval_stream = CountedStream(eval_batches)
   train_task = training.TrainTask(
       train_stream, loss_layer=args['loss_fn'], optimizer=args['optimizer'](),
       lr_schedule=args['lr_schedule_fn'](),
@@ -317,14 +328,18 @@ def build_loop(output_dir, args, callbacks=()):
   def at(steps):
     return None if steps is None else (lambda step: step in steps)
 
-  loop = Loop(
-      args['model'](mode='train'), [train_task],
-      eval_model=args['model'](mode='eval'), eval_tasks=[eval_task],
-      output_dir=output_dir, checkpoint_at=at(args['checkpoints_at']),
-      checkpoint_low_metric=args['checkpoint_lowest'],
-      checkpoint_high_metric=args['checkpoint_highest'],
-      permanent_checkpoint_at=at(args['permanent_checkpoints_at']),
-      n_devices=n_devices, loss_chunk_size=args['loss_chunk_size'],
-      random_seed=args['random_seed'], callbacks=list(callbacks),
-      streams={'train': [train_stream], 'eval': [eval_stream]})
+  with (compat.one_trax_device() if split
+        else contextlib.nullcontext()):
+    loop = Loop(
+        model(mode='train'), [train_task],
+        eval_model=model(mode='eval'), eval_tasks=[eval_task],
+        output_dir=output_dir, checkpoint_at=at(args['checkpoints_at']),
+        checkpoint_low_metric=args['checkpoint_lowest'],
+        checkpoint_high_metric=args['checkpoint_highest'],
+        permanent_checkpoint_at=at(args['permanent_checkpoints_at']),
+        n_devices=n_devices, loss_chunk_size=args['loss_chunk_size'],
+        random_seed=args['random_seed'], callbacks=list(callbacks),
+        streams={'train': [train_stream], 'eval': [eval_stream]})
+  if split:
+    split.place(loop)
   return loop

@@ -103,9 +103,10 @@ def _opened(run_dir, config_text, allow_config_change, start_afresh=False):
       lock.release()
 
 
-def _restore(run_dir, args, callbacks, config_text, interrupts):
+def _restore(run_dir, args, callbacks, config_text, interrupts,
+             sequence_parallel=None):
   """The restore stage: the Loop at its newest whole checkpoint."""
-  loop = loop_lib.build_loop(run_dir.path, args, callbacks)
+  loop = loop_lib.build_loop(run_dir.path, args, callbacks, sequence_parallel)
   if not run_dir.read_only:
     # After the check: a refused run leaves the saved config as it was.
     run_dir.save_config(config_text)
@@ -141,7 +142,7 @@ def _save(loop, run_dir, again=False):
 
 
 def train(output_dir, n_devices=None, log_every=10, allow_config_change=False,
-          callbacks=(), start_afresh=False):
+          callbacks=(), start_afresh=False, sequence_parallel=None):
   """Trains the parsed config's model into output_dir (resuming if there).
 
   Args:
@@ -156,6 +157,9 @@ def train(output_dir, n_devices=None, log_every=10, allow_config_change=False,
     start_afresh: where no whole checkpoint is left (only damaged ones),
       start at step 0, the earlier checkpoints and history moved into
       output_dir/before_afresh/ (refused while a whole one is left).
+    sequence_parallel: None, or N: every sequence of training and eval
+      split over N local devices (run/sequence_parallel.py); the
+      checkpoints are the same as without it.
 
   Returns:
     The trax Loop after training.
@@ -173,10 +177,12 @@ def train(output_dir, n_devices=None, log_every=10, allow_config_change=False,
   distributed.check_same_config(config_text)  # before the run dir opens
   with _opened(run_dir, config_text, allow_config_change, start_afresh):
     with interrupts_lib.deferred(_log) as interrupts:
-      return _train(run_dir, log_every, config_text, callbacks, interrupts)
+      return _train(run_dir, log_every, config_text, callbacks, interrupts,
+                    sequence_parallel)
 
 
-def _train(run_dir, log_every, config_text, callbacks, interrupts):
+def _train(run_dir, log_every, config_text, callbacks, interrupts,
+           sequence_parallel=None):
   """restore, steps, save: train() once the run directory is open."""
   loop = None
   try:
@@ -187,7 +193,7 @@ def _train(run_dir, log_every, config_text, callbacks, interrupts):
           progress_lib.Progress, total_steps=total_steps,
           log_every=log_every, run_dir=run_dir, interrupts=interrupts)
       loop = _restore(run_dir, args, [progress, *callbacks], config_text,
-                      interrupts)
+                      interrupts, sequence_parallel)
       _evaluate_missed(loop, run_dir)
       if loop.step < total_steps:
         loop.run(total_steps - loop.step)
