@@ -17,65 +17,123 @@ from benchmarks import attention as attention_bench
 from benchmarks import cpu_speedups as speedups_bench
 from benchmarks import distributed as distributed_bench
 from benchmarks import harness
+from benchmarks import model
 from benchmarks import model_bench
 from benchmarks import rpe as rpe_bench
+from trax_favor import compat
 from trax_favor.ops import cpu_speedups
 from trax_favor.run import memory
 
+# benchmarks/model.py at tiny widths: ImageNet64 at 8x8x3 (its axial
+# positions a tuple binding), one layer. In --width_bindings, as the
+# interleaved steps take those only (not --imagenet64_bindings).
+TINY_WIDTH = ['D_MODEL=16', 'D_FF=32', 'N_HEADS=2', 'D_HEAD=8', 'N_LAYERS=1',
+              'N_RANDOM_FEATURES=8', 'POS_D_AXIAL_EMBS=(6,6,4)',
+              'SEQUENCE_LENGTH=192', 'POS_AXIAL_SHAPE=(8,8,3)',
+              'FF_CHUNK_SIZE=64']
+
+
 @pytest.mark.slow
-def test_model_bench_step_is_trax_reversible_training(in_repo):
+def test_model_benchmark_steps_interleaves_and_decodes(tmp_path, in_repo,
+                                                       monkeypatch):
+  """One run of the model benchmark (what accelerator.sh runs): a Performer
+  step in a fresh process, the Performer and identity steps alternating in
+  another, four decoders in this one; then the identity step in this
+  process, where the device reports allocator statistics."""
   del in_repo
-  bindings = ['D_MODEL=16', 'D_FF=32', 'N_HEADS=2', 'D_HEAD=8', 'N_LAYERS=1',
-              'SEQUENCE_LENGTH=64', 'N_RANDOM_FEATURES=8',
-              'LSH_CHUNK_LEN=16', 'LSH_N_BUCKETS=8']
-  # Performer on the benchmark's own path: a fresh process, whose resident
-  # set before the model is its own baseline (in this shared test process it
-  # is not: memory freed by earlier tests can bring the peak below it).
-  # Two fresh processes: medians over both, and each run kept.
-  results = {
-      'performer': model_bench.measure_step_repeated('pg19', 'performer',
-                                                     bindings, 2, 2, 2),
-      'identity': model_bench.measure_step('pg19', 'identity', bindings, 2,
-                                           2)}
-  assert 'failed' not in results['performer'], results['performer']
-  for result in results.values():
-    assert result['length'] == 64 and result['n_layers'] == 1
-    # Two steps of Adam from a uniform-ish start: the loss is near log(256).
-    assert abs(result['loss'] - math.log(256)) < 0.5
-    assert result['seconds'] > 0
-  performer = results['performer']
+  out = str(tmp_path / 'model')
+  model.main([f'--out={out}', f'--width_bindings={",".join(TINY_WIDTH)}',
+              '--models=performer', '--interleave=performer,identity',
+              '--pg19_length=0', '--depths=', '--steps=2', '--batch=2',
+              '--prefixes=8,64', '--decode_tokens=4',
+              '--decode_width=16,32,2,1'])
+  record = harness.load_json(out + '.json')
+  assert record['machine']['git_sha'] and os.path.getsize(out + '.png') > 0
+  # Reversible training's step of a fresh process, whose resident set before
+  # the model is its own baseline.
+  assert list(record['steps']) == ['imagenet64/performer']
+  performer = record['steps']['imagenet64/performer']
+  assert (performer['length'], performer['n_layers'], performer['batch']) == (
+      192, 1, 2)
+  # Two warm-up and two timed steps of Adam from a uniform-ish start: the
+  # loss is near log(256).
+  assert abs(performer['loss'] - math.log(256)) < 0.5
+  assert performer['seconds'] > 0
   assert 0 < performer['model_peak_bytes'] <= performer['peak_bytes']
-  assert len(performer['runs']) == 2
-  for field in ('seconds', 'peak_bytes', 'model_peak_bytes'):
-    assert performer[field] == np.median([r[field] for r in performer['runs']])
-  # The identity baseline keeps FAVOR+'s weights (only the core differs).
-  assert results['identity']['n_params'] == performer['n_params']
-  # The same two models with their steps alternating in one process.
-  both = model_bench.measure_steps_interleaved(
-      'pg19', ['performer', 'identity'], bindings, 3, 2)
-  for model, result in both.items():
-    assert result['n_params'] == results[model]['n_params']
-    assert len(result['step_seconds']) == 3
+  # The same two models with their steps alternating in one process; the
+  # identity baseline keeps FAVOR+'s weights (only the core differs).
+  both = record['interleaved']
+  assert set(both) == {'imagenet64/performer', 'imagenet64/identity'}
+  for result in both.values():
+    assert result['n_params'] == performer['n_params']
+    assert len(result['step_seconds']) == 2
     assert result['seconds'] == np.median(result['step_seconds']) > 0
+  # Decoding: the FAVOR+ state is constant in the prefix, the key/value
+  # cache grows with it.
+  found = record['decoding']
+  assert sorted(found) == sorted(f'{k}/{p}' for k in ('performer',
+                                                      'transformer')
+                                 for p in (8, 64))
+  assert (found['performer/8']['state_bytes'] ==
+          found['performer/64']['state_bytes'])
+  assert (found['transformer/64']['state_bytes'] >
+          found['transformer/8']['state_bytes'])
+  for result in found.values():
+    assert len(result['token_seconds']) == 4
+    assert result['seconds_per_token'] == np.median(result['token_seconds'])
+  # Ratios of interleaved decoders pair the tokens of one round.
+  per_token = 'decode performer: per-token time at prefix 64 / 8'
+  assert record['ratios'][per_token] == harness.paired_ratio(
+      found['performer/64']['token_seconds'],
+      found['performer/8']['token_seconds'])
+  found['performer/8']['token_seconds'] = [1.0, 2.0, 4.0, 8.0]
+  found['performer/64']['token_seconds'] = [3.0, 2.0, 4.0, 16.0]
+  assert model_bench.ratios({'decoding': found})[per_token] == 1.5
 
-
-@pytest.mark.slow
-def test_model_bench_memory_on_an_accelerator_is_device_bytes_only(
-    in_repo, monkeypatch):
-  """Where the device reports allocator statistics (GPU, TPU), the model's
-  memory is its device peak less the device bytes in use before it was
-  built, never less the host's resident set."""
-  del in_repo
+  # The identity step again, in this process (the child's compiled programs
+  # are in the shared cache), on a device with allocator statistics (GPU,
+  # TPU): the model's memory is its device peak less the device bytes in
+  # use before it was built, never less the host's resident set.
   stats = {'bytes_in_use': 1000, 'peak_bytes_in_use': 5000}
   monkeypatch.setattr(memory, 'device_memory_stats', lambda: dict(stats))
-  result = model_bench.measure_step(
-      'pg19', 'identity', ['D_MODEL=16', 'D_FF=32', 'N_HEADS=2', 'D_HEAD=8',
-                           'N_LAYERS=1', 'SEQUENCE_LENGTH=64',
-                           'N_RANDOM_FEATURES=8'], 1, 1)
-  assert (result['peak_bytes'], result['model_peak_bytes']) == (5000, 4000)
+  with compat.trax_jit_options():  # as the benchmark's children
+    identity = model_bench.measure_step(
+        'imagenet64', 'identity', TINY_WIDTH, 1, 2)
+  assert (identity['peak_bytes'], identity['model_peak_bytes']) == (5000,
+                                                                     4000)
+  assert identity['n_params'] == performer['n_params']
+  assert abs(identity['loss'] - math.log(256)) < 0.5
   monkeypatch.setattr(memory, 'device_memory_stats', dict)  # CPU: none
   assert harness.memory_in_use_bytes() == pytest.approx(
       memory.process_memory_bytes('VmRSS'), rel=0.05)
+
+
+def test_model_bench_repeats_keep_each_run_and_report_medians(monkeypatch):
+  """measure_step_repeated: one fresh process per repeat, the medians of
+  the measured fields over them, each run kept; a failure as it is."""
+  runs = iter([{'seconds': s, 'peak_bytes': p, 'model_peak_bytes': p - 1,
+                'n_params': 7} for s, p in ((3.0, 30), (1.0, 50), (2.0, 40))])
+  calls = []
+
+  def child(*args):
+    calls.append(args)
+    return next(runs)
+
+  monkeypatch.setattr(model_bench, 'measure_step_in_child', child)
+  found = model_bench.measure_step_repeated('pg19', 'performer', ['A=1'], 2,
+                                            1, 3)
+  assert calls == [('pg19', 'performer', ['A=1'], 2, 1)] * 3
+  assert (found['seconds'], found['peak_bytes'], found['model_peak_bytes'],
+          found['steps_per_s'], found['n_params']) == (2.0, 40, 39, 0.5, 7)
+  assert found['runs'] == [
+      {'seconds': 3.0, 'peak_bytes': 30, 'model_peak_bytes': 29},
+      {'seconds': 1.0, 'peak_bytes': 50, 'model_peak_bytes': 49},
+      {'seconds': 2.0, 'peak_bytes': 40, 'model_peak_bytes': 39}]
+  failed = {'model': 'performer', 'failed': ['MemoryError']}
+  monkeypatch.setattr(model_bench, 'measure_step_in_child',
+                      lambda *args: failed)
+  assert model_bench.measure_step_repeated('pg19', 'performer', [], 1, 1,
+                                           2) == failed
 
 
 def test_model_bench_plot_draws_the_panels_that_have_data(tmp_path):
@@ -133,27 +191,6 @@ def test_benchmark_timing_interleaves_compiled_steps():
 
 
 @pytest.mark.slow
-def test_decoding_state_is_constant_for_performer_and_grows_for_transformer():
-  width = (16, 32, 2, 1)  # d_model, d_ff, n_heads, n_layers
-  decoders = [(kind, p) for kind in ('performer', 'transformer')
-              for p in (8, 64)]
-  found = model_bench.measure_decoding(decoders, 4, width)
-  assert sorted(found) == sorted(f'{k}/{p}' for k, p in decoders)
-  assert (found['performer/8']['state_bytes'] ==
-          found['performer/64']['state_bytes'])
-  assert (found['transformer/64']['state_bytes'] >
-          found['transformer/8']['state_bytes'])
-  for result in found.values():
-    assert len(result['token_seconds']) == 4
-    assert result['seconds_per_token'] == np.median(result['token_seconds'])
-  # Ratios of interleaved decoders pair the tokens of one round.
-  found['performer/8']['token_seconds'] = [1.0, 2.0, 4.0, 8.0]
-  found['performer/64']['token_seconds'] = [3.0, 2.0, 4.0, 16.0]
-  ratio = model_bench.ratios({'decoding': found})
-  assert ratio['decode performer: per-token time at prefix 64 / 8'] == 1.5
-
-
-@pytest.mark.slow
 def test_attention_benchmark_resumes_finished_lengths(tmp_path, in_repo):
   del in_repo
   bench = attention_bench
@@ -165,6 +202,7 @@ def test_attention_benchmark_resumes_finished_lengths(tmp_path, in_repo):
   bench.main(tiny + ['--lengths=64'])
   first = harness.load_json(out + '.json')
   assert first['finished'] == ['64']
+  assert first['machine']['git_sha'] and os.path.getsize(out + '.png') > 0
   assert len(first['layers']['favor_bidir']['64']['round_seconds']) == 2
   # Rerun with one more length: 64 is kept as measured, only 128 is new.
   bench.main(tiny + ['--lengths=64', '--favor_extra_lengths=128'])
