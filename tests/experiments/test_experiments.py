@@ -15,19 +15,34 @@ from experiments import ladder
 from experiments import positions
 from experiments import rpe_quality
 from experiments import transfer
+from trax_favor import train
 from trax_favor.run import checkpoints
+
+
+def _train_in_this_process(monkeypatch):
+  """ladder.train_cli without a fresh interpreter: the same training CLI
+  (`trax_favor.train`'s main, the same flags) in this process, saving an
+  import of trax per run. The ladder's test runs a real child."""
+  def train_cli(config_files, bindings, rung_dir, name, log_every=10):
+    del name
+    train.main([*[f'--config_file={c}' for c in config_files],
+                f'--output_dir={rung_dir}', f'--log_every={log_every}']
+               + [f'--config={b}' for b in bindings])
+  monkeypatch.setattr(ladder, 'train_cli', train_cli)
 
 @pytest.mark.slow
 def test_ladder_resumes_a_partial_ladder_and_reports(tmp_path, in_repo,
-                                                     capsys):
+                                                     capsys, monkeypatch):
   del in_repo
   work, out = str(tmp_path / 'runs'), str(tmp_path / 'ladder')
-  first = ladder.run_ladder('smoke', work, out, stop_after=1)
+  first = ladder.run_ladder('smoke', work, out, stop_after=1)  # a child
+  printed = capsys.readouterr().out
+  assert '[pg19_performer_6l] done: step 4/4' in printed  # its echoed line
   assert list(first['rungs']) == ['pg19_performer_6l']
   done_dir = os.path.join(work, 'pg19_performer_6l')
   mtime = os.path.getmtime(checkpoints.latest(done_dir))
-  capsys.readouterr()
 
+  _train_in_this_process(monkeypatch)  # the second rung: no second child
   second = ladder.run_ladder('smoke', work, out)
   printed = capsys.readouterr().out
   assert '[pg19_performer_6l] done earlier (step 4), skipping' in printed
@@ -104,7 +119,9 @@ TINY_TEXT = [  # the offline default at a few seconds per run
 @pytest.mark.slow
 def test_transfer_measures_the_gap_and_fine_tunes_resumably(tmp_path, in_repo):
   del in_repo
-  loop = transfer.train_exact(str(tmp_path / 'exact'), TINY_TEXT)
+  # The weights of one step: FAVOR+ nears any exact model as m grows.
+  loop = transfer.train_exact(str(tmp_path / 'exact'), TINY_TEXT + ['STEPS=1'])
+  assert loop.step == 1
   weights = loop.model.weights
   batches = transfer.eval_batches(TINY_TEXT, 2)
   rows = transfer.gap_by_m(weights, [4, 1024], batches, TINY_TEXT)
@@ -133,8 +150,10 @@ SMALL_OFFLINE = ['D_MODEL=16', 'N_LAYERS=1', 'BATCH_SIZE=2',
 
 
 @pytest.mark.slow
-def test_rpe_quality_trains_the_variants_and_sweeps(tmp_path, in_repo):
+def test_rpe_quality_trains_the_variants_and_sweeps(tmp_path, in_repo,
+                                                   monkeypatch):
   del in_repo
+  _train_in_this_process(monkeypatch)
   out = str(tmp_path / 'rq')
   small = SMALL_OFFLINE + ['SEQUENCE_LENGTH=32']
   variants = ['favor_rpe']  # every variant: the same code path
@@ -154,8 +173,10 @@ def test_rpe_quality_trains_the_variants_and_sweeps(tmp_path, in_repo):
 
 
 @pytest.mark.slow
-def test_positions_trains_the_variants_and_extrapolates(tmp_path, in_repo):
+def test_positions_trains_the_variants_and_extrapolates(tmp_path, in_repo,
+                                                       monkeypatch):
   del in_repo
+  _train_in_this_process(monkeypatch)
   out = str(tmp_path / 'pos')
   small = SMALL_OFFLINE  # the length comes from --length
   # Absolute positions cannot extrapolate; RoPE + relative composes every
@@ -163,7 +184,7 @@ def test_positions_trains_the_variants_and_extrapolates(tmp_path, in_repo):
   variants = ['absolute', 'rope_relative']
   record = positions.run(positions.argparse.Namespace(
       out=out, work_dir=str(tmp_path / 'runs'), variants=','.join(variants),
-      steps=2, length=32, seeds=1,
+      steps=1, length=32, seeds=1,
       eval_lengths='32,64', eval_bytes=128, error_seeds=1, config=small,
       max_relative_distance=4))
   assert list(record['quality']) == variants
