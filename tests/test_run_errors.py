@@ -355,3 +355,37 @@ def test_ctrl_c_during_start_up_says_so_and_exits_130(tmp_path, capsys,
   with pytest.raises(SystemExit) as done:
     cli.main_guard(lambda: (_ for _ in ()).throw(saved))
   assert done.value.code == 143 and capsys.readouterr().err == ''
+
+
+def test_a_config_gin_that_is_no_text_ends_with_one_line(tmp_path, capsys):
+  (tmp_path / run_dir.CONFIG).write_bytes(b'\xbe\xef\xff binary')
+  _checkpoint(tmp_path, 4, GOOD_FILES)  # whole: the sampler reads config.gin
+  before = _tree_digest(tmp_path)
+  for main in (train.main, sample.main):
+    err = _error_line(capsys, main, _train_argv(tmp_path, *SMALL))
+    assert 'config.gin is damaged (not text' in err
+    assert _tree_digest(tmp_path) == before
+
+
+def test_a_checkpoints_path_that_is_no_directory_is_refused(tmp_path,
+                                                           capsys):
+  """Not a run without checkpoints: training would start at step 0 and
+  fail at its first save, having written over the run's progress."""
+  (tmp_path / run_dir.CHECKPOINTS).write_text('not a directory')
+  (tmp_path / run_dir.PROGRESS).write_text('{"step": 1, "seconds": 2.0}\n')
+  before = _tree_digest(tmp_path)
+  for main in (train.main, sample.main):
+    err = _error_line(capsys, main, _train_argv(tmp_path, *SMALL))
+    assert 'checkpoints is not a directory' in err
+    assert _tree_digest(tmp_path) == before
+
+
+def test_progress_lines_that_are_no_records_are_skipped(tmp_path):
+  (tmp_path / run_dir.PROGRESS).write_bytes(
+      b'{"step": 1, "seconds": 2.0, "steps_per_s": null}\n[1, 2]\n"text"\n'
+      b'{"step": "2", "seconds": 1}\n{"step": 3}\n{"step": [4], "seconds": 1}\n'
+      b'{"step": 5, "seconds": NaN}\n\xff\xfe\n{"step": 6, "seconds": 7}\n'
+      b'{"step": 7, "se')
+  assert run_dir.RunDir(str(tmp_path)).read_progress() == [
+      {'step': 1, 'seconds': 2.0, 'steps_per_s': None},
+      {'step': 6, 'seconds': 7}]

@@ -35,6 +35,7 @@ Pure Python and NumPy: no JAX, no trax.
 import errno
 import fcntl
 import json
+import math
 import os
 import re
 import shutil
@@ -140,8 +141,14 @@ class RunDir:
     path = self._file(CONFIG)
     if not os.path.exists(path):
       return ''
-    with open(path) as f:
-      saved = f.read()
+    try:
+      with open(path) as f:
+        saved = f.read()
+    except UnicodeDecodeError as e:
+      raise RunError(
+          f'{path} is damaged (not text: {e}); put back the config the run '
+          'was trained with, or move it away (each checkpoint still checks '
+          'the model).') from None
     return config_drift.check(saved, config_text, self.path, allow_changes)
 
   def save_config(self, config_text):
@@ -161,10 +168,26 @@ class RunDir:
   def _checkpoints(self):
     return self._file(CHECKPOINTS)
 
+  def _checkpoints_dir(self):
+    """checkpoints/, or None if there is none yet.
+
+    Raises:
+      RunError: something else than a directory has its name (a run would
+        start over at step 0, then fail to save).
+    """
+    base = self._checkpoints()
+    if not os.path.lexists(base):
+      return None
+    if not os.path.isdir(base):
+      raise RunError(
+          f'{base} is not a directory (the run\'s checkpoints go there): '
+          'move it away, or use another --output_dir.')
+    return base
+
   def checkpoint_steps(self):
     """[(step, directory)] of the published step checkpoints, newest first."""
-    base = self._checkpoints()
-    if not os.path.isdir(base):
+    base = self._checkpoints_dir()
+    if base is None:
       return []
     found = [(int(m.group(1)), os.path.join(base, name))
              for name in os.listdir(base) for m in [_STEP_DIR.match(name)]
@@ -173,8 +196,8 @@ class RunDir:
 
   def damaged_checkpoints(self):
     """The names of the checkpoints set aside as damaged (<name>.damaged)."""
-    base = self._checkpoints()
-    if not os.path.isdir(base):
+    base = self._checkpoints_dir()
+    if base is None:
       return []
     return sorted(name for name in os.listdir(base)
                   if '.damaged' in name and not name.startswith('.'))
@@ -328,24 +351,39 @@ class RunDir:
     """The records of progress.jsonl, the latest one per step.
 
     A run resumed from a checkpoint repeats the steps after it; their later
-    records win. A line cut short by a kill is skipped.
+    records win. A line cut short by a kill, or that is no record (see
+    `_progress_record_ok`), is skipped.
     """
     by_step = {}
     path = self._file(PROGRESS)
     if os.path.exists(path):
-      with open(path) as f:
+      with open(path, errors='replace') as f:
         for line in f:
           try:
             record = json.loads(line)
           except ValueError:
             continue
-          by_step[record['step']] = record
+          if _progress_record_ok(record):
+            by_step[record['step']] = record
     return [by_step[step] for step in sorted(by_step)]
 
   def append_progress(self, record):
     self._writable()
     with open(self._file(PROGRESS), 'a') as f:
       f.write(json.dumps(record) + '\n')
+
+
+def _progress_record_ok(record):
+  """Whether a line of progress.jsonl is a record this module wrote (an
+  object with a step count and the training seconds); others (a line
+  damaged or written by something else) are skipped like a cut one."""
+  if not isinstance(record, dict):
+    return False
+  step, seconds = record.get('step'), record.get('seconds')
+  return (isinstance(step, int) and not isinstance(step, bool) and step >= 0
+          and isinstance(seconds, (int, float))
+          and not isinstance(seconds, bool) and math.isfinite(seconds)
+          and seconds >= 0)
 
 
 def check_config(output_dir, config_text, allow_changes=False):
