@@ -82,15 +82,18 @@ def _key_bits(key):
   return np.asarray(key).tolist()
 
 
-def _resume_record_ok(manifest, streams):
-  """Whether a manifest holds a random key (a list of uint32 words) and a
-  list of data positions for each kind of stream of this loop."""
+def _resume_record_ok(manifest, streams, key_words=None):
+  """Whether a manifest holds a random key (a list of `key_words` uint32
+  words, as this loop's key has) and a list of data positions for each
+  kind of stream of this loop."""
   def counts(values):
     return isinstance(values, list) and all(
         isinstance(v, int) and not isinstance(v, bool) and v >= 0
         for v in values)
-  data = manifest.get('data')
-  return (counts(manifest.get('rng')) and isinstance(data, dict)
+  data, rng = manifest.get('data'), manifest.get('rng')
+  key_ok = counts(rng) and all(v < 2**32 for v in rng) and (
+      key_words is None or len(rng) == key_words)
+  return (key_ok and isinstance(data, dict)
           and all(counts(data.get(kind)) and len(data[kind]) == len(found)
                   for kind, found in streams.items()))
 
@@ -169,7 +172,8 @@ class Loop(training.Loop):
       raise model_files.DamagedCheckpoint(
           f'{stem}.pkl.gz: step {record.get("step")}, the manifest says '
           f'{manifest.get("step")}')
-    if not _resume_record_ok(manifest, self._streams):
+    if not _resume_record_ok(manifest, self._streams,
+                             len(_key_bits(self._rng))):
       raise model_files.DamagedCheckpoint(
           f'{path}: its manifest has no valid random key and data positions')
     if 'model_config' in manifest:  # absent in older checkpoints
