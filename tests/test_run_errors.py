@@ -389,3 +389,24 @@ def test_progress_lines_that_are_no_records_are_skipped(tmp_path):
   assert run_dir.RunDir(str(tmp_path)).read_progress() == [
       {'step': 1, 'seconds': 2.0, 'steps_per_s': None},
       {'step': 6, 'seconds': 7}]
+
+
+@pytest.mark.parametrize('timeout', ['-1', '0', 'nan', 'inf'])
+def test_a_distributed_timeout_out_of_range_ends_with_one_line(
+    tmp_path, capsys, timeout):
+  err = _error_line(capsys, train.main, _train_argv(tmp_path, *SMALL) + [
+      f'--distributed_timeout={timeout}', '--num_processes=2',
+      '--process_id=0', '--coordinator_address=localhost:1'])
+  assert '--distributed_timeout must be a finite number of seconds > 0' in err
+  assert os.listdir(tmp_path) == []
+
+
+def test_a_manifest_key_that_is_no_key_of_this_loop_is_damaged():
+  """A key word past uint32 (OverflowError) or a key of another length
+  (JAX's TypeError) made tracebacks at resume: now the checkpoint is
+  damaged and passed over."""
+  streams = {'train': [object()], 'eval': [object()]}
+  data = {'train': [3], 'eval': [5]}
+  assert loop._resume_record_ok({'rng': [1, 2], 'data': data}, streams, 2)
+  for rng in ([2**40, 5], [1, 2, 3], [1], [-1, 2], [1.0, 2]):
+    assert not loop._resume_record_ok({'rng': rng, 'data': data}, streams, 2)

@@ -77,7 +77,12 @@ def parse_args(argv):
 def check_flags(args):
   """Flags that do not go together: one RunError, before a multi-process
   job starts its processes (pure Python)."""
+  import math  # pylint: disable=g-import-not-at-top
   from trax_favor.run.errors import RunError  # pylint: disable=g-import-not-at-top
+  timeout = args.distributed_timeout
+  if not math.isfinite(timeout) or timeout <= 0:
+    raise RunError('--distributed_timeout must be a finite number of seconds '
+                   f'> 0, got {timeout}.')
   if args.sequence_parallel is not None and (args.num_processes or 1) > 1:
     raise RunError(
         f'--sequence_parallel with --num_processes={args.num_processes} is '
