@@ -250,7 +250,7 @@ def test_training_flags_out_of_range_end_with_one_line(tmp_path, capsys,
   assert _tree_digest(tmp_path) == before
 
 
-@pytest.mark.parametrize('temperature', ['nan', 'inf', '-1'])
+@pytest.mark.parametrize('temperature', ['nan', 'inf', '-1', '1e308'])
 def test_a_temperature_that_is_no_number_ends_with_one_line(
     tmp_path, capsys, temperature):
   err = _error_line(capsys, sample.main, _train_argv(tmp_path, *SMALL)
@@ -410,3 +410,12 @@ def test_a_manifest_key_that_is_no_key_of_this_loop_is_damaged():
   assert loop._resume_record_ok({'rng': [1, 2], 'data': data}, streams, 2)
   for rng in ([2**40, 5], [1, 2, 3], [1], [-1, 2], [1.0, 2]):
     assert not loop._resume_record_ok({'rng': rng, 'data': data}, streams, 2)
+
+
+@pytest.mark.parametrize('seed', [str(2**63), str(-2**63 - 1), '9' * 23])
+def test_a_seed_past_64_bits_ends_with_one_line(tmp_path, capsys, seed):
+  """JAX's OverflowError came after the checkpoint was loaded."""
+  err = _error_line(capsys, sample.main, _train_argv(tmp_path, *SMALL)
+                    + [f'--seed={seed}'])
+  assert '--seed must fit in 64 bits' in err
+  assert os.listdir(tmp_path) == []

@@ -15,6 +15,8 @@ from trax_favor.run import sequence_parallel
 from trax_favor.run import training
 from trax_favor.run.errors import RunError
 
+_FLOAT32_MAX = 3.4028234663852886e38
+
 
 def train(args):
   """Joins a multi-process job if asked, parses the config, trains."""
@@ -51,9 +53,14 @@ def check_train_flags(args):
 def check_sample_flags(args, image_size):
   """One line for flags that do not apply to the config's data."""
   _check_output_dir(args.output_dir)
-  if not math.isfinite(args.temperature) or args.temperature < 0:
+  # Decoding divides float32 logits by it: past float32's range it is inf.
+  if (not math.isfinite(args.temperature) or args.temperature < 0
+      or args.temperature > _FLOAT32_MAX):
     raise RunError('--temperature must be a finite number >= 0 (0: the most '
                    f'likely token), got {args.temperature}.')
+  if not -2**63 <= args.seed < 2**63:  # JAX's seeds are int64
+    raise RunError('--seed must fit in 64 bits (-2**63 .. 2**63 - 1), got '
+                   f'{args.seed}.')
   if image_size is None and (args.image or args.prompt_rows):
     raise RunError('--image and --prompt_rows apply to image configs; '
                    'this config is text: use --prompt and --length.')
