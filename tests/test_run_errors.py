@@ -328,8 +328,8 @@ def test_start_afresh_moves_what_is_left_and_refuses_a_whole_checkpoint(
   assert f'{whole} is a whole checkpoint: rerun without --start_afresh' in err
   assert _tree_digest(tmp_path) == before
   (whole / 'model.pkl.gz').write_bytes(b'y')  # now damaged
-  (tmp_path / run_dir.EVAL_HISTORY).write_text('{"loss": [[4, 1.5]]}')
   for expected in ('before_afresh', 'before_afresh.1'):
+    (tmp_path / run_dir.EVAL_HISTORY).write_text('{"loss": [[4, 1.5]]}')
     moved = run_dir.RunDir(str(tmp_path)).start_afresh()
     assert moved == str(tmp_path / expected)
     assert not (tmp_path / 'checkpoints').exists()
@@ -337,6 +337,8 @@ def test_start_afresh_moves_what_is_left_and_refuses_a_whole_checkpoint(
   assert os.listdir(tmp_path / 'before_afresh' / 'checkpoints') == [
       'step_00000004.damaged']
   assert (tmp_path / 'before_afresh' / run_dir.EVAL_HISTORY).exists()
+  assert run_dir.RunDir(str(tmp_path / 'new')).start_afresh() is None
+  assert not (tmp_path / 'new' / 'before_afresh').exists()
 
 
 def test_ctrl_c_during_start_up_says_so_and_exits_130(tmp_path, capsys,
@@ -350,6 +352,15 @@ def test_ctrl_c_during_start_up_says_so_and_exits_130(tmp_path, capsys,
   err = capsys.readouterr().err.strip()
   assert err.startswith('stopped by SIGINT before any checkpoint was saved')
   assert '\n' not in err and os.listdir(tmp_path) == []
+  # SIGTERM during start-up (trax's import): one line too, exit 143.
+  monkeypatch.setattr(cli, 'quiet_start',
+                      lambda: os.kill(os.getpid(), signal.SIGTERM))
+  with pytest.raises(SystemExit) as done:
+    train.main(_train_argv(tmp_path, *SMALL))
+  assert done.value.code == 143
+  err = capsys.readouterr().err.strip()
+  assert err.startswith('stopped by SIGTERM before any checkpoint was saved')
+  assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
   saved = interrupts.Interrupted(signal.SIGTERM)
   saved.saved = True  # the run said where its checkpoint is: no more lines
   with pytest.raises(SystemExit) as done:

@@ -46,12 +46,7 @@ def parse_args(argv):
 
 def main(argv=None):
   args = parse_args(sys.argv[1:] if argv is None else argv)
-  try:  # importing trax takes seconds: Ctrl-C here says so, exit 130
-    cli.quiet_start()
-    from trax_favor.run import commands  # pylint: disable=g-import-not-at-top
-  except KeyboardInterrupt as e:
-    cli.stopped(e)
-  commands.sample(args)
+  cli.start_up().sample(args)  # a signal during start-up: one line
 
 
 if __name__ == '__main__':

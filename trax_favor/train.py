@@ -96,12 +96,7 @@ def main(argv=None):
   args = parse_args(argv)
   cli.main_guard(lambda: check_flags(args), verbose=args.verbose)
   cli.supervise_job(args, argv)  # a multi-process job's process: supervised
-  try:  # importing trax takes seconds: Ctrl-C here says so, exit 130
-    cli.quiet_start()
-    from trax_favor.run import commands  # pylint: disable=g-import-not-at-top
-  except KeyboardInterrupt as e:
-    cli.stopped(e)
-  commands.train(args)
+  cli.start_up().train(args)  # a signal during start-up: one line
 
 
 if __name__ == '__main__':

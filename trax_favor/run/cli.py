@@ -93,6 +93,26 @@ def user_error(error):
   return ' '.join(line.strip() for line in message.splitlines() if line.strip())
 
 
+def start_up():
+  """`quiet_start`, then the command module (`run.commands`), with Ctrl-C
+  and SIGTERM during it (trax's import takes seconds) ending the process
+  with one line, 130 or 143 (`stopped`). Returns run.commands."""
+  import signal  # pylint: disable=g-import-not-at-top
+  from trax_favor.run import interrupts  # pylint: disable=g-import-not-at-top
+
+  def terminated(signum, frame):  # pylint: disable=unused-argument
+    raise interrupts.Interrupted(signum)
+  previous = signal.signal(signal.SIGTERM, terminated)
+  try:
+    quiet_start()
+    from trax_favor.run import commands  # pylint: disable=g-import-not-at-top
+  except KeyboardInterrupt as e:
+    stopped(e)
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+  return commands
+
+
 def stopped(error):
   """Ends the process for Ctrl-C or SIGTERM (KeyboardInterrupt `error`)
   with 130 or 143, saying so in one line unless the run already said what

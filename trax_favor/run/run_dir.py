@@ -205,7 +205,8 @@ class RunDir:
   def start_afresh(self):
     """For a run with nothing whole left (`--start_afresh`): moves the
     checkpoints, eval history and progress into before_afresh[.N]/ (kept
-    as evidence), so the run starts at step 0. Returns that directory.
+    as evidence), so the run starts at step 0. Returns that directory, or
+    None where there was nothing to move.
 
     Raises:
       RunError: a whole checkpoint is left (a rerun resumes from it).
@@ -216,13 +217,16 @@ class RunDir:
       raise RunError(
           f'{path} is a whole checkpoint: rerun without --start_afresh to '
           'resume from it, or use another --output_dir to start afresh.')
+    found = [name for name in (CHECKPOINTS, EVAL_HISTORY, PROGRESS)
+             if os.path.lexists(self._file(name))]
+    if not found:
+      return None
     target, n = self._file('before_afresh'), 1
     while os.path.exists(target):
       target, n = self._file(f'before_afresh.{n}'), n + 1
     os.makedirs(target)
-    for name in (CHECKPOINTS, EVAL_HISTORY, PROGRESS):
-      if os.path.exists(self._file(name)):
-        os.rename(self._file(name), os.path.join(target, name))
+    for name in found:
+      os.rename(self._file(name), os.path.join(target, name))
     return target
 
   def save_checkpoint(self, step, write, record, name=None):

@@ -91,9 +91,10 @@ def _opened(run_dir, config_text, allow_config_change, start_afresh=False):
           "(model.pkl.gz), not trax_favor's checkpoints/: continue it with "
           'python -m trax_favor.trax_trainer, or use another --output_dir.')
     changes = run_dir.check_config(config_text, allow_config_change)
-    if start_afresh and not run_dir.read_only:
-      _log(f'starting afresh: {run_dir.start_afresh()} holds the earlier '
-           'checkpoints and history')
+    moved = start_afresh and not run_dir.read_only and run_dir.start_afresh()
+    if moved:
+      _log(f'starting afresh: {moved} holds the earlier checkpoints and '
+           'history')
     run_dir.read_eval_history()  # a damaged one stops the run before it starts
     if changes:
       _log(f'config changed since the last run: {changes}')
