@@ -4,6 +4,7 @@ import importlib
 import inspect
 import json
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -19,6 +20,7 @@ from trax.supervised import trainer_lib
 from trax.supervised import training
 
 from trax_favor import compat
+from trax_favor import model_files
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -41,7 +43,7 @@ def _toy_loop(output_dir, n_devices=1, batch=2):
       attention_type=trax_favor.FavorSelfAttention)
   task = training.TrainTask(batches(), tl.WeightedCategoryCrossEntropy(),
                             trax.optimizers.Adam(0.01),
-                            n_steps_per_checkpoint=2)
+                            n_steps_per_checkpoint=1)
   return training.Loop(model, [task], output_dir=output_dir,
                        n_devices=n_devices)
 
@@ -49,9 +51,9 @@ def _toy_loop(output_dir, n_devices=1, batch=2):
 @pytest.mark.slow
 def test_loop_resumes_from_checkpoint(tmp_path):
   first = _toy_loop(str(tmp_path))
-  first.run(2)
+  first.run(1)  # one step: a second would compile the step again
   resumed = _toy_loop(str(tmp_path))  # restores model.pkl.gz on creation
-  assert resumed.step == 2
+  assert resumed.step == 1
   for a, b in zip(jax.tree.leaves(resumed.model.weights),
                   jax.tree.leaves(first.model.weights)):
     np.testing.assert_allclose(a, b)
@@ -187,15 +189,24 @@ def test_stock_trax_trainer_cli_trains_a_favor_model(tmp_path):
   the offline text swapped in for PG-19."""
   bindings = ['train.inputs=@trax_favor.local_text_inputs',
               'trax_favor.local_text_inputs.batch_size=2',
-              'trax_favor.local_text_inputs.sequence_length=256',
-              'train.steps=2', 'train.eval_frequency=2']
+              'trax_favor.local_text_inputs.sequence_length=64',
+              'SEQUENCE_LENGTH=64', 'N_LAYERS=1',
+              'train.steps=1', 'train.eval_frequency=1']
   result = _run([sys.executable, '-m', 'trax_favor.trax_trainer',
                  '--config_file=gin/pg19/performer_tiny.gin',
                  f'--output_dir={tmp_path}']
                 + [f'--config={b}' for b in bindings])
   assert result.returncode == 0, result.stderr[-3000:]
-  assert (tmp_path / 'model.pkl.gz').exists()
   assert 'trax_favor.FavorSelfAttention' in (tmp_path / 'config.gin').read_text()
+  # The checkpoint holds the weights trax counted, and one step of Adam
+  # from a uniform-ish start leaves the loss near log(256).
+  logged = result.stdout + result.stderr
+  n_weights = int(re.search(r'Total number of trainable weights: (\d+)',
+                            logged).group(1))
+  saved = model_files.read_arrays(str(tmp_path / 'model.weights.npy.gz'))
+  assert sum(np.size(w) for w in saved) == n_weights
+  loss = float(re.search(r'Step +1: train +loss \| +(\S+)', logged).group(1))
+  assert abs(loss - np.log(256)) < 1.0, loss
 
 
 def test_trax_trainer_module_imports_without_changing_jax_lib():
@@ -216,19 +227,24 @@ GLOBALS = """
 import json, os, sys
 fd2 = os.readlink('/proc/self/fd/2')
 env, meta_path = dict(os.environ), list(sys.meta_path)
+STEPS = {{}}
+
+def snapshot(name):
+  STEPS[name] = dict(
+      imported=sorted(m for m in ('jax', 'trax', 'tensorflow', 'gym')
+                      if m in sys.modules),
+      env=sorted(k for k, v in os.environ.items() if env.get(k) != v),
+      meta_path=sorted(type(f).__name__ for f in sys.meta_path
+                       if f not in meta_path),
+      fd2=os.readlink('/proc/self/fd/2') == fd2)
+
 {imports}
 import jax, jax.lib
 from jax._src import xla_bridge
+snapshot('end')
 print(json.dumps(dict(
-    backend_started=xla_bridge.backends_are_initialized(),
-    jax_imported_by_first_line='jax' in FIRST,
-    heavy_imported_by_first_line=sorted(
-        m for m in ('trax', 'tensorflow', 'gym') if m in FIRST),
-    env=sorted(k for k, v in os.environ.items() if env.get(k) != v),
-    meta_path=sorted(type(f).__name__ for f in sys.meta_path
-                     if f not in meta_path),
-    jax_names=sorted(dir(jax)), jax_lib_names=sorted(dir(jax.lib)),
-    fd2=os.readlink('/proc/self/fd/2') == fd2)))
+    STEPS, backend_started=xla_bridge.backends_are_initialized(),
+    jax_names=sorted(dir(jax)), jax_lib_names=sorted(dir(jax.lib)))))
 """
 
 
@@ -244,19 +260,21 @@ def test_import_changes_nothing_global_and_starts_no_backend():
   `import trax_favor.ops` neither trax, TensorFlow nor gym; importing trax
   through trax_favor (its layer) changes what `import trax` alone changes
   (trax and TensorFlow set environment variables themselves) and nothing
-  more: no backend started, no jax attribute, no redirected stderr."""
-  alone = _globals_after("import trax_favor; FIRST = set(sys.modules)")
-  assert not alone['backend_started'] and not alone['jax_imported_by_first_line']
+  more: no backend started, no jax attribute, no redirected stderr. One
+  interpreter takes the three steps in turn, a snapshot after each; one
+  imports trax alone."""
+  steps = _globals_after("import trax_favor\nsnapshot('trax_favor')\n"
+                         "import trax_favor.ops\nsnapshot('ops')\n"
+                         'trax_favor.FavorSelfAttention')
+  plain = _globals_after('import trax')
+  alone, ops, through = steps['trax_favor'], steps['ops'], steps['end']
+  assert alone['imported'] == []
   assert alone['env'] == [] and alone['fd2']
   assert alone['meta_path'] == ['_TraxFinder']  # until trax is imported
-  through = _globals_after(
-      "import trax_favor; FIRST = set(sys.modules); "
-      "trax_favor.FavorSelfAttention")
-  plain = _globals_after("import trax; FIRST = set()")
-  ops = _globals_after("import trax_favor.ops; FIRST = set(sys.modules)")
-  assert not ops['backend_started'] and ops['env'] == []
-  assert not set(ops['heavy_imported_by_first_line'])
-  assert not through['backend_started'] and through['fd2']
-  for key in ('env', 'meta_path', 'jax_names', 'jax_lib_names'):
-    assert through[key] == plain[key], key
+  assert ops['imported'] == ['jax'] and ops['env'] == []
+  assert not steps['backend_started'] and through['fd2']  # nor before
+  for key in ('env', 'meta_path'):
+    assert through[key] == plain['end'][key], key
+  for key in ('jax_names', 'jax_lib_names'):
+    assert steps[key] == plain[key], key
 
