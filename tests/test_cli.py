@@ -1,6 +1,7 @@
 """The training and sampling entry points, as a user runs them: progress,
 resume after kill -9, several devices, sampling (predict == eval), errors."""
 
+import importlib
 import json
 import os
 import signal
@@ -32,7 +33,9 @@ SHRINK = [  # the offline default at a few seconds per run
     'trax_favor.FavorSelfAttention.chunk_size=16',
 ]
 
-# Every test here runs the command lines in fresh processes, end to end.
+# Every test here runs the command lines end to end: in fresh processes,
+# but for the errors, which end before anything is trained or sampled
+# (their main in this process: the same exit code and stderr).
 pytestmark = pytest.mark.slow
 
 
@@ -50,6 +53,17 @@ def _command(module, output_dir, *flags, config=TEXT_CONFIG, bindings=SHRINK):
 def _run(command, env, timeout=600):
   return subprocess.run(command, cwd=REPO, env=env, capture_output=True,
                         text=True, timeout=timeout, check=False)
+
+
+def _run_here(command, capsys):
+  """(exit code, stderr) of a command line from _command that exits, its
+  module's main run in this process (from the repository root: in_repo)."""
+  assert command[1:3] == ['-u', '-m']
+  main = importlib.import_module(command[3]).main
+  capsys.readouterr()
+  with pytest.raises(SystemExit) as done:
+    main(command[4:])
+  return done.value.code, capsys.readouterr().err
 
 
 @pytest.fixture(name='text_run', scope='module')
@@ -158,7 +172,9 @@ def test_sampling_stops_where_the_position_table_ends(text_run):
                                               mode='eval')) is None
 
 
-def test_sampling_cli_continues_a_prompt(text_run, xla_cache_dir):
+def test_sampling_cli_continues_a_prompt(text_run, xla_cache_dir, in_repo,
+                                        capsys):
+  del in_repo
   output_dir, _, _ = text_run
   result = _run(_command('trax_favor.sample', output_dir, '--prompt=def ',
                          '--length=12', '--temperature=0'),
@@ -166,19 +182,18 @@ def test_sampling_cli_continues_a_prompt(text_run, xla_cache_dir):
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.startswith('def ') and len(result.stdout) >= 12
   # 4 prompt bytes and 61 more: one past the 64 positions, one clear line.
-  result = _run(_command('trax_favor.sample', output_dir, '--prompt=def ',
-                         '--length=61'), _env(xla_cache_dir))
-  assert result.returncode == 2
-  assert 'larger max_len' in result.stderr and (
-      'Traceback' not in result.stderr), result.stderr[-3000:]
+  code, err = _run_here(_command('trax_favor.sample', output_dir,
+                                 '--prompt=def ', '--length=61'), capsys)
+  assert code == 2
+  assert 'larger max_len' in err and 'Traceback' not in err, err[-3000:]
 
 
 def test_image_completion_to_png(tmp_path, xla_cache_dir):
   """Tiny ImageNet64 Performer (mocked data), then the sampling CLI."""
   config = 'gin/imagenet64/performer_tiny.gin'
   gin_helpers.parse(config, shrink=False)
-  gin.bind_parameter('train.steps', 2)
-  gin.bind_parameter('train.eval_frequency', 2)
+  gin.bind_parameter('train.steps', 1)  # a second would compile again
+  gin.bind_parameter('train.eval_frequency', 1)
   with gin_helpers.mocked_tfds():
     favor_training.train(str(tmp_path / 'run'), log_every=1)
   prompt = np.random.default_rng(0).integers(0, 256, (8, 8, 3)).astype(
@@ -232,13 +247,13 @@ def test_two_devices_follow_the_one_device_trajectory(tmp_path, xla_cache_dir):
      'where it shapes the model'),
 ], ids=['missing_config', 'missing_dataset', 'changed_model'])
 def test_errors_are_one_clear_line(module, config, bindings, message,
-                                   text_run, xla_cache_dir, tmp_path):
+                                   text_run, in_repo, tmp_path, capsys):
+  del in_repo
   output_dir = text_run[0] if module == 'trax_favor.sample' else tmp_path
-  result = _run(_command(module, output_dir, config=config,
-                         bindings=bindings), _env(xla_cache_dir))
-  assert result.returncode == 2
-  assert message in result.stderr and 'Traceback' not in result.stderr, (
-      result.stderr[-3000:])
+  code, err = _run_here(_command(module, output_dir, config=config,
+                                 bindings=bindings), capsys)
+  assert code == 2
+  assert message in err and 'Traceback' not in err, err[-3000:]
 
 
 def test_the_stock_trainer_help_lists_its_flags_and_exits_0(xla_cache_dir):
