@@ -1,67 +1,56 @@
-"""One process of tests/test_distributed.py: joins the job (unless alone),
-trains the shrunk offline default, and saves its weights after every step
-and its training losses at the end.
-
-    python tests/distributed_child.py OUTPUT_DIR DUMP_DIR STEPS \
-        [COORDINATOR NUM_PROCESSES PROCESS_ID]
-"""
+"""Imported by a gin `import distributed_dumps` line that
+tests/test_distributed.py adds to a `python -m trax_favor.train` run (with
+tests/ on PYTHONPATH): every training process then saves its weights after
+every step, and its training losses at a normal end, into the folder
+$TRAX_FAVOR_TEST_DUMPS, as p<process index>_step<step>.npy and
+p<process index>_losses.json."""
 
 import json
 import os
-import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
-from trax_favor.run import cli
-cli.quiet_start()
 import jax
 import numpy as np
 from trax.supervised import callbacks
-from trax_favor.run import configs
-from trax_favor.run import distributed
+
+from trax_favor.run import loop as loop_lib
 from trax_favor.run import training
-# pylint: enable=g-import-not-at-top,wrong-import-position
 
+DUMPS = os.environ['TRAX_FAVOR_TEST_DUMPS']
 LOSS = 'metrics/WeightedCategoryCrossEntropy'  # the training loss, per eval
-SHRINK = [
-    'D_MODEL=32', 'SEQUENCE_LENGTH=32', 'N_LAYERS=1', 'BATCH_SIZE=4',
-    'N_RANDOM_FEATURES=16', 'train.eval_frequency=1', 'train.eval_steps=1',
-    'train.checkpoints_at=[2]', 'trax_favor.PerformerLM.d_ff=64',
-    'trax_favor.PerformerLM.d_qk=16', 'trax_favor.PerformerLM.d_v=16',
-    'trax_favor.PerformerLM.n_heads=2',
-    'trax_favor.FavorSelfAttention.chunk_size=16',
-]
 
 
-def main():
-  output_dir, dump_dir, steps = sys.argv[1:4]
-  index = 0
-  if len(sys.argv) > 4:
-    coordinator, n_processes, index = sys.argv[4], *map(int, sys.argv[5:7])
-    assert distributed.initialize(coordinator, n_processes, index)
-  configs.parse_config([os.path.join(REPO, 'gin', 'offline_default.gin')],
-                       SHRINK + [f'train.steps={steps}',
-                                 'multifactor.steps_per_cycle=8'])
+class Dump(callbacks.TrainingStepCallback):
 
-  class Dump(callbacks.TrainingStepCallback):
-    def call_at(self, step):
-      return True
+  def call_at(self, step):
+    return True
 
-    def on_step_begin(self, step):
-      pass
+  def on_step_begin(self, step):
+    pass
 
-    def on_step_end(self, step):
-      leaves = jax.tree_util.tree_leaves(self._loop.model.weights)
-      np.save(os.path.join(dump_dir, f'p{index}_step{step}.npy'),
-              np.concatenate([np.asarray(x).ravel() for x in leaves]))
+  def on_step_end(self, step):
+    leaves = jax.tree_util.tree_leaves(self._loop.model.weights)
+    np.save(os.path.join(DUMPS, f'p{jax.process_index()}_step{step}.npy'),
+            np.concatenate([np.asarray(x).ravel() for x in leaves]))
 
-  loop = training.train(output_dir, log_every=1, callbacks=[Dump])
-  with open(os.path.join(dump_dir, f'p{index}_losses_{steps}.json'), 'w') as f:
+
+_build_loop = loop_lib.build_loop
+_train = training.train
+
+
+def _build_loop_with_dumps(output_dir, args, given=(), *more, **kwargs):
+  # First: a stop by a signal is raised in the on_step_end of training's
+  # progress callback, after the step this one saves.
+  return _build_loop(output_dir, args, [Dump, *given], *more, **kwargs)
+
+
+def _train_with_dumps(*args, **kwargs):
+  loop = _train(*args, **kwargs)
+  with open(os.path.join(DUMPS, f'p{jax.process_index()}_losses.json'),
+            'w') as f:
     json.dump([(int(s), float(v))
                for s, v in loop.history.get('train', LOSS)], f)
+  return loop
 
 
-if __name__ == '__main__':
-  main()
+loop_lib.build_loop = _build_loop_with_dumps  # what training._restore calls
+training.train = _train_with_dumps  # what commands.train calls

@@ -1,6 +1,9 @@
-"""Two processes x one CPU device on JAX's distributed runtime (127.0.0.1):
-they stay bit-identical at every step, equal the one-process run with the
-same global batch, write one set of files, and resume together."""
+"""Two processes x one CPU device on JAX's distributed runtime (127.0.0.1),
+each a `python -m trax_favor.train` under its supervisor: they stay
+bit-identical at every step, equal the one-process run with the same global
+batch, write one set of files, stop together on a signal and resume
+together; their faults are one line and a prompt exit. Every test here
+starts trainings: all are in the slow set."""
 
 import json
 import os
@@ -17,7 +20,6 @@ from trax_favor.run import checkpoints as checkpoint_files
 from trax_favor.run import training
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CHILD = os.path.join(REPO, 'tests', 'distributed_child.py')
 TIMEOUT = 300  # seconds per phase; a hang fails the test, not CI
 
 
@@ -27,108 +29,95 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _start(args, log):
-  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=REPO)
-  env.pop('XLA_FLAGS', None)  # one device per process
-  return subprocess.Popen([sys.executable, CHILD, *map(str, args)],
-                          stdout=log, stderr=subprocess.STDOUT, env=env)
+def _command(run_dir, bindings, coordinator=None, index=None, timeout=120):
+  """`python -m trax_favor.train` of the offline default with bindings; with
+  a coordinator, process `index` of a two-process job."""
+  command = [sys.executable, '-u', '-m', 'trax_favor.train',
+             f'--config_file={REPO}/gin/offline_default.gin',
+             f'--output_dir={run_dir}', '--log_every=1',
+             *[f'--config={b}' for b in bindings]]
+  if coordinator is not None:
+    command += [f'--coordinator_address={coordinator}', '--num_processes=2',
+                f'--process_id={index}', f'--distributed_timeout={timeout}']
+  return command
 
 
-def _wait_all(processes, logs):
-  """Waits for every child; on a timeout kills them all (by handle)."""
+def _env(**extra):
+  env = dict(os.environ, **{'JAX_PLATFORMS': 'cpu', 'PYTHONPATH': REPO,
+                            **extra})
+  # One device per process; other flags (CI's optimization level) stay.
+  flags = [f for f in env.pop('XLA_FLAGS', '').split()
+           if not f.startswith('--xla_force_host_platform_device_count')]
+  if flags:
+    env['XLA_FLAGS'] = ' '.join(flags)
+  return env
+
+
+# The shrunk offline default, evaluated every step (the training loss per
+# step in the history), a checkpoint at step 2, a schedule that does not
+# depend on train.steps (which the resume changes); every process saves
+# its weights after every step (tests/distributed_dumps.py).
+DUMPED = ('D_MODEL=32', 'SEQUENCE_LENGTH=32', 'N_LAYERS=1', 'BATCH_SIZE=4',
+          'N_RANDOM_FEATURES=16', 'train.eval_frequency=1',
+          'train.eval_steps=1', 'train.checkpoints_at=[2]',
+          'trax_favor.PerformerLM.d_ff=64', 'trax_favor.PerformerLM.d_qk=16',
+          'trax_favor.PerformerLM.d_v=16', 'trax_favor.PerformerLM.n_heads=2',
+          'trax_favor.FavorSelfAttention.chunk_size=16',
+          'multifactor.steps_per_cycle=8', 'import distributed_dumps')
+
+
+def _dumping(run_dir, dumps, steps, coordinator=None, index=None):
+  """A training that saves its weights after every step into `dumps`."""
+  dumps.mkdir(exist_ok=True)
+  return subprocess.Popen(
+      _command(run_dir, DUMPED + (f'train.steps={steps}',), coordinator,
+               index),
+      env=_env(PYTHONPATH=f'{REPO}{os.pathsep}{REPO}/tests',
+               TRAX_FAVOR_TEST_DUMPS=str(dumps)),
+      text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _wait_all(processes):
+  """Each child's output; on a timeout kills them all (by handle)."""
+  outputs = []
   try:
     for process in processes:
-      process.wait(timeout=TIMEOUT)
+      outputs.append(process.communicate(timeout=TIMEOUT)[0])
   finally:
     for process in processes:
       if process.poll() is None:
         process.kill()
         process.wait()
-  for process, log in zip(processes, logs):
-    assert process.returncode == 0, log.read_text()[-3000:]
-
-
-def _pair(tmp_path, name, steps, run_dir, dumps):
-  coordinator = f'127.0.0.1:{_free_port()}'
-  logs = [tmp_path / f'{name}{i}.log' for i in range(2)]
-  processes = [_start([run_dir, dumps, steps, coordinator, 2, i],
-                      open(log, 'w')) for i, log in enumerate(logs)]
-  return processes, logs
+  for process, output in zip(processes, outputs):
+    assert process.returncode == 0, output[-3000:]
+  return outputs
 
 
 def _weights(dumps, process, step):
   return np.load(dumps / f'p{process}_step{step}.npy')
 
 
-@pytest.fixture(name='runs', scope='module')
-def fixture_runs(tmp_path_factory):
-  """(pair dumps, reference dumps, pair run dir): the pair trains 3 steps
-  and resumes to 5; the reference trains 5 steps in one process."""
-  tmp = tmp_path_factory.mktemp('distributed')
-  pair, reference, run_dir = tmp / 'pair', tmp / 'reference', tmp / 'run'
-  pair.mkdir()
-  reference.mkdir()
-  processes, logs = _pair(tmp, 'first', 3, run_dir, pair)
-  ref_log = tmp / 'reference.log'
-  processes.append(_start([tmp / 'ref_run', reference, 5], open(ref_log, 'w')))
-  _wait_all(processes, logs + [ref_log])
-  processes, logs = _pair(tmp, 'resumed', 5, run_dir, pair)
-  _wait_all(processes, logs)
-  return pair, reference, run_dir, logs
-
-
-def test_processes_stay_bit_identical_and_equal_one_process(runs):
-  pair, reference, _, _ = runs
-  for step in range(1, 6):
-    np.testing.assert_array_equal(_weights(pair, 0, step),
-                                  _weights(pair, 1, step))
-    np.testing.assert_allclose(_weights(pair, 0, step),
-                               _weights(reference, 0, step), rtol=1e-5,
-                               atol=1e-5)
-  losses = {name: json.loads((d / f'p0_losses_5.json').read_text())
-            for name, d in (('pair', pair), ('reference', reference))}
-  assert [s for s, _ in losses['pair']] == [1, 2, 3, 4, 5]
-  np.testing.assert_allclose([v for _, v in losses['pair']],
-                             [v for _, v in losses['reference']], rtol=1e-5)
-  assert losses['pair'] == json.loads((pair / 'p1_losses_5.json').read_text())
-
-
-def test_one_process_writes_and_both_resume_from_it(runs):
-  _, _, run_dir, resumed_logs = runs
-  assert [s for s, _ in checkpoint_files.steps(run_dir)] == [5, 3]
-  steps = [r['step'] for r in training.read_progress(str(run_dir))]
-  assert steps == [1, 2, 3, 4, 5]  # one writer: no step recorded twice
-  lines = open(run_dir / 'progress.jsonl').read().splitlines()
-  assert len(lines) == 5
-  evals = training.read_eval_history(str(run_dir))['loss']
-  assert [s for s, _ in evals] == [1, 2, 3, 4, 5]
-  for log in resumed_logs:  # each process resumed from process 0's files
-    assert 'step_00000003' in log.read_text()
+def _losses(dumps, process):
+  return json.loads((dumps / f'p{process}_losses.json').read_text())
 
 
 @pytest.mark.slow
-def test_sigterm_to_one_process_stops_both_after_one_step(tmp_path):
-  """SIGTERM to process 1: the flag travels with the next step, both stop
-  after it (exit 143), process 0 saves that step's checkpoint."""
+def test_two_processes_train_as_one_stop_together_and_resume(tmp_path):
+  """SIGTERM to process 1 (its supervisor forwards it): the flag travels
+  with the next step, both stop after it (exit 143), process 0 saves that
+  step's checkpoint. Both then resume from process 0's files for two more
+  steps, while one process trains as many steps on the same global batch.
+  At every step the two processes' weights are bit-identical and equal the
+  one process's; process 0 alone writes the run's files."""
+  run_dir, pair, reference = tmp_path / 'run', tmp_path / 'pair', (
+      tmp_path / 'reference')
   coordinator = f'127.0.0.1:{_free_port()}'
-  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=REPO)
-  env.pop('XLA_FLAGS', None)
-  command = [sys.executable, '-u', '-m', 'trax_favor.train',
-             f'--config_file={REPO}/gin/offline_default.gin',
-             f'--output_dir={tmp_path / "run"}', '--log_every=1',
-             f'--coordinator_address={coordinator}', '--num_processes=2',
-             *[f'--config={b}' for b in (
-                 'D_MODEL=32', 'SEQUENCE_LENGTH=32', 'N_LAYERS=1',
-                 'BATCH_SIZE=4', 'N_RANDOM_FEATURES=16', 'STEPS=200',
-                 'train.eval_frequency=100', 'train.eval_steps=1')]]
-  processes = [subprocess.Popen(command + [f'--process_id={i}'], env=env,
-                                text=True, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT) for i in range(2)]
+  processes = [_dumping(run_dir, pair, 200, coordinator, i) for i in range(2)]
   outputs = ['', '']
   try:
     for line in processes[1].stdout:
       outputs[1] += line
-      if line.startswith('step 5/'):
+      if line.startswith('step 3/'):
         processes[1].send_signal(signal.SIGTERM)
     outputs[0] = processes[0].communicate(timeout=TIMEOUT)[0]
     processes[1].wait(timeout=TIMEOUT)
@@ -136,11 +125,45 @@ def test_sigterm_to_one_process_stops_both_after_one_step(tmp_path):
     for process in processes:
       if process.poll() is None:
         process.kill()
+        process.wait()
   assert [p.returncode for p in processes] == [143, 143], outputs
   stopped = [int(out.split('interrupted at step ')[1].split(':')[0])
              for out in outputs]
-  assert stopped[0] == stopped[1] >= 5
-  assert checkpoint_files.steps(str(tmp_path / 'run'))[0][0] == stopped[0]
+  assert stopped[0] == stopped[1] >= 3, stopped
+  assert checkpoint_files.steps(str(run_dir))[0][0] == stopped[0]
+
+  end = stopped[0] + 2
+  coordinator = f'127.0.0.1:{_free_port()}'
+  resumed = _wait_all(
+      [_dumping(run_dir, pair, end, coordinator, i) for i in range(2)]
+      + [_dumping(tmp_path / 'reference_run', reference, end)])[:2]
+  for step in range(1, end + 1):
+    np.testing.assert_array_equal(_weights(pair, 0, step),
+                                  _weights(pair, 1, step))
+    np.testing.assert_allclose(_weights(pair, 0, step),
+                               _weights(reference, 0, step), rtol=1e-5,
+                               atol=1e-5)
+  # Every step in the run's records and the training losses of the
+  # history (restored on resume), but for the stop's step, which may have
+  # none (the stop came before its record and its eval).
+  every = list(range(1, end + 1))
+  but_stop = [s for s in every if s != stopped[0]]
+  losses, expected = _losses(pair, 0), dict(_losses(reference, 0))
+  assert [s for s, _ in losses] in (every, but_stop)
+  assert sorted(expected) == every
+  np.testing.assert_allclose([v for _, v in losses],
+                             [expected[s] for s, _ in losses], rtol=1e-5)
+  assert _losses(pair, 1) == losses
+  assert [s for s, _ in checkpoint_files.steps(run_dir)] == [end,
+                                                             stopped[0]]
+  steps = [r['step'] for r in training.read_progress(str(run_dir))]
+  assert steps in (every, but_stop)
+  lines = open(run_dir / 'progress.jsonl').read().splitlines()
+  assert len(lines) == len(steps)  # one writer: no step recorded twice
+  evals = training.read_eval_history(str(run_dir))['loss']
+  assert [s for s, _ in evals] == every
+  for output in resumed:  # each process resumed from process 0's files
+    assert f'step_{stopped[0]:08d}' in output, output[-3000:]
 
 
 # Faults of a multi-process job (docs/reliability.md): one line, a prompt
@@ -153,16 +176,9 @@ NATIVE = ('Fatal Python error', '*** Begin stack trace', 'SIGABRT',
 
 
 def _train_process(run_dir, coordinator, index, extra=(), timeout=120):
-  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=REPO)
-  env.pop('XLA_FLAGS', None)
-  command = [sys.executable, '-u', '-m', 'trax_favor.train',
-             f'--config_file={REPO}/gin/offline_default.gin',
-             f'--output_dir={run_dir}', '--log_every=1',
-             f'--coordinator_address={coordinator}', '--num_processes=2',
-             f'--process_id={index}', f'--distributed_timeout={timeout}',
-             *[f'--config={b}' for b in TINY + tuple(extra)]]
-  return subprocess.Popen(command, env=env, text=True, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE)
+  return subprocess.Popen(
+      _command(run_dir, TINY + tuple(extra), coordinator, index, timeout),
+      env=_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def _finish(process, timeout):

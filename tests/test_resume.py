@@ -79,11 +79,14 @@ def _assert_same_trajectory(output_dir, reference):
                              rtol=1e-6)
 
 
-def test_resume_after_a_kill_follows_the_uninterrupted_run(
+def test_resume_after_a_kill_and_after_sigterm_follows_the_uninterrupted_run(
     tmp_path, uninterrupted, capsys):
   """Killed at step 6 (checkpoint at 4, its eval already run); the rerun
   restores weights, slots, step, random key and data positions, reruns the
-  eval the checkpoint preceded, removes the debris of killed writes."""
+  eval the checkpoint preceded, removes the debris of killed writes. That
+  rerun is stopped by SIGTERM at step 9: it saves after the step, exits
+  143's way and restores the signal handler; the next rerun finishes. The
+  evals follow the uninterrupted run's."""
   with pytest.raises(Crash):
     _train(tmp_path, callbacks_=[_at_step(6, _crash)])
   assert [s for s, _ in checkpoint_files.steps(tmp_path)] == [4]
@@ -92,21 +95,15 @@ def test_resume_after_a_kill_follows_the_uninterrupted_run(
   debris[0].mkdir()
   debris[1].write_text('partial')
   capsys.readouterr()
-  _train(tmp_path)
+  with pytest.raises(interrupts.Interrupted) as stopped:
+    _train(tmp_path, callbacks_=[_at_step(
+        9, lambda: os.kill(os.getpid(), signal.SIGTERM))])
   out = capsys.readouterr().out
   assert 'at step 4' in out and 'running its eval' in out
   assert not any(p.exists() for p in debris)
-  _assert_same_trajectory(tmp_path, uninterrupted)
-
-
-def test_sigterm_saves_after_the_step_and_resume_continues(
-    tmp_path, uninterrupted):
-  with pytest.raises(interrupts.Interrupted) as stopped:
-    _train(tmp_path, callbacks_=[_at_step(
-        6, lambda: os.kill(os.getpid(), signal.SIGTERM))])
   assert stopped.value.signum == signal.SIGTERM
   assert interrupts.exit_code(stopped.value) == 143
-  assert checkpoint_files.steps(tmp_path)[0][0] == 6
+  assert checkpoint_files.steps(tmp_path)[0][0] == 9
   assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # restored
   _train(tmp_path)
   _assert_same_trajectory(tmp_path, uninterrupted)

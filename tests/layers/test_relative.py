@@ -1,7 +1,9 @@
 """FavorSelfAttention(relative_position='bias', qk_normalization=...): starts
 as plain FAVOR+, loads a plain model's weights, refuses what it cannot do,
-trains through the reversible stack with exact gradients, and decodes in
-predict mode as the eval model."""
+keeps a causal model causal, and decodes in predict mode as the eval layer.
+In the models (tests/models/): exact gradients through the reversible
+stack, causal (test_reformer.py) and bidirectional (test_performer.py),
+and decoding as the eval model (both files)."""
 
 import functools
 
@@ -9,11 +11,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import trax
 import trax_favor
 from trax import layers as tl
 from trax import shapes
-from trax.layers import reversible
 
 X = np.random.default_rng(0).standard_normal((2, 37, 16)).astype(np.float32)
 TOL = 2e-5  # float32 sums in another order than plain FAVOR+'s
@@ -74,53 +74,20 @@ def test_what_cannot_work_is_one_clear_error(kwargs, message):
     trax_favor.FavorSelfAttention(**kwargs)
 
 
-def _reformer(vocab, d_model, d_ff, d_qk, d_v, n_layers, n_heads, max_len,
-              causal, mode, dropout, attention_type):
-  assert causal
-  return trax.models.ReformerLM(
-      vocab_size=vocab, d_model=d_model, d_ff=d_ff, d_attention_key=d_qk,
-      d_attention_value=d_v, n_layers=n_layers, n_heads=n_heads,
-      dropout=dropout, max_len=max_len, ff_chunk_size=8,
-      attention_type=attention_type, mode=mode)
-
-
-def _model(causal, mode='train', name='fft', lm=trax_favor.PerformerLM):
+def _causal_model():
   attention = functools.partial(
       trax_favor.FavorSelfAttention, n_random_features=16,
-      relative_position=name, max_relative_distance=6,
-      qk_normalization='learned', chunk_size=8 if causal else None)
-  return lm(16, d_model=16, d_ff=32, d_qk=8, d_v=8,
+      relative_position='fft', max_relative_distance=6,
+      qk_normalization='learned', chunk_size=8)
+  return trax_favor.PerformerLM(16, d_model=16, d_ff=32, d_qk=8, d_v=8,
                                 n_layers=2, n_heads=2, max_len=64,
-                                causal=causal, mode=mode, dropout=0.0,
+                                causal=True, mode='eval', dropout=0.0,
                                 attention_type=attention)
-
-
-@pytest.mark.parametrize('causal', [False, True], ids=['bidir', 'causal'])
-def test_reversible_gradients_equal_plain_autodiff(causal, monkeypatch):
-  x = np.random.default_rng(3).integers(0, 16, (2, 24)).astype(np.int32)
-  model = _model(causal)
-  model.init(shapes.signature(x), rng=jax.random.PRNGKey(2))
-  weights = jax.tree.map(lambda w: w + 0.01 * jnp.ones_like(w), model.weights)
-  cot = np.random.default_rng(4).standard_normal((2, 24, 16)).astype(
-      np.float32)
-
-  def loss(w):
-    out, _ = model.pure_fn(x, w, model.state, jax.random.PRNGKey(5))
-    return jnp.sum(out * cot)
-  g_reversible = jax.jit(jax.grad(loss))(weights)
-  monkeypatch.setattr(reversible.ReversibleLayer, 'has_backward',
-                      property(lambda self: False))
-  g_plain = jax.jit(jax.grad(loss))(weights)
-  for a, b in zip(jax.tree.leaves(g_reversible), jax.tree.leaves(g_plain)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)  # reconstruction
-  biases = [g for g in jax.tree.leaves(g_plain) if g.shape == (2, 7 if causal
-                                                              else 13)]
-  assert biases and all(float(jnp.max(jnp.abs(g))) > 0 for g in biases)
 
 
 def test_causal_model_outputs_ignore_later_tokens():
   x = np.random.default_rng(6).integers(0, 16, (2, 24)).astype(np.int32)
-  model = _model(True, mode='eval')
+  model = _causal_model()
   model.init(shapes.signature(x), rng=jax.random.PRNGKey(7))
   y = x.copy()
   y[:, 15:] = (y[:, 15:] + 1) % 16
@@ -155,26 +122,4 @@ def test_the_layer_decodes_as_it_evaluates():
                                    for i in range(13, 40)]
   full = np.asarray(layer(x))
   np.testing.assert_allclose(np.concatenate(pieces, 1), full, rtol=0,
-                             atol=1e-5 * np.abs(full).max())
-
-
-@pytest.mark.parametrize('lm', [trax_favor.PerformerLM, _reformer],
-                         ids=['performer', 'reformer'])
-def test_models_decode_as_they_evaluate(lm, tmp_path):
-  tokens = np.random.default_rng(10).integers(0, 16, (1, 30)).astype(np.int32)
-  model = _model(True, mode='eval', name='bias', lm=lm)
-  model.init(shapes.signature(tokens), rng=jax.random.PRNGKey(11))
-  model.weights = _steep(model.weights)
-  path = str(tmp_path / 'model.pkl.gz')
-  model.save_to_file(path, weights_only=False,
-                     input_signature=shapes.signature(tokens))
-  decoder = _model(True, mode='predict', name='bias', lm=lm)
-  decoder.init_from_file(path, weights_only=True,
-                         input_signature=shapes.ShapeDtype((1, 1), np.int32))
-  trax_favor.load_projections(decoder, path)
-  shifted = np.pad(tokens, ((0, 0), (1, 0)))[:, :-1]  # predict: no shift
-  logits = [decoder(shifted[:, :9])] + [decoder(shifted[:, i:i + 1])
-                                        for i in range(9, 30)]
-  full = np.asarray(model(tokens))
-  np.testing.assert_allclose(np.concatenate(logits, 1), full, rtol=0,
                              atol=1e-5 * np.abs(full).max())

@@ -41,24 +41,37 @@ def _init(model, x, seed=1):
   return model
 
 
-@pytest.mark.parametrize('attention', [
-    tl.SelfAttention, _favor(),
-    functools.partial(tl.LSHSelfAttention, chunk_len=8, n_buckets=4)],
-                         ids=['exact', 'favor', 'lsh'])
-def test_causal_performer_lm_is_trax_reformer_lm(attention):
-  """Same layers, same weight tree, same init, same outputs as ReformerLM."""
+def test_causal_performer_lm_is_trax_reformer_lm():
+  """Same layers, same weight tree, same init, same outputs as ReformerLM,
+  with exact, FAVOR and LSH attention layers."""
   x = _tokens(0)
-  ours = _init(_performer(attention=attention, ff_chunk_size=8), x)
+  attention = [tl.SelfAttention, _favor(),
+               functools.partial(tl.LSHSelfAttention, chunk_len=8,
+                                 n_buckets=4)]
+  ours = _init(_performer(attention=attention, n_layers=3, ff_chunk_size=8),
+               x)
   theirs = _init(trax.models.ReformerLM(
       VOCAB, d_model=16, d_ff=32, d_attention_key=8, d_attention_value=8,
-      n_layers=2, n_heads=2, dropout=0.0, max_len=64, ff_chunk_size=8,
+      n_layers=3, n_heads=2, dropout=0.0, max_len=64, ff_chunk_size=8,
       attention_type=attention, mode='eval'), x)
+  kinds = [type(layer).__name__ for layer in projections.all_layers(ours)
+           if 'Attention' in type(layer).__name__]
+  assert kinds == ['SelfAttention', 'FavorSelfAttention', 'LSHSelfAttention']
   assert (jax.tree.structure(ours.weights)
           == jax.tree.structure(theirs.weights))
   for a, b in zip(jax.tree.leaves(ours.weights),
                   jax.tree.leaves(theirs.weights)):
     np.testing.assert_array_equal(a, b)
-  np.testing.assert_allclose(ours(x), theirs(x), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(_jit_eval(ours, x), _jit_eval(theirs, x),
+                             rtol=1e-6, atol=1e-6)
+
+
+def _jit_eval(model, x):
+  """model(x) as one compiled program (LSH attention runs eagerly at
+  several seconds a call)."""
+  return np.asarray(jax.jit(lambda x, weights, state: model.pure_fn(
+      x, weights, state, jax.random.PRNGKey(0))[0])(x, model.weights,
+                                                    model.state))
 
 
 def test_chunked_feed_forward_equals_unchunked():
@@ -91,55 +104,131 @@ def test_dependence_on_later_tokens(causal):
     assert gap.max() > 1e-3
 
 
+def _relative(**kwargs):
+  """FAVOR with a learned relative-position bias and learned q/k norms."""
+  return _favor(relative_position='bias', max_relative_distance=6,
+                qk_normalization='learned', **kwargs)
+
+
 def test_bidirectional_reversible_gradients_equal_plain_autodiff(
     monkeypatch):
+  """A step-redrawn projection, the layers' dropout and trax's (FF,
+  embedding) are recomputed alike by the reversible backward; a
+  relative-position layer's bias tables get their gradients through it.
+  The reversible gradient also matches the loss's finite differences."""
   x = _tokens(3)
-  model = _init(_performer('train', attention=_favor(redraw='step',
-                                                      chunk_size=None),
-                           causal=False, dropout=0.1), x)
+  model = _init(_performer(
+      'train', attention=[_favor(redraw='step', chunk_size=None),
+                          _relative(chunk_size=None)],
+      causal=False, dropout=0.1), x)
+  # Off init, where the relative bias is zero.
+  weights = jax.tree.map(lambda w: w + 0.01 * jnp.ones_like(w), model.weights)
   cot = np.random.default_rng(4).standard_normal((B, L, VOCAB)).astype(
       np.float32)
   state, rng = model.state, jax.random.PRNGKey(5)
 
-  def loss(weights):
-    out, _ = model.pure_fn(x, weights, state, rng)
+  def loss(w):
+    out, _ = model.pure_fn(x, w, state, rng)
     return jnp.sum(out * cot)
-  g_reversible = jax.jit(jax.grad(loss))(model.weights)
-  monkeypatch.setattr(reversible.ReversibleLayer, 'has_backward',
-                      property(lambda self: False))
-  g_plain = jax.jit(jax.grad(loss))(model.weights)
+  gradients = _gradients(loss, monkeypatch)
+  _, g_reversible, g_plain = gradients(weights)
   leaves = jax.tree.leaves(g_reversible)
   assert len(leaves) > 10 and max(float(jnp.abs(g).max()) for g in leaves) > 0
   for a, b in zip(leaves, jax.tree.leaves(g_plain)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  biases = [g for g in leaves if g.shape == (2, 13)]  # (heads, 2 D + 1)
+  assert len(biases) == 1 and float(jnp.max(jnp.abs(biases[0]))) > 0
+  _check_finite_differences(lambda w: gradients(w)[0], weights, leaves)
+
+
+def _gradients(loss, monkeypatch):
+  """A jit of w -> (loss, its reversible gradient, its plain autodiff
+  gradient): one compiled program (the two share their forward pass's
+  code, so it compiles in about two thirds of the time of two)."""
+  def both(w):
+    value, g_reversible = jax.value_and_grad(loss)(w)
+    with monkeypatch.context() as patch:  # read while tracing
+      patch.setattr(reversible.ReversibleLayer, 'has_backward',
+                    property(lambda self: False))
+      g_plain = jax.grad(loss)(w)
+    return value, g_reversible, g_plain
+  return jax.jit(both)
+
+
+def _check_finite_differences(loss, weights, gradient, eps=1e-2):
+  """The gradient's derivative along a random unit direction equals the
+  central difference of the loss."""
+  leaves, treedef = jax.tree.flatten(weights)
+  rng = np.random.default_rng(2)
+  direction = [rng.standard_normal(np.shape(w)).astype(np.float32)
+               for w in leaves]
+  norm = np.sqrt(sum(np.sum(d ** 2) for d in direction))
+  direction = [d / norm for d in direction]
+  analytic = sum(float(jnp.vdot(g, d)) for g, d in zip(gradient, direction))
+  shift = lambda s: jax.tree.unflatten(
+      treedef, [w + s * d for w, d in zip(leaves, direction)])
+  numeric = (float(loss(shift(eps))) - float(loss(shift(-eps)))) / (2 * eps)
+  assert abs(analytic) > 1e-2
+  np.testing.assert_allclose(numeric, analytic, rtol=2e-2)
+
+
+def _steep(weights):
+  """Weights with every relative-bias table (h, D + 1) = (2, 7) set to a
+  random table within +-10 nats: what a trained model may hold."""
+  assert [np.shape(w) for w in jax.tree.leaves(weights)].count((2, 7)) == 1
+  rng = np.random.default_rng(8)
+  return jax.tree.map(
+      lambda w: (jnp.asarray(rng.uniform(-10, 10, w.shape), jnp.float32)
+                 if w.shape == (2, 7) else w), weights)
 
 
 def _decode(model, x):
-  """Feeds x (b, l) to a predict-mode LM token by token: logits (b, l, v)."""
+  """Feeds x (b, l) to a predict-mode LM token by token, through a jit of
+  its pure_fn as trax_favor.decoding does: logits (b, l, v)."""
   shifted = np.pad(x, ((0, 0), (1, 0)))[:, :-1]  # predict skips ShiftRight
-  return np.concatenate([model(shifted[:, t:t + 1])
-                         for t in range(x.shape[1])], axis=1)
+  step = jax.jit(lambda tokens, weights, state: model.pure_fn(
+      tokens, weights, state, jax.random.PRNGKey(0)))
+  state, logits = model.state, []
+  for t in range(x.shape[1]):
+    out, state = step(shifted[:, t:t + 1], model.weights, state)
+    logits.append(out)
+  return np.concatenate(logits, axis=1)
 
 
-@pytest.mark.parametrize('kind', ['mixed_exact', 'axial'])
-def test_eval_equals_predict(kind):
-  """FAVOR mixed with exact attention layers, and axial positions (images)."""
-  if kind == 'mixed_exact':
-    exact = functools.partial(tl.SelfAttention, predict_mem_len=L,
-                              predict_drop_len=L)  # its decoding cache
-    kwargs = dict(attention=[_favor(), exact])
-    length = L
-  else:
-    kwargs = dict(pos_type='axial', pos_axial_shape=(2, 4, 3),
-                  pos_d_axial_embs=(6, 6, 4))
-    length = 24  # 2 * 4 * 3
-  x = _tokens(6, length=length)
+def test_eval_equals_predict(tmp_path):
+  """FAVOR mixed with exact attention and relative-position layers (steep
+  bias tables), axial positions (images): in predict mode, token by token,
+  the eval model's outputs (a prompt in one call: test_reformer.py, the
+  same layers). The predict model gets the eval model's weights and fixed
+  features either directly (weights plus transfer_projections) or from its
+  file (init_from_file plus load_projections): the same either way."""
+  exact = functools.partial(tl.SelfAttention, predict_mem_len=L,
+                            predict_drop_len=L)  # its decoding cache
+  kwargs = dict(attention=[_favor(), exact, _relative()], n_layers=3,
+                pos_type='axial', pos_axial_shape=(2, 4, 3),
+                pos_d_axial_embs=(6, 6, 4))  # 2 * 4 * 3 = L
+  x = _tokens(6)
   ev = _init(_performer('eval', **kwargs), x)
+  ev.weights = _steep(ev.weights)
+  want = np.asarray(jax.jit(lambda x, w, s: ev.pure_fn(
+      x, w, s, jax.random.PRNGKey(0))[0])(x, ev.weights, ev.state))
+  path = str(tmp_path / 'model.pkl.gz')
+  ev.save_to_file(path, weights_only=False, input_signature=shapes.signature(x))
   pr = _performer('predict', **kwargs)
   pr.init(shapes.ShapeDtype((B, 1), np.int32), rng=jax.random.PRNGKey(9))
   pr.weights = ev.weights
   trax_favor.transfer_projections(ev, pr)
-  np.testing.assert_allclose(_decode(pr, x), ev(x), rtol=1e-4, atol=1e-4)
+  loaded = _performer('predict', **kwargs)
+  loaded.init_from_file(path, weights_only=True,
+                        input_signature=shapes.ShapeDtype((B, 1), np.int32))
+  trax_favor.load_projections(loaded, path)
+  assert (jax.tree.structure((loaded.weights, loaded.state))
+          == jax.tree.structure((pr.weights, pr.state)))
+  for a, b in zip(jax.tree.leaves((loaded.weights, loaded.state)),
+                  jax.tree.leaves((pr.weights, pr.state))):
+    np.testing.assert_array_equal(a, b)
+  np.testing.assert_allclose(_decode(pr, x), want, rtol=0,
+                             atol=1e-5 * np.abs(want).max())
 
 
 def test_favor_mixed_with_local_attention_layers():

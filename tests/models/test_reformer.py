@@ -1,4 +1,6 @@
-"""FavorSelfAttention inside trax.models.ReformerLM (reversible, chunked FF)."""
+"""FavorSelfAttention inside trax.models.ReformerLM (reversible, chunked FF):
+plain and relative-position layers train with exact gradients and decode
+as they evaluate."""
 
 import functools
 
@@ -65,75 +67,140 @@ def test_reformer_with_favor_trains_in_a_loop(tmp_path):
   assert after < 0.5 * before, (before, after)
 
 
-def _loss_fn(model, x, cot, state, rng):
-  def loss(weights):
-    out, _ = model.pure_fn(x, weights, state, rng)
-    return jnp.sum(out * cot)
-  return loss
+def _relative(**kwargs):
+  """FAVOR with a learned relative-position bias and learned q/k norms."""
+  return _favor(relative_position='bias', max_relative_distance=6,
+                qk_normalization='learned', **kwargs)
 
 
-@pytest.fixture(name='rev_setup')
-def fixture_rev_setup():
-  model = _reformer('train', attention=_favor(redraw='step',
-                                              attention_dropout=0.1),
-                    dropout=0.1)
+def _with_dropout(rate, **kwargs):
+  """FAVOR with attention and output dropout at `rate` whatever the model
+  passes: the layer's dropout without trax's other dropout layers."""
+  def attention(**given):
+    return _favor(**kwargs)(**{**given, 'attention_dropout': rate,
+                                'output_dropout': rate})
+  return attention
+
+
+def test_reversible_gradients_equal_plain_autodiff_and_finite_differences(
+    monkeypatch):
+  """Trax's reversible backward recomputes attention from the same rng, so a
+  step-redrawn projection and dropout masks must match the forward pass; a
+  relative-position layer's bias tables get their gradients through it
+  too. The reversible gradient also matches the loss's finite differences.
+  (Trax's own dropout layers: the bidirectional PerformerLM's test.)"""
+  model = _reformer('train', attention=[
+      _with_dropout(0.1, redraw='step'), _relative()])
   x = next(_counting_batches(seed=3))[0]
   model.init(shapes.signature(x), rng=jax.random.PRNGKey(0))
+  # Off init, where the relative bias is zero.
+  weights = jax.tree.map(lambda w: w + 0.01 * jnp.ones_like(w), model.weights)
   cot = np.random.default_rng(1).standard_normal((B, L, VOCAB)).astype(
       np.float32)
-  loss = _loss_fn(model, x, cot, model.state, jax.random.PRNGKey(7))
-  return model, loss
+  state, rng = model.state, jax.random.PRNGKey(7)
 
-
-def test_reversible_gradients_equal_plain_autodiff(rev_setup, monkeypatch):
-  """Trax's reversible backward recomputes attention from the same rng, so a
-  step-redrawn projection and dropout masks must match the forward pass."""
-  model, loss = rev_setup
-  g_reversible = jax.jit(jax.grad(loss))(model.weights)
-  monkeypatch.setattr(reversible.ReversibleLayer, 'has_backward',
-                      property(lambda self: False))
-  g_plain = jax.jit(jax.grad(loss))(model.weights)
+  def loss(w):
+    out, _ = model.pure_fn(x, w, state, rng)
+    return jnp.sum(out * cot)
+  gradients = _gradients(loss, monkeypatch)
+  _, g_reversible, g_plain = gradients(weights)
   leaves_r, leaves_p = jax.tree.leaves(g_reversible), jax.tree.leaves(g_plain)
   assert len(leaves_r) == len(leaves_p) > 10
   for a, b in zip(leaves_r, leaves_p):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  biases = [g for g in leaves_p if g.shape == (2, 7)]  # (heads, D + 1)
+  assert len(biases) == 1 and float(jnp.max(jnp.abs(biases[0]))) > 0
+  _check_finite_differences(lambda w: gradients(w)[0], weights, leaves_r)
 
 
-def test_reversible_gradients_match_finite_differences(rev_setup):
-  model, loss = rev_setup
-  weights = model.weights
+def _gradients(loss, monkeypatch):
+  """A jit of w -> (loss, its reversible gradient, its plain autodiff
+  gradient): one compiled program (the two share their forward pass's
+  code, so it compiles in about two thirds of the time of two)."""
+  def both(w):
+    value, g_reversible = jax.value_and_grad(loss)(w)
+    with monkeypatch.context() as patch:  # read while tracing
+      patch.setattr(reversible.ReversibleLayer, 'has_backward',
+                    property(lambda self: False))
+      g_plain = jax.grad(loss)(w)
+    return value, g_reversible, g_plain
+  return jax.jit(both)
+
+
+def _check_finite_differences(loss, weights, gradient, eps=1e-2):
+  """The gradient's derivative along a random unit direction equals the
+  central difference of the loss."""
   leaves, treedef = jax.tree.flatten(weights)
   rng = np.random.default_rng(2)
   direction = [rng.standard_normal(np.shape(w)).astype(np.float32)
                for w in leaves]
   norm = np.sqrt(sum(np.sum(d ** 2) for d in direction))
-  direction = jax.tree.unflatten(treedef, [d / norm for d in direction])
-  grad = jax.jit(jax.grad(loss))(weights)
-  analytic = sum(float(jnp.vdot(g, d)) for g, d in zip(
-      jax.tree.leaves(grad), jax.tree.leaves(direction)))
-  f = jax.jit(loss)
-  eps = 1e-2
-  shift = lambda s: jax.tree.map(lambda w, d: w + s * d, weights, direction)
-  numeric = (float(f(shift(eps))) - float(f(shift(-eps)))) / (2 * eps)
+  direction = [d / norm for d in direction]
+  analytic = sum(float(jnp.vdot(g, d)) for g, d in zip(gradient, direction))
+  shift = lambda s: jax.tree.unflatten(
+      treedef, [w + s * d for w, d in zip(leaves, direction)])
+  numeric = (float(loss(shift(eps))) - float(loss(shift(-eps)))) / (2 * eps)
   assert abs(analytic) > 1e-2
   np.testing.assert_allclose(numeric, analytic, rtol=2e-2)
 
 
-@pytest.mark.parametrize('feature_map', ['softmax', 'relu'])
-def test_reformer_eval_equals_predict(feature_map):
-  attention = _favor(feature_map=feature_map)
-  seq = next(_counting_batches(seed=5, length=14))[0]
-  ev = _reformer('eval', attention)
+def _steep(weights):
+  """Weights with every relative-bias table (h, D + 1) = (2, 7) set to a
+  random table within +-10 nats: what a trained model may hold."""
+  assert [np.shape(w) for w in jax.tree.leaves(weights)].count((2, 7)) == 1
+  rng = np.random.default_rng(8)
+  return jax.tree.map(
+      lambda w: (jnp.asarray(rng.uniform(-10, 10, w.shape), jnp.float32)
+                 if w.shape == (2, 7) else w), weights)
+
+
+def _decode(model, x, prompt):
+  """Feeds x (b, l) to a predict-mode LM, its first `prompt` tokens in one
+  call, then token by token, through a jit of its pure_fn as
+  trax_favor.decoding does: logits (b, l, v)."""
+  shifted = np.pad(x, ((0, 0), (1, 0)))[:, :-1]  # predict skips ShiftRight
+  step = jax.jit(lambda tokens, weights, state: model.pure_fn(
+      tokens, weights, state, jax.random.PRNGKey(0)))
+  state, logits = model.state, []
+  for piece in [shifted[:, :prompt]] + [shifted[:, t:t + 1]
+                                        for t in range(prompt, x.shape[1])]:
+    out, state = step(piece, model.weights, state)
+    logits.append(out)
+  return np.concatenate(logits, axis=1)
+
+
+def test_reformer_decodes_as_it_evaluates(tmp_path):
+  """Softmax, relu and relative-position FAVOR layers (steep bias tables)
+  in predict mode, the prompt in one call and then token by token, give
+  the eval model's outputs; the predict model gets the eval model's weights
+  and fixed features either directly (the weights-only path trax's
+  decoding uses, plus transfer_projections) or from its file
+  (init_from_file plus load_projections): the same either way."""
+  attention = [_favor(), _favor(feature_map='relu'), _relative()]
+  seq = next(_counting_batches(seed=5, length=L))[0]
+  ev = _reformer('eval', attention, n_layers=3)
   ev.init(shapes.signature(seq), rng=jax.random.PRNGKey(1))
-  want = ev(seq)
-  pr = _reformer('predict', attention)
+  ev.weights = _steep(ev.weights)
+  want = np.asarray(jax.jit(lambda x, w, s: ev.pure_fn(
+      x, w, s, jax.random.PRNGKey(0))[0])(seq, ev.weights, ev.state))
+  path = str(tmp_path / 'model.pkl.gz')
+  ev.save_to_file(path, weights_only=False,
+                  input_signature=shapes.signature(seq))
+  pr = _reformer('predict', attention, n_layers=3)
   pr.init(shapes.ShapeDtype((B, 1), np.int32), rng=jax.random.PRNGKey(2))
-  pr.weights = ev.weights  # the weights-only path trax's decoding uses ...
-  trax_favor.transfer_projections(ev, pr)  # ... plus the fixed features
-  shifted = np.pad(seq, ((0, 0), (1, 0)))[:, :-1]  # predict skips ShiftRight
-  got = np.concatenate([pr(shifted[:, t:t + 1]) for t in range(seq.shape[1])],
-                       axis=1)
-  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+  pr.weights = ev.weights
+  trax_favor.transfer_projections(ev, pr)
+  loaded = _reformer('predict', attention, n_layers=3)
+  loaded.init_from_file(path, weights_only=True,
+                        input_signature=shapes.ShapeDtype((B, 1), np.int32))
+  trax_favor.load_projections(loaded, path)
+  assert (jax.tree.structure((loaded.weights, loaded.state))
+          == jax.tree.structure((pr.weights, pr.state)))
+  for a, b in zip(jax.tree.leaves((loaded.weights, loaded.state)),
+                  jax.tree.leaves((pr.weights, pr.state))):
+    np.testing.assert_array_equal(a, b)
+  np.testing.assert_allclose(_decode(pr, seq, prompt=9), want, rtol=0,
+                             atol=1e-5 * np.abs(want).max())
 
 
 @pytest.mark.slow
