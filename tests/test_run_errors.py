@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import signal
+import time
 
 import gin
 import jax
@@ -353,8 +354,10 @@ def test_ctrl_c_during_start_up_says_so_and_exits_130(tmp_path, capsys,
   assert err.startswith('stopped by SIGINT before any checkpoint was saved')
   assert '\n' not in err and os.listdir(tmp_path) == []
   # SIGTERM during start-up (trax's import): one line too, exit 143.
-  monkeypatch.setattr(cli, 'quiet_start',
-                      lambda: os.kill(os.getpid(), signal.SIGTERM))
+  def terminated():
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(30)  # the handler raises here, at once
+  monkeypatch.setattr(cli, 'quiet_start', terminated)
   with pytest.raises(SystemExit) as done:
     train.main(_train_argv(tmp_path, *SMALL))
   assert done.value.code == 143
