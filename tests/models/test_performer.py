@@ -10,9 +10,10 @@ import trax
 import trax_favor
 from trax import layers as tl
 from trax import shapes
-from trax.layers import reversible
 from trax_favor import decoding
 from trax_favor.layers import projections
+
+import reversible_checks
 
 VOCAB, B, L = 16, 2, 24
 
@@ -130,7 +131,7 @@ def test_bidirectional_reversible_gradients_equal_plain_autodiff(
   def loss(w):
     out, _ = model.pure_fn(x, w, state, rng)
     return jnp.sum(out * cot)
-  gradients = _gradients(loss, monkeypatch)
+  gradients = reversible_checks.gradients(loss, monkeypatch)
   _, g_reversible, g_plain = gradients(weights)
   leaves = jax.tree.leaves(g_reversible)
   assert len(leaves) > 10 and max(float(jnp.abs(g).max()) for g in leaves) > 0
@@ -138,48 +139,7 @@ def test_bidirectional_reversible_gradients_equal_plain_autodiff(
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
   biases = [g for g in leaves if g.shape == (2, 13)]  # (heads, 2 D + 1)
   assert len(biases) == 1 and float(jnp.max(jnp.abs(biases[0]))) > 0
-  _check_finite_differences(lambda w: gradients(w)[0], weights, leaves)
-
-
-def _gradients(loss, monkeypatch):
-  """A jit of w -> (loss, its reversible gradient, its plain autodiff
-  gradient): one compiled program (the two share their forward pass's
-  code, so it compiles in about two thirds of the time of two)."""
-  def both(w):
-    value, g_reversible = jax.value_and_grad(loss)(w)
-    with monkeypatch.context() as patch:  # read while tracing
-      patch.setattr(reversible.ReversibleLayer, 'has_backward',
-                    property(lambda self: False))
-      g_plain = jax.grad(loss)(w)
-    return value, g_reversible, g_plain
-  return jax.jit(both)
-
-
-def _check_finite_differences(loss, weights, gradient, eps=1e-2):
-  """The gradient's derivative along a random unit direction equals the
-  central difference of the loss."""
-  leaves, treedef = jax.tree.flatten(weights)
-  rng = np.random.default_rng(2)
-  direction = [rng.standard_normal(np.shape(w)).astype(np.float32)
-               for w in leaves]
-  norm = np.sqrt(sum(np.sum(d ** 2) for d in direction))
-  direction = [d / norm for d in direction]
-  analytic = sum(float(jnp.vdot(g, d)) for g, d in zip(gradient, direction))
-  shift = lambda s: jax.tree.unflatten(
-      treedef, [w + s * d for w, d in zip(leaves, direction)])
-  numeric = (float(loss(shift(eps))) - float(loss(shift(-eps)))) / (2 * eps)
-  assert abs(analytic) > 1e-2
-  np.testing.assert_allclose(numeric, analytic, rtol=2e-2)
-
-
-def _steep(weights):
-  """Weights with every relative-bias table (h, D + 1) = (2, 7) set to a
-  random table within +-10 nats: what a trained model may hold."""
-  assert [np.shape(w) for w in jax.tree.leaves(weights)].count((2, 7)) == 1
-  rng = np.random.default_rng(8)
-  return jax.tree.map(
-      lambda w: (jnp.asarray(rng.uniform(-10, 10, w.shape), jnp.float32)
-                 if w.shape == (2, 7) else w), weights)
+  reversible_checks.check_finite_differences(lambda w: gradients(w)[0], weights, leaves)
 
 
 def _decode(model, x):
@@ -209,7 +169,7 @@ def test_eval_equals_predict(tmp_path):
                 pos_d_axial_embs=(6, 6, 4))  # 2 * 4 * 3 = L
   x = _tokens(6)
   ev = _init(_performer('eval', **kwargs), x)
-  ev.weights = _steep(ev.weights)
+  ev.weights = reversible_checks.steep(ev.weights)
   want = np.asarray(jax.jit(lambda x, w, s: ev.pure_fn(
       x, w, s, jax.random.PRNGKey(0))[0])(x, ev.weights, ev.state))
   path = str(tmp_path / 'model.pkl.gz')
