@@ -10,6 +10,7 @@ import pytest
 
 from trax_favor import ops
 from trax_favor.ops import feature_maps
+from trax_favor.ops import reference
 from trax_favor.ops import rpe
 
 # Outputs: the float32 result against float64, relative to the outputs'
@@ -219,7 +220,7 @@ def test_shared_scale_maps_match_the_explicit_form():
   out, _ = rpe.rpe_favor(q_feat, k_feat, None, v, bias, D, causal=True,
                          chunk_size=16)
   ref = _explicit(q_feat, k_feat, jnp.zeros((3, 90)), v, bias, True, None)
-  naive = rpe.naive_rpe_favor(q_feat, k_feat, None, v, bias, D, causal=True)
+  naive = reference.naive_rpe_favor(q_feat, k_feat, None, v, bias, D, causal=True)
   for form in (out, naive):
     np.testing.assert_allclose(form, ref, rtol=0,
                                atol=TOL * float(jnp.max(jnp.abs(ref))))
@@ -253,29 +254,62 @@ def test_bad_arguments_are_one_clear_error(kwargs, message):
     rpe.rpe_favor(q_feat, k_feat, s, v, **args)
 
 
-def test_length_blocks_change_nothing():
-  """favor_attention(relative_bias=...) in causal length blocks (features
-  recomputed, the state carried) equals one block, outputs and gradients,
-  with a key mask."""
+@pytest.mark.parametrize('causal', [False, True], ids=['bidir', 'causal'])
+def test_length_blocks_change_nothing(causal):
+  """favor_attention(relative_bias=...) in length blocks (features
+  recomputed; causal: the state carried; bidirectional: the sums before
+  and after each block's halo) equals one block, outputs and gradients,
+  with a key mask; bidirectional also with dropout (masks keyed by
+  position, so the same in every block size and every recomputation)."""
   rng = np.random.default_rng(11)
   q, k, v = (_normal(rng, (3, 200, 8)) for _ in range(3))
   w = ops.draw_projection(jax.random.PRNGKey(11), 16, 8)
-  bias = _tables(True, rng)
+  bias = _tables(causal, rng)
   mask = jnp.arange(200) % 5 != 2
 
-  def loss(block_size):
+  def loss(block_size, rate=0.0 if causal else 0.3):
     def fn(q, k, v, bias):
-      out, _ = ops.favor_attention(
-          q, k, v, w, causal=True, key_mask=mask, chunk_size=16,
-          block_size=block_size, relative_bias=bias, max_relative_distance=D)
+      out = ops.favor_attention(
+          q, k, v, w, causal=causal, key_mask=mask, chunk_size=16,
+          block_size=block_size, relative_bias=bias, max_relative_distance=D,
+          attention_dropout=rate, rng=jax.random.PRNGKey(3))
+      out = out[0] if causal else out
       return jnp.sum(out * v), out
     return jax.value_and_grad(fn, argnums=(0, 1, 2, 3), has_aux=True)(
         q, k, v, bias)
 
   (_, whole), g_whole = loss(None)
-  (_, blocks), g_blocks = loss(48)
   scale = float(jnp.max(jnp.abs(whole)))
-  np.testing.assert_allclose(blocks, whole, rtol=0, atol=1e-6 * scale)
-  for a, b in zip(g_blocks, g_whole):
-    np.testing.assert_allclose(a, b, rtol=0,
-                               atol=1e-5 * float(jnp.max(jnp.abs(b))))
+  for block_size in (48, 80):
+    (_, blocks), g_blocks = loss(block_size)
+    np.testing.assert_allclose(blocks, whole, rtol=0, atol=1e-6 * scale)
+    for a, b in zip(g_blocks, g_whole):
+      np.testing.assert_allclose(a, b, rtol=0,
+                                 atol=1e-5 * float(jnp.max(jnp.abs(b))))
+  if not causal:  # the dropout is there: without it, outputs move
+    (_, undropped), _ = loss(None, 0.0)
+    assert float(jnp.max(jnp.abs(undropped - whole))) > 0.05 * scale
+
+
+def test_bidirectional_blocks_spread_nan_from_any_key_only():
+  """In bidirectional blocks a non-finite unmasked key (in any block, its
+  own halo or another's) makes every output NaN, as at full length; a
+  masked one changes nothing."""
+  rng = np.random.default_rng(12)
+  q, k, v = (_normal(rng, (3, 200, 8)) for _ in range(3))
+  w = ops.draw_projection(jax.random.PRNGKey(12), 16, 8)
+  bias = _tables(False, rng)
+
+  def run(k, v, mask=None):
+    return ops.favor_attention(q, k, v, w, key_mask=mask, chunk_size=16,
+                               block_size=48, relative_bias=bias,
+                               max_relative_distance=D)
+
+  clean = run(k, v)
+  for bad in (0, 47, 48, 199):
+    assert np.all(np.isnan(run(k.at[:, bad].set(jnp.inf), v)))
+    assert np.all(np.isnan(run(k, v.at[:, bad].set(jnp.nan))))
+    mask = jnp.arange(200) != bad
+    masked = run(k.at[:, bad].set(jnp.nan), v.at[:, bad].set(jnp.nan), mask)
+    np.testing.assert_allclose(masked, run(k, v, mask), rtol=0, atol=1e-6)
+    assert not np.allclose(masked, clean)

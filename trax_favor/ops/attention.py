@@ -42,6 +42,7 @@ from trax_favor.ops import cpu_speedups
 from trax_favor.ops import favor
 from trax_favor.ops import feature_maps
 from trax_favor.ops import rpe
+from trax_favor.ops import rpe_blocks
 from trax_favor.ops import sequence_parallel
 
 
@@ -85,8 +86,8 @@ def favor_attention(q, k, v, projection, feature_map='softmax', causal=False,
     rng: PRNG key for attention_dropout.
     relative_bias: optional (..., table) learned bias over relative
       distances clipped at max_relative_distance (ops/rpe.py); causal
-      blocks carry an `rpe.RelativeState`; bidirectional attention with it
-      computes features at full length (block_size is not used).
+      blocks carry an `rpe.RelativeState`, bidirectional ones the sums
+      before and after each block's halo (ops/rpe_blocks.py).
     max_relative_distance: D, with relative_bias.
     sequence_axis: optional mesh axis name: called inside `jax.shard_map`,
       q, k, v (and key_mask) are this device's contiguous shard of the
@@ -149,8 +150,7 @@ def favor_attention(q, k, v, projection, feature_map='softmax', causal=False,
           f'broadcast to (..., l) = {k.shape[:-1]}.') from None
   if causal and block_size is not None:
     block_size = -(-block_size // chunk_size) * chunk_size  # whole chunks
-  if block_size is None or q.shape[-2] <= block_size or (
-      relative_bias is not None and not causal):
+  if block_size is None or q.shape[-2] <= block_size:
     block_size = None
   projection = jax.lax.stop_gradient(projection)
   return _favor_attention(q, k, v, projection, key_mask, initial_state, rng,
@@ -195,20 +195,29 @@ def _favor_attention(q, k, v, projection, key_mask, initial_state, rng, bias,
 
   fmap = feature_maps.get_feature_map(feature_map)
 
-  def key_features(x, block_index):
+  def key_features(x, block_index, positions=None):
+    """Key features and log-scales (None when shared). Dropout: one mask per
+    block, or one per key at `positions`, redrawn alike when recomputed."""
     k_feat, k_log_scale = feature_maps.feature_map(feature_map, x, projection,
                                                    eps)
     if fmap.shared_log_scale:  # one constant for all keys: no stabilizer needed
       k_log_scale = None
-    if rate:  # one dropout mask per block, redrawn alike when recomputed
+    if rate and positions is None:
       keep = jax.random.bernoulli(jax.random.fold_in(rng,
                                                      first_block + block_index),
                                   1.0 - rate, k_feat.shape)
+    elif rate:
+      draw = lambda p: jax.random.bernoulli(
+          jax.random.fold_in(rng, p), 1.0 - rate,
+          k_feat.shape[:-2] + k_feat.shape[-1:])
+      keep = jnp.moveaxis(jax.vmap(draw)(positions), 0, -2)  # (..., b, m)
+    if rate:
       k_feat = jnp.where(keep, k_feat / (1.0 - rate), 0.0)
     return k_feat, k_log_scale
 
   if block_size is None:  # one block: features at full length
-    k_feat, k_log_scale = key_features(k, 0)
+    k_feat, k_log_scale = key_features(  # dropout by position, as in blocks
+        k, 0, jnp.arange(length) if bias is not None and not causal else None)
     if axis is None:
       return attend(query_features(q), k_feat, k_log_scale, v, initial_state,
                     key_mask)
@@ -222,6 +231,11 @@ def _favor_attention(q, k, v, projection, key_mask, initial_state, rng, bias,
                     key_mask)
     return out, final
 
+  m_out = projection.shape[0] * fmap.features_per_row
+  if bias is not None and not causal:
+    return rpe_blocks.bidirectional_blocks(
+        q, k, v, key_mask, bias, max_distance, chunk_size, block_size, m_out,
+        query_features, lambda x, positions: key_features(x, 0, positions))
   pad = n * block_size - length
   if pad:  # padded tokens: zero inputs, removed as keys, outputs cut off
     widths = [(0, 0)] * len(batch) + [(0, pad), (0, 0)]
@@ -237,7 +251,6 @@ def _favor_attention(q, k, v, projection, key_mask, initial_state, rng, bias,
   qb, kb, vb = blocks(q), blocks(k), blocks(v)
   mb = None if key_mask is None else blocks(key_mask[..., None])[..., 0]
   index = jnp.arange(n)
-  m_out = projection.shape[0] * fmap.features_per_row
   empty = favor.empty_state(batch, m_out, v.shape[-1])
   if axis is not None:  # scan carries hold this shard's sums
     empty = sequence_parallel.varying(empty, axis)

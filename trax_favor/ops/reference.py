@@ -9,6 +9,8 @@ Used by the tests (and the benchmarks' exact baseline); never by the layers.
 * `prefix_sum_favor`: causal FAVOR as a recurrence over tokens (one state
   update per token, a `lax.scan`), with initial and final state: what
   predict-mode decoding computes one token at a time.
+* `naive_rpe_favor`: FAVOR with a relative bias (`rpe.py`) as the explicit
+  (l, l) matrix of feature products times the bias weights.
 
 Each uses the same stabilization rule as the fast path (a query's reference is
 the largest key log-scale among the keys it sees), so they agree with it to
@@ -22,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from trax_favor.ops import favor
+from trax_favor.ops import rpe
 
 
 @functools.partial(jax.jit, static_argnums=(3,))
@@ -97,3 +100,32 @@ def prefix_sum_favor(q_feat, k_feat, k_log_scale, v, initial_state=None,
       q_feat.astype(jnp.float32), k_feat, s, v))
   final, outs = jax.lax.scan(step, initial_state, tokens)
   return jnp.moveaxis(outs, 0, axis).astype(dtype), final
+
+
+def naive_rpe_favor(q_feat, k_feat, k_log_scale, v, bias, max_distance,
+                    key_mask=None, causal=False):
+  """The explicit (l, l) form, stabilized per query row: a reference.
+
+  Returns (..., l, v) in v's dtype; rows without a visible key are 0.
+  """
+  length = v.shape[-2]
+  i = jnp.arange(length)
+  d = i[None, :] - i[:, None]  # (l, l): j - i
+  index = rpe.table_index(d, max_distance, causal)
+  log_w = bias.astype(jnp.float32)[..., index]
+  if k_log_scale is not None:
+    log_w = log_w + k_log_scale.astype(jnp.float32)[..., None, :]
+  visible = jnp.ones((length, length), jnp.bool_)
+  if causal:
+    visible = d <= 0
+  if key_mask is not None:
+    visible = visible & jnp.broadcast_to(key_mask, v.shape[:-1])[..., None, :]
+  log_w = jnp.where(visible, log_w, -jnp.inf)  # (..., l, l)
+  top = jax.lax.stop_gradient(jnp.max(log_w, -1, keepdims=True))
+  seen = jnp.isfinite(top)
+  a = jnp.einsum('...im,...jm->...ij', q_feat.astype(jnp.float32),
+                 k_feat.astype(jnp.float32))
+  a = jnp.where(visible, a * jnp.exp(log_w - jnp.where(seen, top, 0.0)), 0.0)
+  num = a @ jnp.where(visible.any(-2)[..., None], v.astype(jnp.float32), 0.0)
+  den = jnp.sum(a, -1, keepdims=True)
+  return jnp.where(seen, num / jnp.where(seen, den, 1.0), 0.0).astype(v.dtype)

@@ -18,10 +18,9 @@ one chunk of c tokens, the keys split into
              sums of plain chunked FAVOR, read out once per query.
 Every term is positive (no cancellation at any dynamic range of the bias),
 a masked entry is selected out, never rounded away, and nothing reads a
-future key. Time O(L (c + 2R) m) and memory (window / c) times the key
-features; the state of a causal sequence is O(D): the far sums plus a ring
-of the last D keys, so a sequence can be split anywhere (predict mode feeds
-a prompt in one call, then one token at a time).
+future key. Time O(L (c + 2R) m); the state of a causal sequence is O(D):
+the far sums plus a ring of the last D keys, so a sequence can be split
+anywhere (predict mode feeds a prompt in one call, then one token at a time).
 
 Stabilization (every exponent <= 0, float32 throughout): each query's
 reference is the largest log-weight s_j + b_ij over the keys it sees
@@ -33,10 +32,8 @@ Non-finite queries, keys and values are handled as in `favor.causal_favor`:
 replaced by zeros, then the outputs that see them set to NaN by selection
 (causal: the position and every later one; bidirectional: every output).
 
-The FFT form this module once used (O(L log L)) is gone: its float32 roundoff
-is relative to the largest term of the whole transform, so with a steep
-bias causal outputs leaked the future and small outputs lost every digit;
-with clipped distances the window form is exact and also faster.
+Why not an FFT (O(L log L)): docs/relative_positions.md. Length blocks
+(features recomputed): `attention.py` (causal) and `rpe_blocks.py`.
 """
 
 import functools
@@ -163,13 +160,14 @@ def _windows(x, n, n_win, c):
 
 
 def _far_sums(kv1_loc, r_loc, init, reverse=False):
-  """States before each chunk (after it, if reverse): (..., k, m, v+1), (..., k)."""
+  """States before each chunk (after it, if reverse): (..., k, m, v+1),
+  (..., k), and the state after all (before all)."""
   if reverse:
     kv1_loc, r_loc = jnp.flip(kv1_loc, -3), jnp.flip(r_loc, -1)
-  kv1, r, _ = favor.exclusive_prefixes(kv1_loc, r_loc, init)
+  kv1, r, final = favor.exclusive_prefixes(kv1_loc, r_loc, init)
   if reverse:
     kv1, r = jnp.flip(kv1, -3), jnp.flip(r, -1)
-  return kv1, r
+  return kv1, r, final
 
 
 @functools.partial(cpu_speedups.jit, static_argnums=(7, 8, 9))
@@ -178,17 +176,8 @@ def _rpe_favor(q_feat, k_feat, s, v, bias, key_mask, initial_state,
   """rpe_favor after argument checks."""
   *batch, length, m = k_feat.shape
   d_v, dist = v.shape[-1], max_distance
-  if s is None:  # one shared log-scale: it cancels, take 0
-    s = jnp.zeros((*batch, length), jnp.float32)
-  k_feat, s, vf = favor.mask_keys(k_feat, s, v, key_mask)  # masked: s NEG
-  q = q_feat.astype(jnp.float32)
-  bad_q = favor.non_finite_rows(q)  # (..., l)
-  bad_k = (favor.non_finite_rows(k_feat) | favor.non_finite_rows(vf)
-           | ~jnp.isfinite(s))  # (..., l)
-  q = jnp.where(bad_q[..., None], 0.0, q)
-  k_feat = jnp.where(bad_k[..., None], 0.0, k_feat)
-  vf = jnp.where(bad_k[..., None], 0.0, vf)
-  s = jnp.where(bad_k, NEG, s)
+  q, bad_q = clean_queries(q_feat)
+  k_feat, s, vf, bad_k = clean_keys(k_feat, s, v, key_mask)
   b = bias.astype(jnp.float32)
 
   c = min(chunk_size, length)
@@ -230,50 +219,11 @@ def _rpe_favor(q_feat, k_feat, s, v, bias, key_mask, initial_state,
   ext_s = extend(s, ring[1] if ring else None, NEG)  # (..., N c)
   ext_v = extend(vf, ring[2] if ring else None, 0.0)  # (..., N c, v)
   ext_v1 = jnp.concatenate([ext_v, jnp.ones_like(ext_v[..., :1])], -1)
-  n_ext = ext_s.shape[-1] // c  # N chunks: n + w causal, n + 2 w bidir
 
-  # Far sums: per-chunk sums relative to the chunk maximum, then prefixes.
-  sc = ext_s.reshape(*batch, n_ext, c)  # (..., N, c)
-  kc = ext_k.reshape(*batch, n_ext, c, m)  # (..., N, c, m)
-  vc1 = ext_v1.reshape(*batch, n_ext, c, d_v + 1)  # (..., N, c, v+1)
-  chunk_max = jax.lax.stop_gradient(jnp.max(sc, axis=-1))  # (..., N)
-  k_loc = kc * jnp.exp(sc - chunk_max[..., None])[..., None]
-  kv1_loc = sum_over_keys(k_loc, vc1)  # (..., N, m, v+1)
-  empty = (jnp.zeros_like(kv1_loc[..., 0, :, :]),
-           jnp.full(chunk_max.shape[:-1], NEG, jnp.float32))
-  init = (far_kv1, jax.lax.stop_gradient(far_ref)) if causal else empty
-  pre_kv1, pre_r = _far_sums(kv1_loc[..., :n, :, :], chunk_max[..., :n], init)
-  far_index = 0 if not causal else dist  # the table entry of d = -D
-  pre_log = pre_r + b[..., far_index, None]  # (..., n)
-  if causal:
-    far_kv1_q, far_log = pre_kv1, pre_log
-  else:  # keys after the window: d = +D, the last entry
-    suf_kv1, suf_r = _far_sums(kv1_loc[..., 2 * w:, :, :],
-                               chunk_max[..., 2 * w:], empty,
-                               reverse=True)  # (..., n, m, v+1), (..., n)
-    far_kv1_q, far_log = favor.add_relative(
-        pre_kv1, pre_log, suf_kv1, suf_r + b[..., 2 * dist, None])
-
-  # The window: keys [n c, n c + (n_win) c) of the extended sequence for
-  # query chunk n, whose queries sit at R + n c + r.
-  n_win = (w + 1) if causal else (2 * w + 1)
-  kw = _windows(ext_k, n, n_win, c)  # (..., n, W, m)
-  vw1 = _windows(ext_v1, n, n_win, c)  # (..., n, W, v+1)
-  sw = _windows(ext_s[..., None], n, n_win, c)[..., 0]  # (..., n, W)
-  d = (jnp.arange(n_win * c)[None, :] - r_keys
-       - jnp.arange(c)[:, None])  # (c, W): j - i
-  b_mat = b[..., table_index(d, dist, causal)]  # (..., c, W)
-  log_w = sw[..., None, :] + b_mat[..., None, :, :]  # (..., n, c, W)
-  if causal:
-    log_w = jnp.where(d <= 0, log_w, NEG)
-  q_ref = jax.lax.stop_gradient(jnp.maximum(
-      jnp.max(log_w, axis=-1), far_log[..., None]))  # (..., n, c)
-  qc = jnp.pad(q, [(0, 0)] * len(batch) + [(0, tail), (0, 0)]).reshape(
-      *batch, n, c, m)  # (..., n, c, m)
-  weights = pair_scores(qc, kw) * jnp.exp(log_w - q_ref[..., None])
-  num1 = apply_sums(weights, vw1)  # (..., n, c, v+1)
-  carry = jnp.exp(far_log[..., None] - q_ref)  # (..., n, c), <= 1
-  num1 = num1 + apply_sums(qc, far_kv1_q) * carry[..., None]
+  far_init = (far_kv1, jax.lax.stop_gradient(far_ref)) if causal else None
+  q = jnp.pad(q, [(0, 0)] * len(batch) + [(0, tail), (0, 0)])  # (..., n c, m)
+  num1, q_ref, _ = window_sums(q, ext_k, ext_s, ext_v1, b, far_init, None,
+                            dist, causal, c)
 
   if causal:
     seen_bad = bad_init[..., None] | (jnp.cumsum(bad_k, axis=-1) > 0)
@@ -283,9 +233,7 @@ def _rpe_favor(q_feat, k_feat, s, v, bias, key_mask, initial_state,
   poison = jnp.pad(seen_bad | bad_q, [(0, 0)] * len(batch) + [(0, tail)])
   poison = poison.reshape(*batch, n, c)  # (..., n, c)
   real = (jnp.arange(n * c) < length).reshape(n, c)
-  out = favor.safe_divide(num1[..., :d_v], num1[..., d_v],
-                          favor.has_keys(q_ref) & real & ~poison)
-  out = jnp.where(poison[..., None], jnp.nan, out)
+  out = normalize(num1, q_ref, poison, real)  # (..., n, c, v)
   out = out.reshape(*batch, n * c, d_v)[..., :length, :].astype(v.dtype)
   if not causal:
     return out, None
@@ -308,29 +256,104 @@ def _rpe_favor(q_feat, k_feat, s, v, bias, key_mask, initial_state,
   return out, final
 
 
-def naive_rpe_favor(q_feat, k_feat, k_log_scale, v, bias, max_distance,
-                    key_mask=None, causal=False):
-  """The explicit (l, l) form, stabilized per query row: a reference.
+def clean_queries(q_feat):
+  """(float32 query features with non-finite rows zeroed, those rows)."""
+  q = q_feat.astype(jnp.float32)
+  bad_q = favor.non_finite_rows(q)  # (..., l)
+  return jnp.where(bad_q[..., None], 0.0, q), bad_q
 
-  Returns (..., l, v) in v's dtype; rows without a visible key are 0.
+
+def clean_keys(k_feat, s, v, key_mask):
+  """Keys ready for `window_sums`: masked keys removed (log-scale NEG), keys
+  with a non-finite feature, value or log-scale zeroed (NEG), as float32.
+
+  s may be None (one shared log-scale: it cancels, taken as 0). Returns
+  (k_feat, s, v, bad (..., l): the unmasked non-finite keys).
   """
-  length = v.shape[-2]
-  i = jnp.arange(length)
-  d = i[None, :] - i[:, None]  # (l, l): j - i
-  log_w = bias.astype(jnp.float32)[..., table_index(d, max_distance, causal)]
-  if k_log_scale is not None:
-    log_w = log_w + k_log_scale.astype(jnp.float32)[..., None, :]
-  visible = jnp.ones((length, length), jnp.bool_)
+  if s is None:
+    s = jnp.zeros(k_feat.shape[:-1], jnp.float32)
+  k_feat, s, v = favor.mask_keys(k_feat, s, v, key_mask)  # masked: s NEG
+  bad = (favor.non_finite_rows(k_feat) | favor.non_finite_rows(v)
+         | ~jnp.isfinite(s))  # (..., l)
+  return (jnp.where(bad[..., None], 0.0, k_feat), jnp.where(bad, NEG, s),
+          jnp.where(bad[..., None], 0.0, v), bad)
+
+
+def normalize(num1, q_ref, poison, real):
+  """Outputs (..., v) from `window_sums`: 0 for a query without keys or not
+  `real`, NaN where `poison` (each broadcastable to q_ref)."""
+  out = favor.safe_divide(num1[..., :-1], num1[..., -1],
+                          favor.has_keys(q_ref) & real & ~poison)
+  return jnp.where(poison[..., None], jnp.nan, out)
+
+
+def window_sums(q, ext_k, ext_s, ext_v1, b, prefix, suffix, dist, causal, c):
+  """Numerators and denominators of whole chunks of queries, unnormalized.
+
+  Args:
+    q: (..., n c, m) cleaned query features.
+    ext_k (..., N c, m), ext_s (..., N c), ext_v1 (..., N c, v+1): cleaned
+      keys (values with a column of ones) from R = ceil(D / c) c positions
+      before the first query to R after the last (causal: to the last
+      query), padding and masked keys with log-scale NEG.
+    b: (..., table) float32 bias.
+    prefix, suffix: (kv1 (..., m, v+1), ref (...,)) sums of the keys before
+      (after: bidirectional only) ext's; None for none.
+    dist: D; causal: as `rpe_favor`; c: the chunk length.
+
+  Returns:
+    (num1 (..., n, c, v+1), q_ref (..., n, c)): each query's numerator and
+    denominator relative to e^q_ref; and `prefix` plus ext's first n c keys
+    (as prefix is given).
+  """
+  *batch, n_ext_keys, m = ext_k.shape
+  d_v = ext_v1.shape[-1] - 1
+  n = q.shape[-2] // c
+  w = -(-dist // c)
+  r_keys = w * c
+  n_ext = n_ext_keys // c  # N chunks: n + w causal, n + 2 w bidir
+  # Far sums: per-chunk sums relative to the chunk maximum, then prefixes.
+  sc = ext_s.reshape(*batch, n_ext, c)  # (..., N, c)
+  kc = ext_k.reshape(*batch, n_ext, c, m)  # (..., N, c, m)
+  vc1 = ext_v1.reshape(*batch, n_ext, c, d_v + 1)  # (..., N, c, v+1)
+  chunk_max = jax.lax.stop_gradient(jnp.max(sc, axis=-1))  # (..., N)
+  k_loc = kc * jnp.exp(sc - chunk_max[..., None])[..., None]
+  kv1_loc = sum_over_keys(k_loc, vc1)  # (..., N, m, v+1)
+  empty = (jnp.zeros_like(kv1_loc[..., 0, :, :]),
+           jnp.full(chunk_max.shape[:-1], NEG, jnp.float32))
+  init = empty if prefix is None else prefix
+  pre_kv1, pre_r, passed = _far_sums(kv1_loc[..., :n, :, :],
+                                     chunk_max[..., :n], init)
+  far_index = 0 if not causal else dist  # the table entry of d = -D
+  pre_log = pre_r + b[..., far_index, None]  # (..., n)
   if causal:
-    visible = d <= 0
-  if key_mask is not None:
-    visible = visible & jnp.broadcast_to(key_mask, v.shape[:-1])[..., None, :]
-  log_w = jnp.where(visible, log_w, -jnp.inf)  # (..., l, l)
-  top = jax.lax.stop_gradient(jnp.max(log_w, -1, keepdims=True))
-  seen = jnp.isfinite(top)
-  a = jnp.einsum('...im,...jm->...ij', q_feat.astype(jnp.float32),
-                 k_feat.astype(jnp.float32))
-  a = jnp.where(visible, a * jnp.exp(log_w - jnp.where(seen, top, 0.0)), 0.0)
-  num = a @ jnp.where(visible.any(-2)[..., None], v.astype(jnp.float32), 0.0)
-  den = jnp.sum(a, -1, keepdims=True)
-  return jnp.where(seen, num / jnp.where(seen, den, 1.0), 0.0).astype(v.dtype)
+    far_kv1_q, far_log = pre_kv1, pre_log
+  else:  # keys after the window: d = +D, the last entry
+    suf_kv1, suf_r, _ = _far_sums(kv1_loc[..., 2 * w:, :, :],
+                               chunk_max[..., 2 * w:],
+                               empty if suffix is None else suffix,
+                               reverse=True)  # (..., n, m, v+1), (..., n)
+    far_kv1_q, far_log = favor.add_relative(
+        pre_kv1, pre_log, suf_kv1, suf_r + b[..., 2 * dist, None])
+
+  # The window: keys [n c, n c + (n_win) c) of the extended sequence for
+  # query chunk n, whose queries sit at R + n c + r.
+  n_win = (w + 1) if causal else (2 * w + 1)
+  kw = _windows(ext_k, n, n_win, c)  # (..., n, W, m)
+  vw1 = _windows(ext_v1, n, n_win, c)  # (..., n, W, v+1)
+  sw = _windows(ext_s[..., None], n, n_win, c)[..., 0]  # (..., n, W)
+  d = (jnp.arange(n_win * c)[None, :] - r_keys
+       - jnp.arange(c)[:, None])  # (c, W): j - i
+  b_mat = b[..., table_index(d, dist, causal)]  # (..., c, W)
+  log_w = sw[..., None, :] + b_mat[..., None, :, :]  # (..., n, c, W)
+  if causal:
+    log_w = jnp.where(d <= 0, log_w, NEG)
+  q_ref = jax.lax.stop_gradient(jnp.maximum(
+      jnp.max(log_w, axis=-1), far_log[..., None]))  # (..., n, c)
+  qc = q.reshape(*batch, n, c, m)  # (..., n, c, m)
+  weights = pair_scores(qc, kw) * jnp.exp(log_w - q_ref[..., None])
+  num1 = apply_sums(weights, vw1)  # (..., n, c, v+1)
+  carry = jnp.exp(far_log[..., None] - q_ref)  # (..., n, c), <= 1
+  num1 = num1 + apply_sums(qc, far_kv1_q) * carry[..., None]
+  return num1, q_ref, passed
+
