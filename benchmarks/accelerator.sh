@@ -28,7 +28,8 @@
 # local-attention axial-positional-embedding`), runs the ops tests without
 # the trax conftest, the peer benchmark's trax-free contenders (ours, the
 # authors' form, exact attention and jax.nn.dot_product_attention, with
-# cuDNN where the backend has it, performer-pytorch where installed) up to
+# cuDNN where the backend has it, performer-pytorch where installed, and
+# ours without length blocks: which block size suits a GPU?) up to
 # 64K tokens, and the relative-positions benchmark; each step under a time
 # limit (STEP_LIMIT seconds, default 300; TEST_LIMIT for the tests), a step
 # past it reported and the next one run. With --dry-run it runs on a CPU
@@ -87,13 +88,15 @@ sys.exit(0 if jax.default_backend() == 'gpu' else
          'accelerator.sh: JAX sees no GPU; run with --dry-run on a CPU')"
     # Eight workers (compilation is most of the time), each allocating
     # GPU memory as it needs it.
-    TESTS=(tests/ops -m "not slow" -n 8)
+    # OPS_TESTS: other test paths (e.g. one file after a change there).
+    read -r -a TESTS <<< "${OPS_TESTS:-tests/ops}"
+    TESTS+=(-m "not slow" -n 8)
     PEERS=(--lengths=1024,4096,16384,65536 --rounds=5 --exact_max_len=16384
            --dpa_max_len=65536 --torch_causal_max_len=16384 --memory=planned)
     RPE=(--lengths=4096,16384 --rounds=3)
   fi
   ONLY=ours_bidir,ours_causal,authors_bidir,exact_bidir,exact_causal
-  ONLY=$ONLY,dpa_bidir,dpa_causal
+  ONLY=$ONLY,dpa_bidir,dpa_causal,ours_bidir_unblocked,ours_causal_unblocked
   if "$PYTHON" -c "import performer_pytorch" 2>/dev/null; then
     ONLY=$ONLY,performer_pytorch_bidir,performer_pytorch_causal
   fi

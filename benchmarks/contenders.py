@@ -15,6 +15,9 @@ and, where it has random features, the same (m, d_head) projection:
                               trax_favor.ops.cpu_speedups off:
                               plain einsums, jnp.max, XLA's default options
                               (CPU only: elsewhere that is the default)
+  ours_*_unblocked            ours with block_size=None (features at full
+                              length, no scan over blocks); only when
+                              named in --only (a question for accelerators)
   ours_bidir_xla_defaults     the switch on (product gradients, row maximum)
                               but compiled with XLA's default options: what
                               a jit of a user's own gets
@@ -51,11 +54,13 @@ from trax_favor.ops import cpu_speedups
 from benchmarks import harness
 
 BIDIRECTIONAL = ('ours_bidir', 'ours_bidir_plain', 'ours_bidir_xla_defaults',
+                 'ours_bidir_unblocked',
                  'authors_bidir', 'authors_bidir_xla_defaults',
                  'ours_bidir_relu',
                  'trax_favor_relu', 'performer_pytorch_bidir', 'exact_bidir',
                  'dpa_bidir')
 CAUSAL = ('ours_causal', 'ours_causal_plain', 'ours_causal_relu',
+          'ours_causal_unblocked',
           'trax_causal_favor_relu', 'performer_pytorch_causal',
           'exact_causal', 'dpa_causal')
 # Traced with trax_favor.ops.cpu_speedups off, or compiled with XLA's default
@@ -63,6 +68,7 @@ CAUSAL = ('ours_causal', 'ours_causal_plain', 'ours_causal_relu',
 SWITCHED_OFF = ('ours_bidir_plain', 'ours_causal_plain')
 XLA_DEFAULTS = ('ours_bidir_xla_defaults', 'authors_bidir_xla_defaults')
 TORCH = ('performer_pytorch_bidir', 'performer_pytorch_causal')
+ON_REQUEST = ('ours_bidir_unblocked', 'ours_causal_unblocked')
 QUADRATIC = ('exact_bidir', 'dpa_bidir', 'exact_causal', 'dpa_causal')
 
 
@@ -173,9 +179,10 @@ def jax_core(name, w, shape):
         trax_features(q), trax_features(k), None, v,
         chunk_size=ops.default_chunk_size('relu'))[0]
   if name.startswith('ours_'):
+    block_size = None if name.endswith('_unblocked') else 512
     return lambda q, k, v: (
-        ops.favor_attention(q, k, v, w, causal=True)[0] if causal
-        else ops.favor_attention(q, k, v, w))
+        ops.favor_attention(q, k, v, w, causal=True, block_size=block_size)[0]
+        if causal else ops.favor_attention(q, k, v, w, block_size=block_size))
   if name.startswith('authors_bidir'):
     return lambda q, k, v: authors_bidir(q, k, v, w)
   if name.startswith('trax_'):

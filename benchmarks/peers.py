@@ -78,7 +78,8 @@ def names_at(args, length, skipped):
   names = []
   only = harness.comma_list(args.only)
   for name in contenders.BIDIRECTIONAL + contenders.CAUSAL:
-    if only and name not in only:
+    if (only and name not in only) or (
+        name in contenders.ON_REQUEST and name not in only):
       continue
     if (name in contenders.SWITCHED_OFF + contenders.XLA_DEFAULTS and
         jax.default_backend() != 'cpu'):
