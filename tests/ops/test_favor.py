@@ -495,6 +495,24 @@ def test_blocks_match_full_length_features(length, block, chunk, causal,
                                err_msg=name)
 
 
+@pytest.mark.parametrize('backend,blocks', [('cpu', 512), ('gpu', None),
+                                             ('tpu', None)])
+def test_auto_block_size_follows_the_backend(monkeypatch, backend, blocks):
+  """block_size='auto' (the default) is 512 on a CPU, full length
+  elsewhere (docs/results.md, measured on a GPU): the same program as
+  that explicit setting."""
+  monkeypatch.setattr(jax, 'default_backend', lambda: backend)
+  assert ops.default_block_size() == blocks
+  q, k, v = _qkv(16, length=600)
+  w = ops.draw_projection(jax.random.PRNGKey(7), 19, 12)
+  for causal in (False, True):
+    program = lambda size: str(jax.make_jaxpr(
+        lambda q: ops.favor_attention(q, k, v, w, causal=causal,
+                                      block_size=size))(q))
+    assert program('auto') == program(blocks)
+    assert program(512) != program(None)
+
+
 def test_blocks_chain_state_across_calls():
   q, k, v = _qkv(15, length=70)
   w = ops.draw_projection(jax.random.PRNGKey(6), 21, 12)

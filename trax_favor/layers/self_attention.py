@@ -66,7 +66,7 @@ class FavorSelfAttention(projection_state.ProjectionStateLayer):
                attention_dropout=0.0, mode='train', n_random_features=256,
                feature_map='softmax', projection='orthogonal',
                projection_scaling='sqrt_d', redraw='fixed',
-               numerical_stabilizer=None, chunk_size=None, block_size=512,
+               numerical_stabilizer=None, chunk_size=None, block_size='auto',
                relative_position=None, max_relative_distance=None,
                qk_normalization=None, rotary=False, rotary_fraction=None,
                rotary_base=None, sequence_axis=None):
@@ -109,7 +109,8 @@ class FavorSelfAttention(projection_state.ProjectionStateLayer):
       block_size: inputs longer than this many tokens are attended in blocks
         whose features are recomputed in the backward pass, so no (length,
         n_random_features) tensor is ever stored (see ops/attention.py);
-        None computes features at full length (more memory, no recompute).
+        None computes features at full length (more memory, no recompute);
+        'auto': 512 on a CPU, None elsewhere (ops.default_block_size).
       relative_position: None, or 'bias' (old name 'fft'): a learned
         relative positional bias per head, attention exact in O(L D), with
         an O(D) decoding state (see layers/relative.py).
@@ -134,7 +135,7 @@ class FavorSelfAttention(projection_state.ProjectionStateLayer):
           f'chunk_size={chunk_size!r} with causal=False.')
     if chunk_size is not None:
       checks.check_positive_int(chunk_size=chunk_size)
-    if block_size is not None:
+    if block_size not in (None, 'auto'):
       checks.check_positive_int(block_size=block_size)
     checks.check_rate(output_dropout=output_dropout,
                       attention_dropout=attention_dropout)

@@ -1,5 +1,6 @@
 """Pure jax.numpy FAVOR+ math: no Trax layers, no gin."""
 
+from trax_favor.ops.attention import default_block_size
 from trax_favor.ops.attention import default_chunk_size
 from trax_favor.ops.attention import favor_attention
 from trax_favor.ops.favor import bidirectional_favor
