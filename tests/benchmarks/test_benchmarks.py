@@ -14,6 +14,7 @@ import pytest
 
 import gin_helpers
 from benchmarks import attention as attention_bench
+from benchmarks import block_sizes as block_sizes_bench
 from benchmarks import cpu_speedups as speedups_bench
 from benchmarks import distributed as distributed_bench
 from benchmarks import harness
@@ -316,6 +317,25 @@ def test_rpe_benchmark_writes_times_memory_and_growth(tmp_path, in_repo):
                                    / row['favor_causal']['seconds'])
   assert set(record['decode_seconds_per_token']) == {'8', '40'}
   assert all(t > 0 for t in record['decode_seconds_per_token'].values())
+
+
+@pytest.mark.slow
+def test_block_size_benchmark_rates_each_size_against_the_default(tmp_path,
+                                                                  in_repo):
+  del in_repo
+  out = str(tmp_path / 'blocks')
+  block_sizes_bench.main([f'--out={out}', '--lengths=96', '--rounds=2',
+                          '--block_sizes=32,96,0', '--d=8', '--m=8',
+                          '--n_heads=2'])
+  with open(out + '.json') as f:
+    results = json.load(f)['results']['96']
+  assert set(results) == {'bidir', 'causal', 'rpe_bidir'}
+  for rows in results.values():
+    assert set(rows) == {'512', '32', '0'}  # 96 >= the length: as None
+    assert rows['512']['time_over_default'] == 1.0
+    assert rows['512']['memory_over_default'] == 1.0
+    assert all(r['seconds'] > 0 and r['peak_bytes'] > 0
+               for r in rows.values())
 
 
 @pytest.mark.slow
