@@ -17,7 +17,8 @@ features at a time. What is stored per block is only the carried state (an
                   (`favor.causal_favor`) started from the carried prefix state.
   bidirectional   a scan over key blocks adds their sums (`favor.key_sums`,
                   `favor.combine_sums`), then a scan over query blocks reads
-                  the total out (`favor.read_out`).
+                  the total out (`favor.read_out`); with a relative bias,
+                  `rpe_blocks.py`.
 
 Block and chunk are different things: a chunk (`chunk_size`, causal only) is
 the unit of the within-chunk masked product; a block is the unit of feature
@@ -25,6 +26,8 @@ memory, a whole number of chunks. In the attention benchmark (2-core CPU,
 l = 16384, 8 heads, m = 256, forward and backward) blocks of 512 cut the
 layer's XLA-planned memory from 971 to 409 MiB (bidirectional, also 1.2x
 faster) and from 1612 to 444 MiB (causal, 1.1x slower): README, Results.
+On a GPU the scan costs more than it saves: `block_size='auto'` blocks on
+a CPU only (`default_block_size`).
 
 Sequence parallelism. With `sequence_axis` (a mesh axis name, inside
 `jax.shard_map`), q, k and v are this device's contiguous shard of the
@@ -60,7 +63,7 @@ def default_block_size():
   """Length blocks by default (`block_size='auto'`): 512 tokens on a CPU,
   none elsewhere. On an H200 GPU (benchmarks/block_sizes.py,
   results/block_sizes_gpu.json, fwd+bwd, 8 heads of 64, m = 256) features
-  at full length ran 2.6-3.7x faster than blocks of 512 at 4K-64K tokens
+  at full length ran 2.0-3.7x faster than blocks of 512 at 4K-64K tokens
   (a scan over blocks runs them one after another), for 2.2-5x the
   attention's memory; on a CPU blocks of 512 save memory and time."""
   return 512 if jax.default_backend() == 'cpu' else None
