@@ -43,6 +43,7 @@ This package must not import trax, or anything heavy, at module level:
 
 from trax_favor.compat import projection_fixes  # pylint: disable=unused-import
 from trax_favor.compat.cpu_options import trax_jit_options
+from trax_favor.compat.devices import commit_to_one_device
 from trax_favor.compat.devices import one_trax_device
 from trax_favor.compat.fixes import import_trainer
 from trax_favor.compat.fixes import jit_with_options

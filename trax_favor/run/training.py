@@ -196,6 +196,8 @@ def _train(run_dir, log_every, config_text, callbacks, interrupts,
       loop = _restore(run_dir, args, [progress, *callbacks], config_text,
                       interrupts, sequence_parallel)
       _evaluate_missed(loop, run_dir)
+      for trainer in loop.trainers:  # one compile of the update step
+        compat.commit_to_one_device(trainer)
       if loop.step < total_steps:
         loop.run(total_steps - loop.step)
   except interrupts_lib.Interrupted as stop:
