@@ -75,10 +75,18 @@ def test_unwritable_places_and_missing_files_end_with_one_line(tmp_path,
   regular_file = tmp_path / 'file'
   regular_file.write_text('')
   err = _error_line(capsys, train.main, _train_argv(regular_file / 'run'))
-  assert 'Not a directory' in err or 'File exists' in err
+  assert f'--output_dir {regular_file / "run"} lies under a file' in err
+  err = _error_line(capsys, train.main, _train_argv(regular_file))
+  assert f'--output_dir {regular_file} is a file' in err
+  err = _error_line(capsys, sample.main, ['--config_file', CONFIG,
+                                          '--output_dir', str(regular_file)])
+  assert f'--output_dir {regular_file} is a file' in err
   err = _error_line(capsys, train.main,
                     _train_argv(tmp_path, config=tmp_path / 'missing.gin'))
   assert 'config file not found' in err
+  folder = os.path.join(REPO, 'gin')
+  err = _error_line(capsys, train.main, _train_argv(tmp_path, config=folder))
+  assert f'--config_file {folder} is a directory' in err
   full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), '/runs/x/ckpt')
   assert cli.user_error(full) == 'No space left on device: /runs/x/ckpt'
   assert cli.user_error(IndexError('internal')) is None  # a traceback
@@ -342,27 +350,24 @@ def test_start_afresh_moves_what_is_left_and_refuses_a_whole_checkpoint(
   assert not (tmp_path / 'new' / 'before_afresh').exists()
 
 
-def test_ctrl_c_during_start_up_says_so_and_exits_130(tmp_path, capsys,
-                                                     monkeypatch):
+def test_a_signal_during_start_up_is_one_line_and_its_exit_code(
+    tmp_path, capsys, monkeypatch):
   def interrupted():
     raise KeyboardInterrupt
-  monkeypatch.setattr(cli, 'quiet_start', interrupted)
-  with pytest.raises(SystemExit) as done:
-    train.main(_train_argv(tmp_path, *SMALL))
-  assert done.value.code == 130
-  err = capsys.readouterr().err.strip()
-  assert err.startswith('stopped by SIGINT before any checkpoint was saved')
-  assert '\n' not in err and os.listdir(tmp_path) == []
-  # SIGTERM during start-up (trax's import): one line too, exit 143.
-  def terminated():
+
+  def terminated():  # SIGTERM during start-up (trax's import)
     os.kill(os.getpid(), signal.SIGTERM)
     time.sleep(30)  # the handler raises here, at once
-  monkeypatch.setattr(cli, 'quiet_start', terminated)
-  with pytest.raises(SystemExit) as done:
-    train.main(_train_argv(tmp_path, *SMALL))
-  assert done.value.code == 143
-  err = capsys.readouterr().err.strip()
-  assert err.startswith('stopped by SIGTERM before any checkpoint was saved')
+
+  for start, code, name in ((interrupted, 130, 'SIGINT'),
+                            (terminated, 143, 'SIGTERM')):
+    monkeypatch.setattr(cli, 'quiet_start', start)
+    with pytest.raises(SystemExit) as done:
+      train.main(_train_argv(tmp_path, *SMALL))
+    assert done.value.code == code
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f'stopped by {name} before any checkpoint was saved')
+    assert '\n' not in err and os.listdir(tmp_path) == []
   assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
   saved = interrupts.Interrupted(signal.SIGTERM)
   saved.saved = True  # the run said where its checkpoint is: no more lines

@@ -83,12 +83,6 @@ def check_flags(args):
   if not math.isfinite(timeout) or timeout <= 0:
     raise RunError('--distributed_timeout must be a finite number of seconds '
                    f'> 0, got {timeout}.')
-  if args.sequence_parallel is not None and (args.num_processes or 1) > 1:
-    raise RunError(
-        f'--sequence_parallel with --num_processes={args.num_processes} is '
-        'not supported yet: sequence parallelism splits sequences over the '
-        'devices of one process; run one process, or drop '
-        '--sequence_parallel.')
 
 
 def main(argv=None):

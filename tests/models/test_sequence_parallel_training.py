@@ -2,24 +2,30 @@
 every sequence split over N devices.
 
 JAX fixes its device count when the backend starts, so the trainings run in
-child interpreters (this file as a script, XLA_FLAGS forcing 1 or 2 host
-devices) that train the offline default config shrunk and report JSON:
+child interpreters (this file as a script, XLA_FLAGS forcing 1, 2 or 4
+host devices) that train the offline default config shrunk and report JSON:
 
-  split      2 devices, --sequence_parallel=2: steps 1-3 (an eval at each
-             step); then the same run directory resumed WITHOUT the flag
-             (trax's data parallelism over the 2 devices) for step 4;
-  reference  1 device, no flag: steps 1-4.
+  split       4 devices, --sequence_parallel=4: steps 1-3 (an eval at each
+              step); then the same run directory resumed WITHOUT the flag
+              (trax's data parallelism over the 4 devices) for step 4;
+  split_data  the same child, --sequence_parallel=2: a (2, 2) mesh, the
+              batch split over 'data' and each sequence over 'seq';
+  reference   1 device, no flag: steps 1-4;
+  job         2 processes (one job over 127.0.0.1) of 2 devices each,
+              --sequence_parallel=2: one (2, 2) mesh over both, steps 1-3.
 
-The split run's per-step train and eval losses equal the reference's to
-1e-4 relative, and so does step 4 of its resume without the flag (its
+The split runs' per-step train and eval losses equal the reference's to
+1e-4 relative, and so does step 4 of the resume without the flag (its
 checkpoint loads either way: the wrapper adds no weight). The refusals
 that need no second device run in this process (fast).
 """
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -62,14 +68,6 @@ def test_sequence_parallel_below_one_is_one_line(tmp_path, capsys, value):
   assert f'got {value}.' in err, err
 
 
-def test_sequence_parallel_with_several_processes_is_one_line(tmp_path,
-                                                               capsys):
-  err = _error_line(capsys, _argv(
-      tmp_path, '--sequence_parallel=2', '--num_processes=2',
-      '--process_id=0', '--coordinator_address=localhost:1'))
-  assert 'not supported yet' in err and '--num_processes=2' in err, err
-
-
 def test_n_not_dividing_the_local_devices_is_one_line(tmp_path, capsys):
   err = _error_line(capsys, _argv(tmp_path, '--sequence_parallel=2'))
   assert '--sequence_parallel=2 does not divide the 1 local device' in err
@@ -91,11 +89,27 @@ def test_a_model_without_sequence_axis_is_one_line(tmp_path, capsys):
   assert 'takes no sequence_axis' in err and 'TransformerLM' in err, err
 
 
-def _setup(n, n_data):
+def _setup(n, n_data, n_processes=1):
   """A Setup's checks without a mesh (one device here)."""
   setup = object.__new__(sequence_parallel.Setup)
-  setup.n, setup.n_data = n, n_data
+  setup.n, setup.n_data, setup.n_processes = n, n_data, n_processes
   return setup
+
+
+def test_train_batches_split_over_every_process_or_one_line():
+  """With 2 processes of 2 groups each, a global train batch needs 4 rows
+  per split; eval batches (whole on each process) 2."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  setup = _setup(2, 2, n_processes=2)
+  with pytest.raises(RunError, match='train batch size 6 is not divisible '
+                     'by the 4 data-parallel groups of 2 processes'):
+    next(setup.checked(iter([(np.zeros((6, 64)),)]), 'train'))
+  batch = (np.zeros((6, 64)),)
+  with pytest.raises(RunError, match='eval batch size 6 is not divisible '
+                     r'by the 4'):
+    next(_setup(2, 4).checked(iter([batch]), 'eval'))
+  # Eval batches stay whole on each process: 6 rows over its 2 groups.
+  assert next(setup.checked(iter([batch]), 'eval')) is batch
 
 
 @pytest.mark.parametrize('shape,expected', [
@@ -118,21 +132,39 @@ def test_batches_that_split_pass_unchanged():
 
 
 # -- the trainings (children) -------------------------------------------------
-def _run_child(n_devices, output_dir):
+def _run_children(n_devices, output_dir, n_processes=1):
+  """This file as a script in n_processes children (one job over
+  127.0.0.1 when several) with n_devices host devices each; their JSON
+  reports, in process order."""
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=REPO,
              XLA_FLAGS=f'--xla_force_host_platform_device_count={n_devices}')
-  process = subprocess.Popen(
-      [sys.executable, os.path.abspath(__file__), str(output_dir)], env=env,
-      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  job = []
+  if n_processes > 1:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+      s.bind(('127.0.0.1', 0))
+      job = [str(s.getsockname()[1])]
+  what = f'the {n_processes} x {n_devices}-device child'
+  children = [subprocess.Popen(
+      [sys.executable, os.path.abspath(__file__), str(output_dir), *job,
+       *([str(i)] if job else [])], env=env, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True) for i in range(n_processes)]
+  deadline = time.monotonic() + TIMEOUT
+  reports = []
   try:
-    stdout, stderr = process.communicate(timeout=TIMEOUT)
+    for child in children:
+      stdout, stderr = child.communicate(
+          timeout=max(1.0, deadline - time.monotonic()))
+      if child.returncode != 0:
+        pytest.fail(f'{what} failed:\n{stderr[-4000:]}')
+      reports.append(json.loads(stdout.strip().splitlines()[-1]))
   except subprocess.TimeoutExpired:
-    process.kill()
-    process.communicate()
-    pytest.fail(f'the {n_devices}-device child ran over {TIMEOUT} s')
-  if process.returncode != 0:
-    pytest.fail(f'the {n_devices}-device child failed:\n{stderr[-4000:]}')
-  return json.loads(stdout.strip().splitlines()[-1])
+    pytest.fail(f'{what} ran over {TIMEOUT} s')
+  finally:
+    for child in children:
+      if child.poll() is None:
+        child.kill()
+        child.communicate()
+  return reports
 
 
 def _losses(loop):
@@ -146,37 +178,45 @@ def _losses(loop):
                                ('eval', 'metrics/loss'))}
 
 
-def _child(output_dir):
-  """Trains as the module docstring says (in a child with the devices);
-  prints the losses as JSON."""
+def _child(output_dir, port=None, process_id=None):
+  """Trains as the module docstring says (in a child with the devices; with
+  a port, process process_id of two); prints the losses as JSON."""
   # pylint: disable=g-import-not-at-top
   import jax
   from trax_favor.run import cli
+  from trax_favor.run import distributed
+  if port is not None:  # before anything starts the backend
+    distributed.initialize(f'127.0.0.1:{port}', 2, int(process_id),
+                           several_devices=True)
   cli.quiet_start()
   from trax_favor.run import configs
   from trax_favor.run import training
   # pylint: enable=g-import-not-at-top
 
-  def run(steps, n):
+  def run(steps, n, subdirectory):
     configs.parse_config([CONFIG], SMALL + [f'train.steps={steps}'])
-    loop = training.train(output_dir, log_every=100, sequence_parallel=n)
-    return loop
+    return training.train(os.path.join(output_dir, subdirectory),
+                          log_every=100, sequence_parallel=n)
 
-  report = {'devices': jax.local_device_count()}
-  if jax.local_device_count() == 2:
-    report['split'] = _losses(run(SPLIT_STEPS, 2))
-    resumed = run(RESUMED_STEPS, None)
+  report = {'devices': jax.local_device_count(),
+            'processes': jax.process_count()}
+  if jax.process_count() == 2:  # 2 x 2 devices: a (2, 2) mesh over both
+    report['split'] = _losses(run(SPLIT_STEPS, 2, 'job'))
+  elif jax.local_device_count() == 4:
+    report['split_data'] = _losses(run(SPLIT_STEPS, 2, 'split_data'))
+    report['split'] = _losses(run(SPLIT_STEPS, 4, 'split'))
+    resumed = run(RESUMED_STEPS, None, 'split')
     report['resumed_from'] = resumed.resumed_from
     report['resumed'] = _losses(resumed)
   else:
-    report['reference'] = _losses(run(RESUMED_STEPS, None))
+    report['reference'] = _losses(run(RESUMED_STEPS, None, 'reference'))
   print(json.dumps(report))
 
 
 @pytest.fixture(scope='module')
 def trainings(tmp_path_factory):
-  split = _run_child(2, tmp_path_factory.mktemp('split'))
-  reference = _run_child(1, tmp_path_factory.mktemp('reference'))
+  split, = _run_children(4, tmp_path_factory.mktemp('split'))
+  reference, = _run_children(1, tmp_path_factory.mktemp('reference'))
   return split, reference
 
 
@@ -186,14 +226,19 @@ def _close(a, b):
 
 @pytest.mark.slow
 def test_split_training_equals_one_device_and_resumes_without_flag(trainings):
+  """On 4 devices: each sequence split in four (a (1, 4) mesh), and in two
+  with the batch split over two such pairs (a (2, 2) mesh). Both follow
+  the 1-device run."""
   split, reference = trainings
-  assert split['devices'] == 2 and reference['devices'] == 1
+  assert split['devices'] == 4 and reference['devices'] == 1
   expected = reference['reference']
-  for kind in ('train', 'eval'):
-    got = split['split'][kind]
-    assert sorted(got) == [str(s) for s in range(1, SPLIT_STEPS + 1)], got
-    for step, loss in got.items():
-      assert _close(loss, expected[kind][step]), (kind, step, loss, expected)
+  for name in ('split', 'split_data'):
+    for kind in ('train', 'eval'):
+      got = split[name][kind]
+      assert sorted(got) == [str(s) for s in range(1, SPLIT_STEPS + 1)], got
+      for step, loss in got.items():
+        assert _close(loss, expected[kind][step]), (kind, step, loss,
+                                                    expected)
   # The split run's checkpoint, resumed without the flag (data parallel).
   assert split['resumed_from'].endswith(f'step_{SPLIT_STEPS:08d}'), split
   step = str(RESUMED_STEPS)
@@ -202,5 +247,22 @@ def test_split_training_equals_one_device_and_resumes_without_flag(trainings):
     assert _close(got, expected[kind][step]), (kind, got, expected[kind])
 
 
+@pytest.mark.slow
+def test_two_processes_split_their_sequences_as_one_device(trainings,
+                                                           tmp_path):
+  """2 processes x 2 devices, --sequence_parallel=2: one (2, 2) mesh over
+  both (each sequence split within a process, the batch across them);
+  both processes' losses follow the 1-device run."""
+  reference = trainings[1]['reference']
+  reports = _run_children(2, tmp_path / 'job', n_processes=2)
+  assert [(r['processes'], r['devices']) for r in reports] == [(2, 2)] * 2
+  for report in reports:
+    for kind in ('train', 'eval'):
+      got = report['split'][kind]
+      assert sorted(got) == [str(s) for s in range(1, SPLIT_STEPS + 1)], got
+      for step, loss in got.items():
+        assert _close(loss, reference[kind][step]), (kind, step, loss)
+
+
 if __name__ == '__main__':
-  _child(sys.argv[1])
+  _child(*sys.argv[1:])

@@ -7,6 +7,8 @@ a reader renames nothing. The module-level functions take a run
 directory's path, for callers that hold one.
 """
 
+import os
+
 import gin
 import jax
 import numpy as np
@@ -49,6 +51,9 @@ def latest(output_dir):
   Raises:
     RunError: no checkpoint, or none that is whole (each damaged one named).
   """
+  if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+    raise RunError(f'--output_dir {output_dir} is a file, not a training '
+                   'run\'s directory.')
   run = run_dir_lib.RunDir(output_dir, read_only=True)
   path, _ = run.latest_checkpoint()
   if path is not None:

@@ -24,9 +24,10 @@ def train(args):
   def run():
     check_train_flags(args)
     # Before anything starts the backend (importing trax does not).
-    distributed.initialize(args.coordinator_address, args.num_processes,
-                           args.process_id,
-                           timeout=getattr(args, 'distributed_timeout', 120))
+    distributed.initialize(
+        args.coordinator_address, args.num_processes, args.process_id,
+        timeout=getattr(args, 'distributed_timeout', 120),
+        several_devices=getattr(args, 'sequence_parallel', None) is not None)
     configs.parse_config(args.config_file, args.config)
     training.train(args.output_dir, n_devices=args.n_devices,
                    log_every=args.log_every,

@@ -57,6 +57,9 @@ def parse_config(config_files, bindings=()):
     raise RunError('give at least one --config_file.')
   gin.clear_config()
   for config_file in config_files:
+    if os.path.isdir(config_file):
+      raise RunError(f'--config_file {config_file} is a directory: give a '
+                     'gin file in it (e.g. gin/offline_default.gin).')
     if not os.path.isfile(config_file):
       raise RunError(f'config file not found: {config_file}')
     for path in _search_paths(config_file):

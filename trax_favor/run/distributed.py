@@ -50,19 +50,23 @@ _ENV = ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID')
 
 
 def initialize(coordinator_address=None, num_processes=None, process_id=None,
-               timeout=120):
+               timeout=120, several_devices=False):
   """Joins the multi-process job, if one is asked for (flags or JAX_*).
 
   Faults are bounded (run/watchdog.py): a busy loopback port is refused
   first; a job that has not assembled within `timeout` seconds, a lost
   peer or coordinator end the process with one line.
 
+  Args:
+    several_devices: a process may see several devices (--sequence_parallel
+      splits sequences over them); otherwise one per process.
+
   Returns:
     Whether this is a job of several processes.
 
   Raises:
     RunError: the backend had started already, or a process sees other than
-      one device.
+      one device (unless several_devices).
   """
   if (coordinator_address is None and num_processes is None
       and process_id is None and not any(os.environ.get(k) for k in _ENV)):
@@ -92,11 +96,12 @@ def initialize(coordinator_address=None, num_processes=None, process_id=None,
   joined()
   if jax.process_count() > 1:
     watchdog.watch(_client(), jax.process_index(), jax.process_count())
-  if jax.local_device_count() != 1:
+  if jax.local_device_count() != 1 and not several_devices:
     raise RunError(
         f'process {jax.process_index()} sees {jax.local_device_count()} '
         'devices; multi-process training takes one device per process (set '
-        'CUDA_VISIBLE_DEVICES per process on GPU hosts).')
+        'CUDA_VISIBLE_DEVICES per process on GPU hosts), or several with '
+        '--sequence_parallel.')
   return jax.process_count() > 1
 
 
@@ -194,12 +199,17 @@ def barrier(name):
 class GlobalStep:
   """A trax Trainer's `one_step`, as one program over every process."""
 
-  def __init__(self, trainer, interrupts):
+  def __init__(self, trainer, interrupts, mesh=None):
+    """mesh: None (one axis 'data' over every device), or --sequence_parallel's
+    ('data', 'seq') mesh: batches split by rows and by length."""
     self._trainer = trainer
     self._interrupts = interrupts
-    mesh = Mesh(np.array(jax.devices()), ('data',))
+    if mesh is None:
+      mesh = Mesh(np.array(jax.devices()), ('data',))
     self._replicated = NamedSharding(mesh, PartitionSpec())
-    self._rows = NamedSharding(mesh, PartitionSpec('data'))
+    self._mesh = mesh
+    # One stop flag per device, over all the mesh's axes at once.
+    self._flags = NamedSharding(mesh, PartitionSpec(mesh.axis_names))
     self._values = None  # (weights, slots, state) as global arrays
     self._compiled = None
     forward_and_backward = fastmath.value_and_grad(
@@ -223,6 +233,14 @@ class GlobalStep:
         lambda x: jax.make_array_from_process_local_data(
             self._replicated, np.asarray(x)), tree)
 
+  def _rows(self, x):
+    """This process's rows of a batch array -> the global array, split by
+    rows (and by length over a second mesh axis)."""
+    x = np.asarray(x)
+    spec = PartitionSpec(*self._mesh.axis_names[:x.ndim])
+    return jax.make_array_from_process_local_data(
+        NamedSharding(self._mesh, spec), x)
+
   @staticmethod
   def _local(tree):
     return jax.tree_util.tree_map(lambda x: x.addressable_data(0), tree)
@@ -236,14 +254,13 @@ class GlobalStep:
     opt_params = dict(trainer.optimizer.opt_params)
     if learning_rate is not None:
       opt_params['learning_rate'] = learning_rate
-    stop = np.array([self._interrupts.pending is not None], np.int32)
+    stop = np.full(jax.local_device_count(),
+                   self._interrupts.pending is not None, np.int32)
     args = (*self._values, self._global(np.int32(step)),
             self._global(opt_params),
-            jax.tree_util.tree_map(
-                lambda x: jax.make_array_from_process_local_data(
-                    self._rows, np.asarray(x)), tuple(batch)),
+            jax.tree_util.tree_map(self._rows, tuple(batch)),
             self._global(rng),
-            jax.make_array_from_process_local_data(self._rows, stop))
+            jax.make_array_from_process_local_data(self._flags, stop))
     if self._compiled is None:
       self._compiled = self._update.lower(*args).compile()
       barrier('trax_favor_first_step')
@@ -269,5 +286,6 @@ def install(loop, interrupts):
   """Replaces the update step of each of the Loop's tasks (after restore),
   and makes signals act at the same step on every process."""
   interrupts.coordinated = True
+  mesh = getattr(loop, 'sequence_parallel_mesh', None)
   for trainer in loop.trainers:
-    trainer.one_step = GlobalStep(trainer, interrupts)
+    trainer.one_step = GlobalStep(trainer, interrupts, mesh)

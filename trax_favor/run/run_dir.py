@@ -132,8 +132,19 @@ class RunDir:
   def lock(self):
     """Creates the directory and takes its exclusive lock (a Lock)."""
     self._writable()
-    os.makedirs(self.path, exist_ok=True)
+    self.create()
     return Lock(self.path)
+
+  def create(self):
+    """Creates the directory and its parents if missing: one RunError when
+    a file stands in the way."""
+    try:
+      os.makedirs(self.path, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+      what = ('is a file' if os.path.isfile(self.path) else
+              'lies under a file')
+      raise RunError(f'--output_dir {self.path} {what}, not a directory: '
+                     'give a directory for the run.') from None
 
   def check_config(self, config_text, allow_changes=False):
     """`config_drift.check` against the saved config.gin, if there is one:

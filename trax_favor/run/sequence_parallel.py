@@ -2,7 +2,9 @@
 N devices (docs/sequence_parallel.md).
 
 The local devices, D of them, form a mesh ('data', 'seq') of shape
-(D // N, N): the batch is split over 'data', the length over 'seq'. trax
+(D // N, N): the batch is split over 'data', the length over 'seq'; with
+P processes the training step's mesh is (P D // N, N), every sequence
+split within one process. trax
 sees ONE device: its Loop, Trainer and evaluator run plain jits (no pmap),
 and inside them the model, wrapped in `models.SequenceParallel`, runs as
 one shard_map over the mesh. The loss and metrics stay outside the wrapper
@@ -33,8 +35,8 @@ AXIS, BATCH_AXIS = 'seq', 'data'
 
 
 def check_flags(n):
-  """One RunError for a --sequence_parallel value out of range (the
-  flag's clash with --num_processes: train.py, before a job starts)."""
+  """One RunError for a --sequence_parallel value out of range (before
+  the backend starts)."""
   if n is None:
     return
   if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -43,26 +45,37 @@ def check_flags(n):
 
 
 class Setup:
-  """The mesh (D // n, n) of the local devices and what trax's Loop needs
-  to run a model split over it."""
+  """The meshes and what trax's Loop needs to run a model split over them.
+
+  mesh        ('data', 'seq') over every device of every process, (D P // n,
+              n), each row the devices of one process (its sequence never
+              leaves the process): the training step's (run/distributed.py
+              runs it over all processes).
+  local_mesh  the same over this process's D devices, (D // n, n): the eval
+              model's (every process evaluates whole batches on its own)
+              and, with one process, also the training's.
+  """
 
   def __init__(self, n):
     check_flags(n)
-    if jax.process_count() > 1:
+    local = jax.local_devices()
+    if len(local) % n:
       raise RunError(
-          f'--sequence_parallel with {jax.process_count()} processes is not '
-          'supported yet: sequence parallelism runs within one process.')
-    devices = jax.local_devices()
-    if len(devices) % n:
-      raise RunError(
-          f'--sequence_parallel={n} does not divide the {len(devices)} local '
-          f'device(s): use a divisor of {len(devices)}.')
+          f'--sequence_parallel={n} does not divide the {len(local)} local '
+          f'device(s): use a divisor of {len(local)}.')
     self.n = n
-    self.n_data = len(devices) // n
-    grid = np.array(devices).reshape(self.n_data, n)  # (D // n, n)
-    self.mesh = jax.sharding.Mesh(grid, (BATCH_AXIS, AXIS))
-    self._replicated = NamedSharding(self.mesh, P())
-    self._split = NamedSharding(self.mesh, P(BATCH_AXIS, AXIS))
+    self.n_data = len(local) // n  # data-parallel groups per process
+    self.n_processes = jax.process_count()
+    self.local_mesh = jax.sharding.Mesh(
+        np.array(local).reshape(self.n_data, n), (BATCH_AXIS, AXIS))
+    if self.n_processes == 1:
+      self.mesh = self.local_mesh
+    else:  # process by process, so each row lies within one process
+      devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+      self.mesh = jax.sharding.Mesh(
+          np.array(devices).reshape(-1, n), (BATCH_AXIS, AXIS))
+    self._replicated = NamedSharding(self.local_mesh, P())
+    self._split = NamedSharding(self.local_mesh, P(BATCH_AXIS, AXIS))
 
   def model(self, build, mode):
     """train.model's `build(mode=mode, sequence_axis='seq')`, wrapped."""
@@ -76,17 +89,19 @@ class Setup:
           f'--sequence_parallel: train.model ({name}) takes no sequence_axis '
           'parameter; use a model built for it (trax_favor.PerformerLM).')
     model = build(mode=mode, sequence_axis=AXIS)
-    return models.SequenceParallel(model, self.mesh, AXIS, BATCH_AXIS)
+    mesh = self.mesh if mode == 'train' else self.local_mesh
+    return models.SequenceParallel(model, mesh, AXIS, BATCH_AXIS)
 
   def checked(self, batches, kind):
     """The batches of a stream, each checked (shapes only) to split: one
     RunError before trax sees a batch that would not."""
+    groups = self.n_data * (self.n_processes if kind == 'train' else 1)
     for batch in batches:
       for x in jax.tree_util.tree_leaves(batch):
-        self._check(np.shape(x), kind)
+        self._check(np.shape(x), kind, groups)
       yield batch
 
-  def _check(self, shape, kind):
+  def _check(self, shape, kind, groups):
     if len(shape) < 2:
       raise RunError(
           f'--sequence_parallel: the {kind} batches hold an array of shape '
@@ -95,20 +110,26 @@ class Setup:
       raise RunError(
           f'--sequence_parallel={self.n}: the {kind} sequence length '
           f'{shape[1]} is not divisible by {self.n}; use a length that is.')
-    if shape[0] % self.n_data:
+    if shape[0] % groups:
+      where = ('' if groups == self.n_data else
+               f' of {self.n_processes} processes')
       raise RunError(
           f'--sequence_parallel={self.n}: the {kind} batch size {shape[0]} '
-          f'is not divisible by the {self.n_data} data-parallel groups '
+          f'is not divisible by the {groups} data-parallel groups{where} '
           f'(local devices // {self.n}); use a batch size that is.')
 
   def _put(self, tree, sharding):
     return jax.device_put(tree, sharding)
 
   def place(self, loop):
-    """Places the arguments of loop's update and eval steps on the mesh:
-    weights, slots, state, keys replicated, batches split (batch, length)
-    over ('data', 'seq'). trax keeps some on one device (its optimizer
-    slots on the CPU), which a jit spanning the mesh would refuse."""
+    """Places the arguments of loop's update and eval steps on the local
+    mesh: weights, slots, state, keys replicated, batches split (batch,
+    length) over ('data', 'seq'). trax keeps some on one device (its
+    optimizer slots on the CPU), which a jit spanning the mesh would
+    refuse. (With several processes run/distributed.py replaces the
+    update step by one over `mesh`.) Keeps `mesh` as
+    loop.sequence_parallel_mesh."""
+    loop.sequence_parallel_mesh = self.mesh
     replicate = lambda tree: self._put(tree, self._replicated)
     split = lambda tree: self._put(tree, self._split)
     for trainer in loop.trainers:

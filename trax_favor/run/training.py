@@ -30,7 +30,6 @@ output_dir/train.
 
 import contextlib
 import functools
-import os
 
 import gin
 import jax
@@ -171,9 +170,9 @@ def train(output_dir, n_devices=None, log_every=10, allow_config_change=False,
     interrupts.Interrupted: Ctrl-C or SIGTERM (after saving a checkpoint).
   """
   _set_devices(n_devices)
-  os.makedirs(output_dir, exist_ok=True)  # every process: trax writes too
   run_dir = run_dir_lib.RunDir(output_dir,
                                read_only=not distributed.is_chief())
+  run_dir.create()  # every process: trax writes too
   config_text = gin.config_str()
   distributed.check_same_config(config_text)  # before the run dir opens
   with _opened(run_dir, config_text, allow_config_change, start_afresh):
