@@ -30,7 +30,8 @@
 # authors' form, exact attention and jax.nn.dot_product_attention, with
 # cuDNN where the backend has it, performer-pytorch where installed, and
 # ours without length blocks: which block size suits a GPU?) up to
-# 64K tokens, and the relative-positions benchmark; each step under a time
+# 64K tokens, the relative-positions benchmark and, on a machine with
+# several GPUs, the sequence-parallel benchmark; each step under a time
 # limit (STEP_LIMIT seconds, default 300; TEST_LIMIT for the tests), a step
 # past it reported and the next one run. With --dry-run it runs on a CPU
 # (a test runs it with trax, gin and TensorFlow unimportable).
@@ -65,6 +66,22 @@ limited() {
   [ "$rc" = 0 ] || echo "== step exited with $rc (124: past its limit)"
 }
 
+# One sequence over several GPUs (docs/sequence_parallel.md), where the
+# machine has more than one; device counts 1, 2, 4, ... up to all of them.
+sequence_parallel_step() {
+  local counts
+  counts=$("$PYTHON" -c "import jax; n = jax.device_count()
+print(','.join(str(2 ** i) for i in range(n.bit_length()) if 2 ** i <= n)
+      if n > 1 else '')")
+  if [ -z "$counts" ]; then
+    step "sequence-parallel benchmark: skipped (one device)"
+    return
+  fi
+  step "sequence-parallel benchmark over $counts devices"
+  limited "$PYTHON" -m benchmarks.sequence_parallel --host_devices 0 \
+    --devices "$counts" --lengths 65536,262144,1048576 \
+    --out "$OUT/sequence_parallel"
+}
 if [ "$IMAGE_ONLY" = 1 ]; then
   # Most of the GPU's memory for XLA, some left for PyTorch's peers.
   export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.8}
@@ -110,6 +127,7 @@ sys.exit(0 if jax.default_backend() == 'gpu' else
     "${PEERS[@]}"
   step "relative-positions benchmark"
   limited "$PYTHON" -m benchmarks.rpe --out "$OUT/rpe" "${RPE[@]}"
+  sequence_parallel_step
   step "done: results in $OUT"
   exit 0
 fi
@@ -166,4 +184,5 @@ step "peer benchmark"
 "$PYTHON" -m benchmarks.peers --out "$OUT/peers" "${PEERS[@]}"
 step "model benchmark"
 "$PYTHON" -m benchmarks.model --out "$OUT/model" "${MODEL[@]}"
+sequence_parallel_step
 step "done: results in $OUT"
