@@ -10,6 +10,8 @@ host devices) that train the offline default config shrunk and report JSON:
               (trax's data parallelism over the 4 devices) for step 4;
   split_data  the same child, --sequence_parallel=2: a (2, 2) mesh, the
               batch split over 'data' and each sequence over 'seq';
+  data        the same child without the flag: trax's data parallelism
+              over the 4 devices from step 1;
   reference   1 device, no flag: steps 1-4;
   job         2 processes (one job over 127.0.0.1) of 2 devices each,
               --sequence_parallel=2: one (2, 2) mesh over both, steps 1-3.
@@ -203,6 +205,7 @@ def _child(output_dir, port=None, process_id=None):
   if jax.process_count() == 2:  # 2 x 2 devices: a (2, 2) mesh over both
     report['split'] = _losses(run(SPLIT_STEPS, 2, 'job'))
   elif jax.local_device_count() == 4:
+    report['data'] = _losses(run(SPLIT_STEPS, None, 'data'))
     report['split_data'] = _losses(run(SPLIT_STEPS, 2, 'split_data'))
     report['split'] = _losses(run(SPLIT_STEPS, 4, 'split'))
     resumed = run(RESUMED_STEPS, None, 'split')
@@ -226,13 +229,13 @@ def _close(a, b):
 
 @pytest.mark.slow
 def test_split_training_equals_one_device_and_resumes_without_flag(trainings):
-  """On 4 devices: each sequence split in four (a (1, 4) mesh), and in two
-  with the batch split over two such pairs (a (2, 2) mesh). Both follow
-  the 1-device run."""
+  """On 4 devices: each sequence split in four (a (1, 4) mesh), in two with
+  the batch split over two such pairs (a (2, 2) mesh), and not at all
+  (trax's data parallelism over the 4). Each follows the 1-device run."""
   split, reference = trainings
   assert split['devices'] == 4 and reference['devices'] == 1
   expected = reference['reference']
-  for name in ('split', 'split_data'):
+  for name in ('split', 'split_data', 'data'):
     for kind in ('train', 'eval'):
       got = split[name][kind]
       assert sorted(got) == [str(s) for s in range(1, SPLIT_STEPS + 1)], got
