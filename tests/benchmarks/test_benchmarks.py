@@ -295,6 +295,7 @@ def test_benchmark_list_options_are_checked_by_argparse(capsys):
           in capsys.readouterr().err)
 
 
+@pytest.mark.slow  # a benchmark script run end to end
 def test_rpe_benchmark_writes_times_memory_and_growth(tmp_path, in_repo):
   del in_repo
   out = str(tmp_path / 'rpe')

@@ -18,7 +18,9 @@ be caught in Python, so this module pre-empts it:
   A counter that stops for `STALE_S` (a killed peer), or a store that stops
   answering (a killed coordinator), is one line and an exit. JAX's
   heartbeat timeout is set to `JAX_HEARTBEAT_S`, well after ours, so its
-  native abort never comes first.
+  native abort never comes first. At a normal exit the watch stops before
+  JAX's shutdown (no thread left inside the native client) and marks the
+  process done, so peers still finishing do not count it lost.
 - `step_failed`: a collective that fails (gloo sees a peer's socket close)
   waits briefly for the watcher's better line, then exits with its own.
 
@@ -28,6 +30,7 @@ never reach. The run directory stays whole: checkpoints are published by
 one rename (RunDir), so an exit mid-save leaves only a hidden temporary.
 """
 
+import atexit
 import os
 import socket
 import sys
@@ -40,6 +43,7 @@ PERIOD_S = 1.0
 JAX_HEARTBEAT_S = 45  # after STALE_S: the watcher speaks first
 JAX_SHUTDOWN_S = 30
 _KEY = 'trax_favor/alive/'
+_DONE = 'done'  # a counter's last value, at a normal exit
 
 _lock = threading.Lock()
 _state = {'index': None, 'armed': None}
@@ -102,47 +106,67 @@ def watch(client, index, n_processes, stale_s=STALE_S):
   _state['index'] = index
   last_ok = [time.monotonic()]
   seen = {}  # peer -> (counter, when it last changed)
+  finished = set()  # peers that exited normally (their counter says 'done')
+  stop = threading.Event()
 
   def beat():
     count = 0
-    while True:
+    while not stop.is_set():
       count += 1
       try:
         client.key_value_set(f'{_KEY}{index}', str(count),
                              allow_overwrite=True)
         values = dict(client.key_value_dir_get(_KEY))
       except Exception:  # pylint: disable=broad-except
-        time.sleep(PERIOD_S)  # the checker times the store's silence
+        stop.wait(PERIOD_S)  # the checker times the store's silence
         continue
       now = time.monotonic()
       last_ok[0] = now
       for peer in range(n_processes):
         value = values.get(f'{_KEY}{peer}')
-        if peer != index and value is not None:
+        if value == _DONE:
+          finished.add(peer)
+        elif peer != index and value is not None:
           if seen.get(peer, (None,))[0] != value:
             seen[peer] = (value, now)
-      time.sleep(PERIOD_S)
+      stop.wait(PERIOD_S)
 
   def check():
     start = time.monotonic()
-    while True:
-      time.sleep(PERIOD_S)
+    while not stop.wait(PERIOD_S):
       now = time.monotonic()
       if now - last_ok[0] > stale_s:
         fatal(f'lost the coordinator (process 0): its key-value store has '
               f'not answered for {stale_s:g} s; the job stops (the last '
               'whole checkpoint is kept).')
       for peer in range(n_processes):
-        if peer == index:
+        if peer == index or peer in finished:
           continue
         changed = seen.get(peer, (None, start))[1]
         if now - changed > stale_s:
           fatal(f'lost process {peer}: silent for {stale_s:g} s (killed or '
                 'hung); the job stops (the last whole checkpoint is kept).')
 
-  _daemon(beat, 'trax_favor_beat')
-  _daemon(check, 'trax_favor_watch')
+  threads = [_daemon(beat, 'trax_favor_beat'),
+             _daemon(check, 'trax_favor_watch')]
   _state['armed'] = stale_s
+
+  def finish():
+    """At a normal exit, before JAX's own atexit shutdown (registered
+    earlier, so run later): the watch ends and its threads return from the
+    store's client. A daemon thread still inside that native client when
+    the interpreter finalizes aborts the process ("FATAL: exception not
+    rethrown", SIGABRT: seen once as a job's last line). Peers still
+    running are told this process is done, not lost."""
+    stop.set()
+    for thread in threads:
+      thread.join(timeout=10)
+    try:
+      client.key_value_set(f'{_KEY}{index}', _DONE, allow_overwrite=True)
+    except Exception:  # pylint: disable=broad-except
+      pass  # the coordinator is gone already: nobody is left to tell
+
+  atexit.register(finish)
 
 
 def step_failed(error):
