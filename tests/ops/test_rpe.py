@@ -242,7 +242,9 @@ def test_bfloat16_rounds_only_inputs_and_outputs(causal):
 
 
 @pytest.mark.parametrize('kwargs,message', [
-    (dict(bias=jnp.zeros(5)), 'table has 5 entries'),
+    (dict(bias=jnp.zeros(5)), r'table has shape \(5,\)'),
+    (dict(bias=jnp.zeros(())), r'table has shape \(\)'),
+    (dict(bias=jnp.zeros((2, 17))), 'do not broadcast'),
     (dict(max_distance=0), 'max_distance must be a positive int'),
     (dict(chunk_size=0), 'chunk_size must be a positive int'),
 ])
@@ -252,6 +254,26 @@ def test_bad_arguments_are_one_clear_error(kwargs, message):
   args.update(kwargs)
   with pytest.raises(ValueError, match=message):
     rpe.rpe_favor(q_feat, k_feat, s, v, **args)
+
+
+@pytest.mark.parametrize('block_size', [None, 16])
+@pytest.mark.parametrize('bias_shape,distance,message', [
+    ((20,), 10, 'needs 21 entries'),  # bidirectional wants 2 D + 1
+    ((11,), 10, 'needs 21 entries'),  # a causal table
+    ((1,), 0, 'max_distance must be a positive int'),
+    ((5,), 2.0, 'max_distance must be a positive int'),
+    ((3, 21), 10, 'do not broadcast'),
+])
+def test_favor_attention_checks_the_table_on_every_path(
+    block_size, bias_shape, distance, message):
+  """The same one line at full length and in length blocks (the blocked
+  path never reaches rpe_favor's own checks)."""
+  q = _normal(np.random.default_rng(4), (2, 40, 8))
+  w = ops.draw_projection(jax.random.PRNGKey(4), 16, 8)
+  with pytest.raises(ValueError, match=message):
+    ops.favor_attention(q, q, q, w, block_size=block_size,
+                        relative_bias=jnp.zeros(bias_shape),
+                        max_relative_distance=distance)
 
 
 @pytest.mark.parametrize('causal', [False, True], ids=['bidir', 'causal'])

@@ -125,6 +125,9 @@ def favor_attention(q, k, v, projection, feature_map='softmax', causal=False,
   if sequence_axis is not None and relative_bias is not None:
     raise checks.ConfigError('relative_bias is not supported with '
                              'sequence_axis yet; pass one or the other.')
+  if relative_bias is not None:  # before either path (blocks or not)
+    rpe.check_bias(relative_bias, max_relative_distance, causal,
+                   jnp.shape(q)[:-2])
   if sequence_axis is not None:
     try:
       sequence_parallel.shard_index(sequence_axis)

@@ -125,15 +125,9 @@ def rpe_favor(q_feat, k_feat, k_log_scale, v, bias, max_distance,
     Bidirectional: (..., l, v) in v's dtype. Causal: (that, final
     RelativeState).
   """
-  checks.check_positive_int(max_distance=max_distance)
+  check_bias(bias, max_distance, causal, q_feat.shape[:-2])
   chunk_size = DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size
   checks.check_positive_int(chunk_size=chunk_size)
-  expected = table_size(max_distance, causal)
-  if bias.shape[-1] != expected:
-    raise checks.ConfigError(
-        f'the relative bias table has {bias.shape[-1]} entries; '
-        f'max_distance={max_distance} needs {expected}'
-        f' ({"causal" if causal else "bidirectional"}).')
   if initial_state is not None and not causal:
     raise checks.ConfigError('initial_state applies to causal attention only.')
   if initial_state is not None:
@@ -145,6 +139,30 @@ def rpe_favor(q_feat, k_feat, k_log_scale, v, bias, max_distance,
   out, state = _rpe_favor(q_feat, k_feat, k_log_scale, v, bias, key_mask,
                           initial_state, max_distance, causal, chunk_size)
   return (out, state) if causal else out
+
+
+def check_bias(bias, max_distance, causal, batch_shape):
+  """One ConfigError unless max_distance is a positive int and bias a
+  (..., table) table of its size whose leading axes broadcast to
+  batch_shape (the queries' axes before (l, d))."""
+  checks.check_positive_int(max_distance=max_distance)
+  shape = tuple(getattr(bias, 'shape', ()))
+  expected = table_size(max_distance, causal)
+  if not shape or shape[-1] != expected:
+    raise checks.ConfigError(
+        f'the relative bias table has shape {shape}; max_distance='
+        f'{max_distance} needs {expected} entries in its last axis'
+        f' ({"causal" if causal else "bidirectional"}).')
+  try:
+    fits = jnp.broadcast_shapes(shape[:-1], tuple(batch_shape)) == tuple(
+        batch_shape)
+  except ValueError:
+    fits = False
+  if not fits:
+    raise checks.ConfigError(
+        f'the relative bias table has shape {shape}: its leading axes do not '
+        f'broadcast to the queries\' {tuple(batch_shape)} (e.g. (heads, '
+        f'{expected}) for (batch, heads, l, d)).')
 
 
 def _windows(x, n, n_win, c):
