@@ -1,6 +1,7 @@
 """Checks shared by the model tests of reversible models (ReformerLM,
 PerformerLM): reversible and plain gradients in one program, a
-finite-difference check, steep relative-bias tables."""
+finite-difference check, steep relative-bias tables, a weights-only load
+for decoding that must equal the transferred model."""
 
 import jax
 import jax.numpy as jnp
@@ -47,3 +48,20 @@ def steep(weights):
   return jax.tree.map(
       lambda w: (jnp.asarray(rng.uniform(-10, 10, w.shape), jnp.float32)
                  if w.shape == (2, 7) else w), weights)
+
+
+def check_weights_only_load(loaded, path, batch, expected):
+  """Trax's weights-only load of checkpoint `path` into the predict-mode
+  model `loaded`, then trax_favor.load_projections: its weights and state
+  (projections included) equal `expected`'s, leaf for leaf."""
+  import trax_favor  # pylint: disable=g-import-not-at-top
+  from trax import shapes  # pylint: disable=g-import-not-at-top
+  loaded.init_from_file(path, weights_only=True,
+                        input_signature=shapes.ShapeDtype((batch, 1),
+                                                          np.int32))
+  trax_favor.load_projections(loaded, path)
+  assert (jax.tree.structure((loaded.weights, loaded.state))
+          == jax.tree.structure((expected.weights, expected.state)))
+  for a, b in zip(jax.tree.leaves((loaded.weights, loaded.state)),
+                  jax.tree.leaves((expected.weights, expected.state))):
+    np.testing.assert_array_equal(a, b)

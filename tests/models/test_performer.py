@@ -178,15 +178,8 @@ def test_eval_equals_predict(tmp_path):
   pr.init(shapes.ShapeDtype((B, 1), np.int32), rng=jax.random.PRNGKey(9))
   pr.weights = ev.weights
   trax_favor.transfer_projections(ev, pr)
-  loaded = _performer('predict', **kwargs)
-  loaded.init_from_file(path, weights_only=True,
-                        input_signature=shapes.ShapeDtype((B, 1), np.int32))
-  trax_favor.load_projections(loaded, path)
-  assert (jax.tree.structure((loaded.weights, loaded.state))
-          == jax.tree.structure((pr.weights, pr.state)))
-  for a, b in zip(jax.tree.leaves((loaded.weights, loaded.state)),
-                  jax.tree.leaves((pr.weights, pr.state))):
-    np.testing.assert_array_equal(a, b)
+  reversible_checks.check_weights_only_load(
+      _performer('predict', **kwargs), path, B, pr)
   np.testing.assert_allclose(_decode(pr, x), want, rtol=0,
                              atol=1e-5 * np.abs(want).max())
 

@@ -150,15 +150,8 @@ def test_reformer_decodes_as_it_evaluates(tmp_path):
   pr.init(shapes.ShapeDtype((B, 1), np.int32), rng=jax.random.PRNGKey(2))
   pr.weights = ev.weights
   trax_favor.transfer_projections(ev, pr)
-  loaded = _reformer('predict', attention, n_layers=3)
-  loaded.init_from_file(path, weights_only=True,
-                        input_signature=shapes.ShapeDtype((B, 1), np.int32))
-  trax_favor.load_projections(loaded, path)
-  assert (jax.tree.structure((loaded.weights, loaded.state))
-          == jax.tree.structure((pr.weights, pr.state)))
-  for a, b in zip(jax.tree.leaves((loaded.weights, loaded.state)),
-                  jax.tree.leaves((pr.weights, pr.state))):
-    np.testing.assert_array_equal(a, b)
+  reversible_checks.check_weights_only_load(
+      _reformer('predict', attention, n_layers=3), path, B, pr)
   np.testing.assert_allclose(_decode(pr, seq, prompt=9), want, rtol=0,
                              atol=1e-5 * np.abs(want).max())
 
