@@ -47,7 +47,7 @@ class IdentityAttention(FavorSelfAttention):
     # 0 * (...) keeps the q and k projections in the computation, as XLA
     # does not fold x * 0.0 for floats (x may be NaN or Inf).
     o = v + 0.0 * (q[..., :1] + k[..., :1])  # (b, h, l, d_v)
-    rate = self._attention_dropout  # 0 outside train mode
+    rate = self.options.attention_dropout  # 0 outside train mode
     if rate:
       keep = jax.random.bernoulli(rng, 1.0 - rate, o.shape)
       o = jnp.where(keep, o / (1.0 - rate), 0.0)
@@ -70,24 +70,24 @@ class ExactRelativeAttention(FavorSelfAttention):
     if mode == 'predict' or masked or attention_dropout:
       raise ValueError('ExactRelativeAttention: no predict mode, mask or '
                        'attention dropout.')
+    # The bias weight (see layers/relative.py), attended exactly.
     super().__init__(n_heads=n_heads, d_qk=d_qk, d_v=d_v, share_qk=share_qk,
                      causal=causal, output_dropout=output_dropout, mode=mode,
-                     n_random_features=n_random_features)
-    # The bias weight (see layers/relative.py), attended exactly.
-    self._relative_position = 'bias'
-    self._max_relative_distance = max_relative_distance
+                     n_random_features=n_random_features,
+                     relative_position='bias',
+                     max_relative_distance=max_relative_distance)
 
   def attend_relative(self, q, k, v, projection, bias, t, key_mask, rng,
                       decode_state=None):
     del projection, t, key_mask, rng, decode_state
     length = q.shape[-2]
     i = jnp.arange(length)
-    index = rpe.clipped_distances(length, self._max_relative_distance,
-                                  self._causal)[i[None, :] - i[:, None]
+    index = rpe.clipped_distances(length, self.options.max_relative_distance,
+                                  self.options.causal)[i[None, :] - i[:, None]
                                                 + length - 1]  # (l, l)
     logits = jnp.einsum('bhid,bhjd->bhij', q, k) / np.sqrt(q.shape[-1])
     logits = logits + bias[:, index][None]  # (b, h, l, l)
-    if self._causal:
+    if self.options.causal:
       logits = jnp.where(i[None, :] <= i[:, None], logits, -jnp.inf)
     return jnp.einsum('bhij,bhjv->bhiv', jax.nn.softmax(logits, -1), v)
 

@@ -1,5 +1,8 @@
 """FavorSelfAttention as a Trax layer: weights, modes, redraw, dropout, errors."""
 
+import dataclasses
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +13,7 @@ from trax.layers.research import efficient_attention
 
 from trax_favor import FavorSelfAttention
 from trax_favor import ops
+from trax_favor.layers.options import FavorOptions
 
 B, L, D = 2, 21, 16
 
@@ -106,7 +110,7 @@ def test_masked_eval_equals_predict():
 
 def _by_hand(layer, weights, x, mask):
   """The layer's definition: projections -> trax_favor.ops -> output."""
-  if layer._share_qk:  # pylint: disable=protected-access
+  if layer.options.share_qk:
     w_q, w_v, w_o = weights
     q = jnp.einsum('bld,hdk->bhlk', x, w_q)  # (b, h, l, d_qk)
     k = efficient_attention.length_normalized(q)
@@ -117,9 +121,9 @@ def _by_hand(layer, weights, x, mask):
   v = jnp.einsum('bld,hdv->bhlv', x, w_v)  # (b, h, l, d_v)
   key_mask = None if mask is None else mask[:, None, :]  # (b, 1, l)
   o = ops.favor_attention(q, k, v, layer.projection_matrix,
-                          causal=layer._causal, chunk_size=8,  # pylint: disable=protected-access
+                          causal=layer.options.causal, chunk_size=8,
                           key_mask=key_mask, block_size=16)
-  o = o[0] if layer._causal else o  # pylint: disable=protected-access
+  o = o[0] if layer.options.causal else o
   return jnp.einsum('bhlv,hvd->bld', o, w_o)  # (b, l, d_model)
 
 
@@ -254,6 +258,30 @@ def test_masked_inputs_ignore_padding():
 def test_bad_configuration_raises_value_error(kwargs, match):
   with pytest.raises(ValueError, match=match):
     FavorSelfAttention(**kwargs)
+
+
+def test_options_record_follows_the_constructor():
+  """Every keyword of the constructor is a FavorOptions field with the same
+  default (gin binds the keywords, the layer reads the record), and the
+  record holds the options in effect."""
+  signature = inspect.signature(FavorSelfAttention.__init__).parameters
+  fields = {f.name: f.default for f in dataclasses.fields(FavorOptions)}
+  assert {name: p.default for name, p in signature.items()
+          if name != 'self'} == fields
+  train = FavorSelfAttention(causal=True, attention_dropout=0.1,
+                             output_dropout=0.2, redraw='step',
+                             relative_position='bias').options
+  assert (train.numerical_stabilizer, train.max_relative_distance,
+          train.attention_dropout, train.redraw) == (1e-6, 128, 0.1, 'step')
+  assert (train.rotary_fraction, train.rotary_base) == (None, None)
+  decode = FavorSelfAttention(causal=True, attention_dropout=0.1,
+                              output_dropout=0.2, redraw='step',
+                              mode='predict', rotary=True).options
+  assert (decode.attention_dropout, decode.output_dropout,
+          decode.redraw) == (0.0, 0.0, 'fixed')
+  assert (decode.rotary_fraction, decode.rotary_base) == (1.0, 10000)
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    decode.causal = False
 
 
 def test_bad_inputs_raise_clear_errors():

@@ -67,15 +67,16 @@ def check_rotary(rotary, rotary_fraction, rotary_base, d_qk):
   return fraction, base
 
 
-def extra_weights(relative_position, qk_normalization, max_relative_distance,
-                  causal, n_heads, d_qk):
-  """The weights the options add, after the projections: (bias?, log_t?)."""
+def extra_weights(options):
+  """The weights a `FavorOptions` adds after the projections: (bias?,
+  log_t?), each with a leading head axis."""
   extra = []
-  if relative_position:
-    table = rpe.table_size(max_relative_distance, causal)
-    extra.append(jnp.zeros((n_heads, table), jnp.float32))
-  if qk_normalization == 'learned':
-    extra.append(jnp.full((n_heads,), 0.5 * jnp.log(float(d_qk)), jnp.float32))
+  if options.relative_position:
+    table = rpe.table_size(options.max_relative_distance, options.causal)
+    extra.append(jnp.zeros((options.n_heads, table), jnp.float32))
+  if options.qk_normalization == 'learned':
+    extra.append(jnp.full((options.n_heads,),
+                          0.5 * jnp.log(float(options.d_qk)), jnp.float32))
   return tuple(extra)
 
 
