@@ -183,12 +183,9 @@ def process_rows(batches, n_processes, index):
 def barrier(name):
   """Waits until every process got here (the coordination service, not a
   device collective, so it has no 30 s limit)."""
-  # JAX has no public handle on its coordination service (jax 0.10.2:
-  # jax.distributed exports initialize/shutdown only; multihost_utils'
-  # sync_global_devices is a device collective, with gloo's 30 s limit).
-  # pylint: disable-next=g-import-not-at-top
-  from jax._src import distributed as jax_distributed
-  client = jax_distributed.global_state.client
+  # Not multihost_utils.sync_global_devices: a device collective, with
+  # gloo's 30 s limit.
+  client = _client()
   if client is None or not hasattr(client, 'wait_at_barrier'):
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices(name)
