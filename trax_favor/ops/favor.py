@@ -308,8 +308,8 @@ def _causal_favor(q_feat, k_feat, k_log_scale, v, initial_state, key_mask,
               | ~jnp.isfinite(init_ref))  # (...,)
   init_kv1 = jnp.where(jnp.isfinite(init_kv1), init_kv1, 0.0)
   init_ref = jnp.where(jnp.isfinite(init_ref), init_ref, NEG)
-  seen_bad = (bad_init[..., None]
-              | (jax.lax.cummax(bad_k.astype(jnp.int8), axis=bad_k.ndim - 1) > 0))
+  seen_bad = bad_init[..., None] | (jax.lax.cummax(
+      bad_k.astype(jnp.int8), axis=bad_k.ndim - 1) > 0)  # (..., l)
 
   c = min(chunk_size, length)
   n = -(-length // c)
