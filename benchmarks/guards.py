@@ -1,0 +1,159 @@
+"""What our guards cost: the FAVOR cores with and without them.
+
+    python -m benchmarks.guards --out results/guards_cpu
+
+The guards of `ops.bidirectional_favor` and `ops.causal_favor`: a query
+row with a NaN or Inf gives NaN in its own output only (found by a
+reduction over its features, zeroed before the products, NaN put back
+after); a key row with one poisons the outputs at and after it and nothing
+before (causal: a running maximum of the bad-key marks); a row that saw no
+key reads 0 rather than 0/0 (masks, padding). Trax's ReLU cores have none
+of them. Each core runs forward+backward on ReLU features (trax's kernel,
+relu(x) + 1e-3 of the (1, h, l, d) inputs: m = d), as:
+
+  full           the op as shipped
+  no_query_guard bidirectional: the op without the non-finite query rows'
+                 reduction and selects (keys and empty rows still guarded)
+  bare           no guard at all: the sums, the products, num / den
+  trax           trax's tl.FavorAttention / tl.CausalFavorAttention core
+                 (where trax is installed), for reference
+
+timed in alternating rounds (each call after an untimed one of the same
+program) with `full` as the baseline: time / full is the median of paired
+rounds; memory / full is XLA's planned peak (arguments, outputs,
+temporaries). Writes <out>.json (machine, versions, git SHA).
+"""
+
+import argparse
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks import contenders
+from benchmarks import harness
+from trax_favor import ops
+from trax_favor.ops import favor
+
+KINDS = ('bidir', 'causal')
+
+
+def _bidir_no_query_guard(q_feat, k_feat, v):
+  sums = favor.key_sums(k_feat, None, v)
+  num = favor.apply_sums(q_feat, sums.kv)  # (..., l, v)
+  den = jnp.einsum('...lm,...m->...l', q_feat, sums.z)  # (..., l)
+  has_key = jnp.broadcast_to(favor.has_keys(sums.ref)[..., None], den.shape)
+  inverse = favor.safe_divide(jnp.ones_like(den)[..., None], den,
+                              has_key)[..., 0]  # (..., l)
+  return num * inverse[..., None]
+
+
+def _bidir_bare(q_feat, k_feat, v):
+  kv = favor.sum_over_keys(k_feat, v)  # (..., m, v)
+  num = favor.apply_sums(q_feat, kv)  # (..., l, v)
+  den = jnp.einsum('...lm,...m->...l', q_feat, jnp.sum(k_feat, -2))
+  return num * (1.0 / den)[..., None]
+
+
+def _causal_bare(q_feat, k_feat, v, chunk_size):
+  """The chunked causal sums of `causal_favor` with no guard around them."""
+  *batch, length, m = k_feat.shape
+  d_v, c = v.shape[-1], chunk_size
+  if length % c:
+    raise ValueError(f'guards: the length {length} is not a multiple of '
+                     f'the chunk size {c}.')
+  n = length // c
+  qc = q_feat.reshape(*batch, n, c, m)  # (..., n, c, m)
+  kc = k_feat.reshape(*batch, n, c, m)  # (..., n, c, m)
+  vc = v.reshape(*batch, n, c, d_v)  # (..., n, c, v)
+  vc1 = jnp.concatenate([vc, jnp.ones_like(vc[..., :1])], -1)  # (.., v+1)
+  empty = favor.empty_state(batch, m, d_v)
+  init = (jnp.concatenate([empty.kv, empty.z[..., None]], -1), empty.ref)
+  num1, _, _ = favor._chunks_shared_scale(  # pylint: disable=protected-access
+      qc, kc, vc1, jnp.zeros((*batch, n, c), jnp.float32), init)
+  out = num1[..., :d_v] / num1[..., d_v:]  # (..., n, c, v)
+  return out.reshape(*batch, length, d_v)  # (..., l, v)
+
+
+def core(kind, variant, shape):
+  """f(q, k, v) -> outputs of one variant on (1, h, l, d) inputs."""
+  feat = contenders.trax_features
+  chunk = min(ops.default_chunk_size('relu'), shape[-2])
+  if variant == 'trax':
+    return contenders.jax_core(
+        'trax_favor_relu' if kind == 'bidir' else 'trax_causal_favor_relu',
+        jnp.zeros((shape[-1], shape[-1])), shape)
+  if kind == 'bidir':
+    fn = {'full': lambda qf, kf, v: ops.bidirectional_favor(qf, kf, None, v),
+          'no_query_guard': _bidir_no_query_guard,
+          'bare': _bidir_bare}[variant]
+  elif variant == 'full':
+    fn = lambda qf, kf, v: ops.causal_favor(qf, kf, None, v,
+                                            chunk_size=chunk)[0]
+  else:
+    fn = lambda qf, kf, v: _causal_bare(qf, kf, v, chunk)
+  return lambda q, k, v: fn(feat(q), feat(k), v)
+
+
+def variants(kind, with_trax):
+  names = (['full', 'no_query_guard', 'bare'] if kind == 'bidir'
+           else ['full', 'bare'])
+  return names + (['trax'] if with_trax else [])
+
+
+def _trax_installed():
+  try:
+    import trax  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    return False
+  return True
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--out', default='results/guards')
+  parser.add_argument('--lengths', default='4096,16384',
+                      type=harness.comma_list_arg(int))
+  parser.add_argument('--kinds', default='bidir,causal',
+                      type=harness.comma_list_arg(str, KINDS))
+  parser.add_argument('--n_heads', type=int, default=8)
+  parser.add_argument('--d', type=int, default=64)
+  parser.add_argument('--rounds', type=int, default=7)
+  args = parser.parse_args(argv)
+  with_trax = _trax_installed()
+  results = {}
+  for length in harness.comma_list(args.lengths, int):
+    rng = np.random.default_rng(length)
+    q, k, v = (jnp.asarray(rng.standard_normal(
+        (1, args.n_heads, length, args.d)), jnp.float32) for _ in range(3))
+    for kind in harness.comma_list(args.kinds):
+      runs, memory = {}, {}
+      for variant in variants(kind, with_trax):
+        f = core(kind, variant, q.shape)
+        step = jax.value_and_grad(lambda q, k, v, f=f: jnp.sum(f(q, k, v)),
+                                  argnums=(0, 1, 2))
+        run, memory[variant] = harness.compile_step(step, q, k, v)
+        runs[variant] = lambda i, run=run: run()
+      seconds = harness.time_interleaved(runs, args.rounds, settle=True)
+      row = {name: {
+          'seconds': float(np.median(seconds[name])),
+          'time_over_full': harness.paired_ratio(seconds[name],
+                                                 seconds['full']),
+          'memory_over_full': (memory[name] / memory['full']
+                               if memory[name] and memory['full'] else None),
+          'planned_bytes': memory[name]} for name in runs}
+      results.setdefault(str(length), {})[kind] = row
+      print(f'L={length} {kind}: ' + ', '.join(
+          f'{name}: {r["time_over_full"]:.3f}x time, '
+          f'{r["memory_over_full"] or float("nan"):.3f}x memory'
+          for name, r in row.items()), flush=True)
+  record = {'machine': harness.machine_info(), 'config': vars(args),
+            'results': results}
+  with open(args.out + '.json', 'w') as f:
+    json.dump(record, f, indent=1)
+  print(f'wrote {args.out}.json')
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,76 @@
+"""benchmarks/guards.py: its unguarded variants compute what the op does
+(so the figures compare the same attention), the guards do what they are
+charged for, and a run writes ratios against the op."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from benchmarks import guards
+from trax_favor.ops import reference
+
+SHAPE = (1, 2, 128, 8)  # (batch, heads, length, d): 2 relu chunks of 64
+
+
+def _inputs(seed=0):
+  rng = np.random.default_rng(seed)
+  return tuple(rng.standard_normal(SHAPE).astype(np.float32)
+               for _ in range(3))
+
+
+@pytest.mark.parametrize('kind', guards.KINDS)
+def test_every_variant_is_the_same_attention(kind):
+  """Each variant, trax's core included, equals the naive masked form of
+  ReLU-feature linear attention on finite inputs."""
+  q, k, v = _inputs()
+  feat = guards.contenders.trax_features
+  want = reference.masked_linear_attention(feat(q), feat(k), None, v,
+                                           kind == 'causal')
+  for variant in guards.variants(kind, with_trax=True):
+    got = guards.core(kind, variant, SHAPE)(q, k, v)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6,
+                               err_msg=f'{kind} {variant}')
+
+
+@pytest.mark.parametrize('kind', guards.KINDS)
+def test_the_guards_are_what_the_bare_core_lacks(kind):
+  """A NaN query at position 80: the op keeps it to that row, in outputs
+  and gradients; the bare core, charged as guard-free, lets it reach the
+  gradients of the values before it (earlier positions)."""
+  q, k, v = _inputs(1)
+  q[0, 0, 80, 0] = np.nan
+  full = np.asarray(guards.core(kind, 'full', SHAPE)(q, k, v))
+  assert np.isnan(full[0, 0, 80]).all()
+  rows = np.delete(full[0, 0], 80, axis=0)
+  assert np.isfinite(rows).all() and np.isfinite(full[0, 1]).all()
+  bare = np.asarray(guards.core(kind, 'bare', SHAPE)(q, k, v))
+  # the bare form gives the same NaN row: its outputs do not spread it...
+  assert np.isnan(bare[0, 0, 80]).all()
+
+  def value_grad(variant):
+    f = guards.core(kind, variant, SHAPE)
+    return np.asarray(jax.grad(lambda v: f(q, k, v).sum())(v))
+  # ...but its gradient does, where the op's stays finite.
+  assert np.isfinite(value_grad('full')).all()
+  assert np.isnan(value_grad('bare')[0, 0, :80]).all()
+
+
+def test_run_writes_ratios_against_the_op(tmp_path):
+  out = str(tmp_path / 'guards')
+  guards.main([f'--out={out}', '--lengths=128', '--rounds=2', '--d=8',
+               '--n_heads=2'])
+  with open(out + '.json') as f:
+    record = json.load(f)
+  rows = record['results']['128']
+  assert set(rows) == set(guards.KINDS)
+  for kind, row in rows.items():
+    assert set(row) == set(guards.variants(kind, with_trax=True))
+    assert row['full']['time_over_full'] == 1.0
+    assert row['full']['memory_over_full'] == 1.0
+    for r in row.values():
+      assert r['seconds'] > 0 and r['planned_bytes'] > 0
+      assert r['memory_over_full'] == (r['planned_bytes']
+                                       / row['full']['planned_bytes'])
+  assert record['machine']['git_sha']
