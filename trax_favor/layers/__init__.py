@@ -1,5 +1,6 @@
 """Trax layers wrapping the FAVOR+ ops."""
 
+from trax_favor.layers.options import FavorOptions
 from trax_favor.layers.projections import all_layers
 from trax_favor.layers.projections import favor_layers
 from trax_favor.layers.projections import load_projections
