@@ -134,10 +134,10 @@ def test_batches_that_split_pass_unchanged():
 
 
 # -- the trainings (children) -------------------------------------------------
-def _run_children(n_devices, output_dir, n_processes=1):
+def _start_children(n_devices, output_dir, n_processes=1):
   """This file as a script in n_processes children (one job over
-  127.0.0.1 when several) with n_devices host devices each; their JSON
-  reports, in process order."""
+  127.0.0.1 when several) with n_devices host devices each: (what, the
+  children)."""
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=REPO,
              XLA_FLAGS=f'--xla_force_host_platform_device_count={n_devices}')
   job = []
@@ -145,27 +145,35 @@ def _run_children(n_devices, output_dir, n_processes=1):
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
       s.bind(('127.0.0.1', 0))
       job = [str(s.getsockname()[1])]
-  what = f'the {n_processes} x {n_devices}-device child'
-  children = [subprocess.Popen(
+  return f'the {n_processes} x {n_devices}-device child', [subprocess.Popen(
       [sys.executable, os.path.abspath(__file__), str(output_dir), *job,
        *([str(i)] if job else [])], env=env, stdout=subprocess.PIPE,
       stderr=subprocess.PIPE, text=True) for i in range(n_processes)]
+
+
+def _reports(*started):
+  """The JSON reports of `_start_children`'s children, in the order given,
+  waiting for all of them within TIMEOUT; every child is killed on a
+  failure or timeout."""
   deadline = time.monotonic() + TIMEOUT
   reports = []
   try:
-    for child in children:
-      stdout, stderr = child.communicate(
-          timeout=max(1.0, deadline - time.monotonic()))
-      if child.returncode != 0:
-        pytest.fail(f'{what} failed:\n{stderr[-4000:]}')
-      reports.append(json.loads(stdout.strip().splitlines()[-1]))
-  except subprocess.TimeoutExpired:
-    pytest.fail(f'{what} ran over {TIMEOUT} s')
+    for what, children in started:
+      for child in children:
+        try:
+          stdout, stderr = child.communicate(
+              timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+          pytest.fail(f'{what} ran over {TIMEOUT} s')
+        if child.returncode != 0:
+          pytest.fail(f'{what} failed:\n{stderr[-4000:]}')
+        reports.append(json.loads(stdout.strip().splitlines()[-1]))
   finally:
-    for child in children:
-      if child.poll() is None:
-        child.kill()
-        child.communicate()
+    for _, children in started:
+      for child in children:
+        if child.poll() is None:
+          child.kill()
+          child.communicate()
   return reports
 
 
@@ -218,8 +226,10 @@ def _child(output_dir, port=None, process_id=None):
 
 @pytest.fixture(scope='module')
 def trainings(tmp_path_factory):
-  split, = _run_children(4, tmp_path_factory.mktemp('split'))
-  reference, = _run_children(1, tmp_path_factory.mktemp('reference'))
+  """The 4-device and the 1-device child, run side by side."""
+  split, reference = _reports(
+      _start_children(4, tmp_path_factory.mktemp('split')),
+      _start_children(1, tmp_path_factory.mktemp('reference')))
   return split, reference
 
 
@@ -257,7 +267,7 @@ def test_two_processes_split_their_sequences_as_one_device(trainings,
   both (each sequence split within a process, the batch across them);
   both processes' losses follow the 1-device run."""
   reference = trainings[1]['reference']
-  reports = _run_children(2, tmp_path / 'job', n_processes=2)
+  reports = _reports(_start_children(2, tmp_path / 'job', n_processes=2))
   assert [(r['processes'], r['devices']) for r in reports] == [(2, 2)] * 2
   for report in reports:
     for kind in ('train', 'eval'):
