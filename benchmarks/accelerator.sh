@@ -30,10 +30,11 @@
 # authors' form, exact attention and jax.nn.dot_product_attention, with
 # cuDNN where the backend has it, performer-pytorch where installed, and
 # ours without length blocks: which block size suits a GPU?) up to
-# 64K tokens, the relative-positions benchmark and, on a machine with
-# several GPUs, the sequence-parallel benchmark; each step under a time
-# limit (STEP_LIMIT seconds, default 300; TEST_LIMIT for the tests), a step
-# past it reported and the next one run. With --dry-run it runs on a CPU
+# 64K tokens, the guards benchmark (our cores with and without their NaN
+# guards, against the authors' form), the relative-positions benchmark and,
+# on a machine with several GPUs, the sequence-parallel benchmark; each
+# step under a time limit (STEP_LIMIT seconds, default 300; TEST_LIMIT for
+# the tests), a step past it reported and the next one run. With --dry-run it runs on a CPU
 # (a test runs it with trax, gin and TensorFlow unimportable).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -98,6 +99,7 @@ if [ "$IMAGE_ONLY" = 1 ]; then
     RPE=(--lengths=256 --exact_max_len=256 --n_heads=2 --d=16 --m=8
          --max_relative_distance=8 --rounds=1 --decode_prefixes=64
          --decode_tokens=2)
+    GUARDS=(--lengths=128 --rounds=1 --n_heads=2 --d=8 --m=16)
   else
     step "check: JAX sees a GPU"
     "$PYTHON" -c "import jax, sys; print('JAX', jax.__version__, jax.devices());
@@ -111,6 +113,7 @@ sys.exit(0 if jax.default_backend() == 'gpu' else
     PEERS=(--lengths=1024,4096,16384,65536 --rounds=5 --exact_max_len=16384
            --dpa_max_len=65536 --torch_causal_max_len=16384 --memory=planned)
     RPE=(--lengths=4096,16384 --rounds=3)
+    GUARDS=(--lengths=4096,16384,65536 --rounds=5)
   fi
   ONLY=ours_bidir,ours_causal,authors_bidir,exact_bidir,exact_causal
   ONLY=$ONLY,dpa_bidir,dpa_causal,ours_bidir_unblocked,ours_causal_unblocked
@@ -125,6 +128,8 @@ sys.exit(0 if jax.default_backend() == 'gpu' else
   step "peer benchmark (trax-free contenders)"
   limited "$PYTHON" -m benchmarks.peers --out "$OUT/peers" --only="$ONLY" \
     "${PEERS[@]}"
+  step "guards benchmark (what our NaN guards and stabilizer cost)"
+  limited "$PYTHON" -m benchmarks.guards --out "$OUT/guards" "${GUARDS[@]}"
   step "relative-positions benchmark"
   limited "$PYTHON" -m benchmarks.rpe --out "$OUT/rpe" "${RPE[@]}"
   sequence_parallel_step

@@ -8,15 +8,24 @@ reduction over its features, zeroed before the products, NaN put back
 after); a key row with one poisons the outputs at and after it and nothing
 before (causal: a running maximum of the bad-key marks); a row that saw no
 key reads 0 rather than 0/0 (masks, padding). Trax's ReLU cores have none
-of them. Each core runs forward+backward on ReLU features (trax's kernel,
-relu(x) + 1e-3 of the (1, h, l, d) inputs: m = d), as:
+of them. Forward+backward of each core, on (1, h, l, d) inputs:
 
-  full           the op as shipped
-  no_query_guard bidirectional: the op without the non-finite query rows'
-                 reduction and selects (keys and empty rows still guarded)
-  bare           no guard at all: the sums, the products, num / den
-  trax           trax's tl.FavorAttention / tl.CausalFavorAttention core
-                 (where trax is installed), for reference
+  kinds   bidir, causal   ReLU features (trax's kernel, relu(x) + 1e-3:
+                          m = d), the cores trax has too
+          softmax_bidir   our positive softmax features (m random
+                          features) at full length (block_size=None):
+                          what a GPU runs
+  variants
+    full            the op as shipped
+    no_query_guard  bidirectional: without the non-finite query rows'
+                    reduction and selects (keys and empty rows guarded)
+    bare            no guard at all: the sums, the products, num / den
+                    (softmax: each key still rescaled to the largest
+                    key's log-scale, the stabilizer)
+    trax            trax's tl.FavorAttention / tl.CausalFavorAttention
+                    core (ReLU kinds, where trax is installed)
+    authors         softmax_bidir: the Performer authors' form (one
+                    maximum over all keys, eps 1e-4 after the exp)
 
 timed in alternating rounds (each call after an untimed one of the same
 program) with `full` as the baseline: time / full is the median of paired
@@ -35,18 +44,25 @@ from benchmarks import contenders
 from benchmarks import harness
 from trax_favor import ops
 from trax_favor.ops import favor
+from trax_favor.ops import feature_maps
 
-KINDS = ('bidir', 'causal')
+KINDS = ('bidir', 'causal', 'softmax_bidir')
 
 
-def _bidir_no_query_guard(q_feat, k_feat, v):
-  sums = favor.key_sums(k_feat, None, v)
+def _bidir_no_query_guard(q_feat, k_feat, v, k_log_scale=None):
+  sums = favor.key_sums(k_feat, k_log_scale, v)
   num = favor.apply_sums(q_feat, sums.kv)  # (..., l, v)
   den = jnp.einsum('...lm,...m->...l', q_feat, sums.z)  # (..., l)
   has_key = jnp.broadcast_to(favor.has_keys(sums.ref)[..., None], den.shape)
   inverse = favor.safe_divide(jnp.ones_like(den)[..., None], den,
                               has_key)[..., 0]  # (..., l)
   return num * inverse[..., None]
+
+
+def _softmax_bare(q_feat, k_feat, k_log_scale, v):
+  scale = jnp.exp(k_log_scale - jax.lax.stop_gradient(
+      jnp.max(k_log_scale, axis=-1, keepdims=True)))  # (..., l)
+  return _bidir_bare(q_feat, k_feat * scale[..., None], v)
 
 
 def _bidir_bare(q_feat, k_feat, v):
@@ -76,8 +92,11 @@ def _causal_bare(q_feat, k_feat, v, chunk_size):
   return out.reshape(*batch, length, d_v)  # (..., l, v)
 
 
-def core(kind, variant, shape):
+def core(kind, variant, shape, m=256):
   """f(q, k, v) -> outputs of one variant on (1, h, l, d) inputs."""
+  if kind == 'softmax_bidir':
+    return _softmax_core(variant, ops.draw_projection(
+        jax.random.PRNGKey(0), m, shape[-1]))
   feat = contenders.trax_features
   chunk = min(ops.default_chunk_size('relu'), shape[-2])
   if variant == 'trax':
@@ -96,7 +115,24 @@ def core(kind, variant, shape):
   return lambda q, k, v: fn(feat(q), feat(k), v)
 
 
+def _softmax_core(variant, w):
+  if variant == 'full':
+    return lambda q, k, v: ops.favor_attention(q, k, v, w, block_size=None)
+  if variant == 'authors':
+    return lambda q, k, v: contenders.authors_bidir(q, k, v, w)
+  fn = {'no_query_guard': lambda qf, kf, s, v: _bidir_no_query_guard(
+      qf, kf, v, s), 'bare': _softmax_bare}[variant]
+
+  def call(q, k, v):
+    q_feat, _ = feature_maps.feature_map('softmax', q, w)
+    k_feat, k_log_scale = feature_maps.feature_map('softmax', k, w)
+    return fn(q_feat, k_feat, k_log_scale, v)
+  return call
+
+
 def variants(kind, with_trax):
+  if kind == 'softmax_bidir':
+    return ['full', 'no_query_guard', 'bare', 'authors']
   names = (['full', 'no_query_guard', 'bare'] if kind == 'bidir'
            else ['full', 'bare'])
   return names + (['trax'] if with_trax else [])
@@ -115,10 +151,12 @@ def main(argv=None):
   parser.add_argument('--out', default='results/guards')
   parser.add_argument('--lengths', default='4096,16384',
                       type=harness.comma_list_arg(int))
-  parser.add_argument('--kinds', default='bidir,causal',
+  parser.add_argument('--kinds', default=','.join(KINDS),
                       type=harness.comma_list_arg(str, KINDS))
   parser.add_argument('--n_heads', type=int, default=8)
   parser.add_argument('--d', type=int, default=64)
+  parser.add_argument('--m', type=int, default=256,
+                      help='random features of softmax_bidir')
   parser.add_argument('--rounds', type=int, default=7)
   args = parser.parse_args(argv)
   with_trax = _trax_installed()
@@ -130,7 +168,7 @@ def main(argv=None):
     for kind in harness.comma_list(args.kinds):
       runs, memory = {}, {}
       for variant in variants(kind, with_trax):
-        f = core(kind, variant, q.shape)
+        f = core(kind, variant, q.shape, args.m)
         step = jax.value_and_grad(lambda q, k, v, f=f: jnp.sum(f(q, k, v)),
                                   argnums=(0, 1, 2))
         run, memory[variant] = harness.compile_step(step, q, k, v)

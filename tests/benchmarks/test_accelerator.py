@@ -170,7 +170,7 @@ def test_image_only_dry_run_needs_no_trax_gin_or_tensorflow(tmp_path, in_repo):
       text=True, timeout=600, check=False)
   assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
   for step in ('tests: the ops, without trax', 'peer benchmark',
-               'relative-positions benchmark', 'done'):
+               'guards benchmark', 'relative-positions benchmark', 'done'):
     assert f'] {step}' in done.stdout
   assert ' passed' in done.stdout and 'failed' not in done.stdout
   with open(out / 'peers.json') as f:
@@ -188,3 +188,9 @@ def test_image_only_dry_run_needs_no_trax_gin_or_tensorflow(tmp_path, in_repo):
   assert (out / 'peers.png').exists()
   with open(out / 'rpe.json') as f:
     assert json.load(f)['rpe_over_favor']['256']['causal_time'] > 0
+  with open(out / 'guards.json') as f:  # no trax: no trax variants
+    guards = json.load(f)['results']['128']
+  assert set(guards['softmax_bidir']) == {'full', 'no_query_guard', 'bare',
+                                          'authors'}
+  assert set(guards['bidir']) == {'full', 'no_query_guard', 'bare'}
+  assert guards['causal']['full']['time_over_full'] == 1.0
