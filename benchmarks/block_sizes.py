@@ -11,7 +11,6 @@ default's. Writes <out>.json (machine, versions, git SHA).
 """
 
 import argparse
-import json
 
 import jax
 import jax.numpy as jnp
@@ -54,6 +53,7 @@ def main(argv=None):
   parser.add_argument('--m', type=int, default=256)
   parser.add_argument('--rounds', type=int, default=5)
   args = parser.parse_args(argv)
+  machine = harness.machine_info()
   sizes = [DEFAULT] + [b for b in harness.comma_list(args.block_sizes, int)
                        if b != DEFAULT]
   results = {}
@@ -64,26 +64,14 @@ def main(argv=None):
         if size and size >= length and size != DEFAULT:
           continue  # the same program as None
         runs[size], memory[size] = _step(kind, length, size, args)
-      seconds = harness.time_interleaved(
-          {s: (lambda i, run=run: run()) for s, run in runs.items()},
-          args.rounds, settle=True)
-      row = {str(s): {
-          'seconds': float(np.median(seconds[s])),
-          'time_over_default': harness.paired_ratio(seconds[s],
-                                                    seconds[DEFAULT]),
-          'memory_over_default': (memory[s] / memory[DEFAULT]
-                                  if memory[s] and memory[DEFAULT] else None),
-          'peak_bytes': memory[s]} for s in runs}
+      row = {str(s): r for s, r in harness.rate_against(
+          runs, memory, DEFAULT, args.rounds, 'default').items()}
       results.setdefault(str(length), {})[kind] = row
       print(f'L={length} {kind}: ' + ', '.join(
           f'{s or "None"}: {r["time_over_default"]:.2f}x time, '
           f'{r["memory_over_default"] or float("nan"):.2f}x memory'
           for s, r in ((int(s), r) for s, r in row.items())), flush=True)
-  record = {'machine': harness.machine_info(), 'config': vars(args),
-            'results': results}
-  with open(args.out + '.json', 'w') as f:
-    json.dump(record, f, indent=1)
-  print(f'wrote {args.out}.json')
+  harness.write_results(args.out, machine, args, results)
 
 
 if __name__ == '__main__':

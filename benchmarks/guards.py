@@ -34,7 +34,6 @@ temporaries). Writes <out>.json (machine, versions, git SHA).
 """
 
 import argparse
-import json
 
 import jax
 import jax.numpy as jnp
@@ -159,6 +158,7 @@ def main(argv=None):
                       help='random features of softmax_bidir')
   parser.add_argument('--rounds', type=int, default=7)
   args = parser.parse_args(argv)
+  machine = harness.machine_info()
   with_trax = _trax_installed()
   results = {}
   for length in harness.comma_list(args.lengths, int):
@@ -171,26 +171,14 @@ def main(argv=None):
         f = core(kind, variant, q.shape, args.m)
         step = jax.value_and_grad(lambda q, k, v, f=f: jnp.sum(f(q, k, v)),
                                   argnums=(0, 1, 2))
-        run, memory[variant] = harness.compile_step(step, q, k, v)
-        runs[variant] = lambda i, run=run: run()
-      seconds = harness.time_interleaved(runs, args.rounds, settle=True)
-      row = {name: {
-          'seconds': float(np.median(seconds[name])),
-          'time_over_full': harness.paired_ratio(seconds[name],
-                                                 seconds['full']),
-          'memory_over_full': (memory[name] / memory['full']
-                               if memory[name] and memory['full'] else None),
-          'planned_bytes': memory[name]} for name in runs}
+        runs[variant], memory[variant] = harness.compile_step(step, q, k, v)
+      row = harness.rate_against(runs, memory, 'full', args.rounds, 'full')
       results.setdefault(str(length), {})[kind] = row
       print(f'L={length} {kind}: ' + ', '.join(
           f'{name}: {r["time_over_full"]:.3f}x time, '
           f'{r["memory_over_full"] or float("nan"):.3f}x memory'
           for name, r in row.items()), flush=True)
-  record = {'machine': harness.machine_info(), 'config': vars(args),
-            'results': results}
-  with open(args.out + '.json', 'w') as f:
-    json.dump(record, f, indent=1)
-  print(f'wrote {args.out}.json')
+  harness.write_results(args.out, machine, args, results)
 
 
 if __name__ == '__main__':

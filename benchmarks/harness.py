@@ -205,6 +205,32 @@ def paired_ratio(seconds_a, seconds_b):
   return float(np.median(np.divide(seconds_a, seconds_b)))
 
 
+def rate_against(runs, peaks, baseline, rounds, name):
+  """Each of `runs` ({key: run()}, compiled) against runs[baseline]:
+  settled alternating rounds (`time_interleaved`); per key the median
+  seconds, f'time_over_{name}' (the paired median), f'memory_over_{name}'
+  (the ratio of `peaks`, XLA's planned bytes; None where unknown) and
+  'peak_bytes'."""
+  seconds = time_interleaved({k: (lambda i, run=run: run())
+                              for k, run in runs.items()}, rounds, settle=True)
+  base = peaks[baseline]
+  return {k: {'seconds': float(np.median(seconds[k])),
+              f'time_over_{name}': paired_ratio(seconds[k],
+                                                seconds[baseline]),
+              f'memory_over_{name}': (peaks[k] / base if peaks[k] and base
+                                      else None),
+              'peak_bytes': peaks[k]} for k in runs}
+
+
+def write_results(out, machine, args, results):
+  """<out>.json: `machine` (`machine_info()`, taken before measuring), the
+  arguments and `results`."""
+  record = {'machine': machine, 'config': vars(args), 'results': results}
+  with open(out + '.json', 'w') as f:
+    json.dump(record, f, indent=1)
+  print(f'wrote {out}.json')
+
+
 def subplots(*args, **kwargs):
   """(figure, axes) of a matplotlib Figure that pyplot does not manage.
 

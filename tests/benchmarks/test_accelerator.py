@@ -86,7 +86,7 @@ def test_every_step_command_line_is_accepted(mode, tmp_path, monkeypatch):
   stdout, calls = _recorded(tmp_path, mode, pass_pytest=dry)
   image = '--image-only' in mode
   steps = (['tests: the ops, without trax', 'peer benchmark',
-            'relative-positions benchmark'] if image else
+            'guards benchmark', 'relative-positions benchmark'] if image else
            ['tests: ops and the layer', 'attention benchmark',
             'peer benchmark', 'model benchmark'])
   # One device here (the recorder answers no device count): skipped.
@@ -102,9 +102,9 @@ def test_every_step_command_line_is_accepted(mode, tmp_path, monkeypatch):
           gin_helpers.REPO, p)) for p in paths), argv
     elif argv[:1] == ['-m']:
       benchmarks[argv[1]] = _parse(monkeypatch, argv)
-  assert sorted(benchmarks) == sorted(
-      ['benchmarks.peers', 'benchmarks.rpe'] if image else
-      ['benchmarks.attention', 'benchmarks.peers', 'benchmarks.model'])
+  image_steps = ['benchmarks.peers', 'benchmarks.guards', 'benchmarks.rpe']
+  assert sorted(benchmarks) == sorted(image_steps if image else [
+      'benchmarks.attention', 'benchmarks.peers', 'benchmarks.model'])
   for args in benchmarks.values():
     assert args.out.startswith(str(tmp_path / 'out'))
   if dry:  # the test step selected its one test (collected in the recorder)

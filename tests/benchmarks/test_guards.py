@@ -80,7 +80,7 @@ def test_run_writes_ratios_against_the_op(tmp_path):
     assert row['full']['time_over_full'] == 1.0
     assert row['full']['memory_over_full'] == 1.0
     for r in row.values():
-      assert r['seconds'] > 0 and r['planned_bytes'] > 0
-      assert r['memory_over_full'] == (r['planned_bytes']
-                                       / row['full']['planned_bytes'])
+      assert r['seconds'] > 0 and r['peak_bytes'] > 0
+      assert r['memory_over_full'] == (r['peak_bytes']
+                                       / row['full']['peak_bytes'])
   assert record['machine']['git_sha']
