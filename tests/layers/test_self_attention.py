@@ -253,6 +253,10 @@ def test_masked_inputs_ignore_padding():
     (dict(chunk_size=64, causal=False), 'chunk_size'),
     (dict(block_size=0), 'block_size'),
     (dict(numerical_stabilizer=-1.0), 'numerical_stabilizer'),
+    (dict(numerical_stabilizer=float('nan')), 'numerical_stabilizer'),
+    (dict(numerical_stabilizer=float('inf')), 'numerical_stabilizer'),
+    (dict(numerical_stabilizer=True), 'numerical_stabilizer'),
+    (dict(feature_map=['softmax']), 'feature_map'),
     (dict(feature_map='softmax_trig'), 'signed features'),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_bad_configuration_raises_value_error(kwargs, match):

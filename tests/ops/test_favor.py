@@ -262,6 +262,21 @@ def test_non_finite_padded_token_reaches_no_valid_output_or_gradient(
                                rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize('value', [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize('block_size', [None, 8])
+def test_an_unmasked_non_finite_key_makes_every_bidirectional_output_nan(
+    value, block_size):
+  """Bidirectionally every query sees every key: one unmasked key with a
+  NaN or Inf makes every output NaN (never a finite 0: its log-scale spoils
+  the shared reference, and a row that "saw no key" must not be read off
+  it)."""
+  q, k, v = _qkv(23, length=30)
+  w = ops.draw_projection(jax.random.PRNGKey(3), 24, 12)
+  k = k.at[..., 11, 0].set(value)
+  out = ops.favor_attention(q, k, v, w, block_size=block_size)
+  assert np.isnan(out).all()
+
+
 def test_a_non_finite_state_spoils_the_continuation_as_one_call_would():
   """Split after the NaN token: the carried state is NaN, so the next call's
   outputs are NaN, as the same tokens in one call."""

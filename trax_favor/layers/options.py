@@ -37,8 +37,9 @@ Random features:
   redraw       'fixed' (drawn at init) or 'step' (a new projection from the
                layer rng at every train-mode call; the reversible recompute
                sees the same rng, hence the same matrix).
-  numerical_stabilizer  non-negative floor added to the features, relative
-               to each vector's largest feature (None: 1e-6).
+  numerical_stabilizer  a floor in [0, 1) added to the features, relative
+               to each vector's largest feature (None: 1e-6; a bool is
+               refused).
 
 Lengths:
   chunk_size   causal only: tokens per chunk of the causal form (None: 128,
@@ -169,10 +170,11 @@ class FavorOptions:
     stabilizer = self.numerical_stabilizer
     if stabilizer is not None and (
         isinstance(stabilizer, bool)
-        or not isinstance(stabilizer, (int, float)) or stabilizer < 0):
+        or not isinstance(stabilizer, (int, float))
+        or not 0 <= stabilizer < 1):  # NaN fails too
       raise checks.ConfigError(
-          'numerical_stabilizer must be a non-negative float, got '
-          f'{stabilizer!r}.')
+          'numerical_stabilizer must be a float in [0, 1) (a floor relative '
+          f'to the largest feature), got {stabilizer!r}.')
     random_features.check_projection_args(
         self.n_random_features, self.d_qk, self.projection,
         self.projection_scaling)

@@ -120,7 +120,7 @@ FEATURE_MAPS = {
 
 def get_feature_map(name):
   """Returns the registered FeatureMap, or raises ValueError naming it."""
-  if name not in FEATURE_MAPS:
+  if not isinstance(name, str) or name not in FEATURE_MAPS:
     raise checks.ConfigError(
         f'feature_map must be one of {sorted(FEATURE_MAPS)}, '
         f'got {name!r}.')
