@@ -9,7 +9,6 @@ and a rerun can skip it.
 
 import argparse
 from importlib import metadata
-import json
 import os
 import platform
 import subprocess
@@ -225,9 +224,8 @@ def rate_against(runs, peaks, baseline, rounds, name):
 def write_results(out, machine, args, results):
   """<out>.json: `machine` (`machine_info()`, taken before measuring), the
   arguments and `results`."""
-  record = {'machine': machine, 'config': vars(args), 'results': results}
-  with open(out + '.json', 'w') as f:
-    json.dump(record, f, indent=1)
+  save_json({'machine': machine, 'config': vars(args), 'results': results},
+            out + '.json')
   print(f'wrote {out}.json')
 
 
