@@ -20,8 +20,9 @@ of them. Forward+backward of each core, on (1, h, l, d) inputs:
     no_query_guard  bidirectional: without the non-finite query rows'
                     reduction and selects (keys and empty rows guarded)
     bare            no guard at all: the sums, the products, num / den
-                    (softmax: each key still rescaled to the largest
-                    key's log-scale, the stabilizer)
+                    (softmax: keys still rescaled to the largest key's
+                    log-scale, the stabilizer, as `relative_features`
+                    does it)
     trax            trax's tl.FavorAttention / tl.CausalFavorAttention
                     core (ReLU kinds, where trax is installed)
     authors         softmax_bidir: the Performer authors' form (one
@@ -48,20 +49,14 @@ from trax_favor.ops import feature_maps
 KINDS = ('bidir', 'causal', 'softmax_bidir')
 
 
-def _bidir_no_query_guard(q_feat, k_feat, v, k_log_scale=None):
-  sums = favor.key_sums(k_feat, k_log_scale, v)
+def _no_query_guard(q_feat, sums):
+  """read_out without the non-finite query rows' reduction and selects."""
   num = favor.apply_sums(q_feat, sums.kv)  # (..., l, v)
   den = jnp.einsum('...lm,...m->...l', q_feat, sums.z)  # (..., l)
   has_key = jnp.broadcast_to(favor.has_keys(sums.ref)[..., None], den.shape)
   inverse = favor.safe_divide(jnp.ones_like(den)[..., None], den,
                               has_key)[..., 0]  # (..., l)
   return num * inverse[..., None]
-
-
-def _softmax_bare(q_feat, k_feat, k_log_scale, v):
-  scale = jnp.exp(k_log_scale - jax.lax.stop_gradient(
-      jnp.max(k_log_scale, axis=-1, keepdims=True)))  # (..., l)
-  return _bidir_bare(q_feat, k_feat * scale[..., None], v)
 
 
 def _bidir_bare(q_feat, k_feat, v):
@@ -104,7 +99,8 @@ def core(kind, variant, shape, m=256):
         jnp.zeros((shape[-1], shape[-1])), shape)
   if kind == 'bidir':
     fn = {'full': lambda qf, kf, v: ops.bidirectional_favor(qf, kf, None, v),
-          'no_query_guard': _bidir_no_query_guard,
+          'no_query_guard': lambda qf, kf, v: _no_query_guard(
+              qf, favor.key_sums(kf, None, v)),
           'bare': _bidir_bare}[variant]
   elif variant == 'full':
     fn = lambda qf, kf, v: ops.causal_favor(qf, kf, None, v,
@@ -119,13 +115,13 @@ def _softmax_core(variant, w):
     return lambda q, k, v: ops.favor_attention(q, k, v, w, block_size=None)
   if variant == 'authors':
     return lambda q, k, v: contenders.authors_bidir(q, k, v, w)
-  fn = {'no_query_guard': lambda qf, kf, s, v: _bidir_no_query_guard(
-      qf, kf, v, s), 'bare': _softmax_bare}[variant]
 
   def call(q, k, v):
     q_feat, _ = feature_maps.feature_map('softmax', q, w)
-    k_feat, k_log_scale = feature_maps.feature_map('softmax', k, w)
-    return fn(q_feat, k_feat, k_log_scale, v)
+    k_feat, ref = feature_maps.relative_features('softmax', k, w)
+    if variant == 'bare':
+      return _bidir_bare(q_feat, k_feat, v)
+    return _no_query_guard(q_feat, favor.relative_key_sums(k_feat, ref, v))
   return call
 
 

@@ -277,6 +277,46 @@ def test_an_unmasked_non_finite_key_makes_every_bidirectional_output_nan(
   assert np.isnan(out).all()
 
 
+@pytest.mark.parametrize('feature_map', ['softmax', 'exp', 'relu'])
+def test_bidirectional_attention_is_the_factored_core(feature_map):
+  """favor_attention sums stabilized keys already rescaled (one pass,
+  `relative_features`); it computes what bidirectional_favor computes from
+  the factored features, with the same dropout mask (fold_in(rng, 0) over
+  the full-length features), outputs and gradients, on keys whose norms
+  span 0.1x-4x with masked NaN keys."""
+  q, k, v = _qkv(24, length=40, d=8, d_v=5)
+  k = k * jnp.geomspace(0.1, 4.0, 40)[:, None]
+  valid = jnp.arange(40) % 7 != 3
+  k = jnp.where(valid[:, None], k, jnp.nan)
+  w = ops.draw_projection(jax.random.PRNGKey(5), 24, 8)
+  rng = jax.random.PRNGKey(6)
+
+  def fast(q, k, v):
+    return ops.favor_attention(q, k, v, w, feature_map=feature_map,
+                               key_mask=valid, block_size=None,
+                               attention_dropout=0.25, rng=rng)
+
+  def factored(q, k, v):
+    q_feat, _ = ops.feature_map(feature_map, q, w)
+    k_feat, k_log_scale = ops.feature_map(feature_map, k, w)
+    keep = jax.random.bernoulli(jax.random.fold_in(rng, 0), 0.75,
+                                k_feat.shape)
+    k_feat = jnp.where(keep, k_feat / 0.75, 0.0)
+    if ops.FEATURE_MAPS[feature_map].shared_log_scale:
+      k_log_scale = None
+    return ops.bidirectional_favor(q_feat, k_feat, k_log_scale, v, valid)
+
+  np.testing.assert_allclose(fast(q, k, v), factored(q, k, v), rtol=RTOL,
+                             atol=ATOL)
+  cot = _normal(25, v.shape)
+  grads = [jax.grad(lambda *a: jnp.sum(f(*a) * cot), (0, 1, 2))(q, k, v)
+           for f in (fast, factored)]
+  for a, b in zip(*grads):
+    np.testing.assert_allclose(a[..., valid, :], b[..., valid, :],
+                               rtol=GRAD_TOL, atol=GRAD_TOL)
+    assert np.all(np.isfinite(a[..., valid, :]))
+
+
 def test_a_non_finite_state_spoils_the_continuation_as_one_call_would():
   """Split after the NaN token: the carried state is NaN, so the next call's
   outputs are NaN, as the same tokens in one call."""

@@ -8,8 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from trax_favor import checks
 from trax_favor import ops
 from trax_favor.ops import cpu_speedups
+from trax_favor.ops import favor
 from trax_favor.ops import feature_maps
 
 D = 16
@@ -126,3 +128,69 @@ def test_projection_errors(kwargs, match):
   args.update(kwargs)
   with pytest.raises(ValueError, match=match):
     ops.draw_projection(jax.random.PRNGKey(0), **args)
+
+
+def _steep_keys(seed, length=40):
+  """Keys with norms from 0.2 to 5 per depth unit, so their log-scales
+  span tens of nats; about a fifth are masked and hold NaN or 1e4."""
+  rng = np.random.default_rng(seed)
+  x = rng.standard_normal((2, length, D)) * np.geomspace(0.2, 5.0, length)[:,
+                                                                         None]
+  valid = rng.random((2, length)) < 0.8
+  x[~valid] = np.where(rng.random((int((~valid).sum()), 1)) < 0.5, np.nan,
+                       1e4)  # garbage at masked keys only
+  return jnp.asarray(x, jnp.float32), jnp.asarray(valid)
+
+
+@pytest.mark.parametrize('name', ['softmax', 'exp'])
+def test_relative_features_are_the_factored_keys_rescaled(name):
+  """relative_features (one pass) = factored features * exp(log_scale -
+  ref), ref the largest unmasked log-scale, computed in float64 from the
+  factored form; gradients too (2e-5 relative, against float32 autodiff of
+  the factored form). Masked keys (NaN or 1e4) change neither ref nor any
+  other key's value or gradient."""
+  x, valid = _steep_keys(3)
+  w = ops.draw_projection(jax.random.PRNGKey(1), 24, D)
+  feats, ref = feature_maps.relative_features(name, x, w, 1e-6, valid)
+  f, s = (np.asarray(a, np.float64) for a in ops.feature_map(name, x, w))
+  want_ref = np.max(np.where(valid, s, -np.inf), axis=-1)
+  np.testing.assert_allclose(ref, want_ref, rtol=1e-6)
+  rel = np.where(valid, s, -np.inf) - want_ref[:, None]  # (2, l)
+  want = f * np.exp(rel)[..., None]
+  v = np.asarray(valid)
+  np.testing.assert_allclose(np.asarray(feats)[v], want[v], rtol=2e-5,
+                             atol=1e-30)
+  assert 0 < np.min(want[v]) < 1e-12 * np.max(want[v])  # steep
+
+  probe = jnp.asarray(np.random.default_rng(4).standard_normal(feats.shape),
+                      jnp.float32)
+  def relative(x):
+    out, _ = feature_maps.relative_features(name, x, w, 1e-6, valid)
+    return jnp.sum(jnp.where(valid[..., None], out * probe, 0.0))
+
+  def factored(x):
+    f, s = ops.feature_map(name, x, w)
+    s_ref = jax.lax.stop_gradient(jnp.asarray(want_ref, jnp.float32))
+    out = f * jnp.exp(s - s_ref[:, None])[..., None]
+    return jnp.sum(jnp.where(valid[..., None], out * probe, 0.0))
+
+  clean = jnp.where(valid[..., None], x, 0.0)  # same valid keys, no garbage
+  g = np.asarray(jax.grad(relative)(x))
+  np.testing.assert_allclose(g[v], np.asarray(jax.grad(factored)(clean))[v],
+                             rtol=2e-5, atol=1e-6)
+  assert np.all(np.isfinite(g[v]))
+
+
+def test_relative_features_without_keys_and_for_other_maps():
+  x, _ = _steep_keys(5, length=6)
+  w = ops.draw_projection(jax.random.PRNGKey(1), 8, D)
+  none = jnp.zeros((2, 6), bool)
+  feats, ref = feature_maps.relative_features('softmax', x, w, 1e-6, none)
+  assert not np.any(favor.has_keys(ref))
+  v = jnp.ones((2, 6, 3))
+  sums = favor.relative_key_sums(feats, ref, v, none)
+  q_feat, _ = ops.feature_map('softmax', jnp.ones((2, 6, D)), w)
+  np.testing.assert_array_equal(favor.read_out(q_feat, sums, v.dtype), 0.0)
+  for name in ('relu', 'elu', 'softmax_trig'):
+    with pytest.raises(checks.ConfigError, match='stabilized feature map'):
+      feature_maps.relative_features(name, x, w)

@@ -199,51 +199,65 @@ def _favor_attention(q, k, v, projection, key_mask, initial_state, rng, bias,
             sequence_parallel.total(gathered, axis, initial))
 
   def attend(q_feat, k_feat, k_log_scale, v, state, mask):
-    """One block (or the whole sequence): the plain or relative core."""
+    """One block (or the whole sequence), causal or relative; bidirectional
+    attention without a bias reads out `key_sums` below."""
     if bias is not None:
       return rpe.rpe_favor(q_feat, k_feat, k_log_scale, v, bias, max_distance,
                            key_mask=mask, causal=causal, initial_state=state,
                            chunk_size=chunk_size)
-    if causal:
-      return favor.causal_favor(q_feat, k_feat, k_log_scale, v, state, mask,
-                                chunk_size)
-    return favor.bidirectional_favor(q_feat, k_feat, k_log_scale, v, mask)
+    return favor.causal_favor(q_feat, k_feat, k_log_scale, v, state, mask,
+                              chunk_size)
 
   def query_features(x):
     return feature_maps.feature_map(feature_map, x, projection, eps)[0]
 
   fmap = feature_maps.get_feature_map(feature_map)
 
-  def key_features(x, block_index, positions=None):
-    """Key features and log-scales (None when shared). Dropout: one mask per
-    block, or one per key at `positions`, redrawn alike when recomputed."""
-    k_feat, k_log_scale = feature_maps.feature_map(feature_map, x, projection,
-                                                   eps)
-    if fmap.shared_log_scale:  # one constant for all keys: no stabilizer needed
-      k_log_scale = None
-    if rate and positions is None:
+  def dropout(k_feat, block_index, positions):
+    """Key features with dropout: one mask per block, or one per key at
+    `positions`, redrawn alike when recomputed."""
+    if not rate:
+      return k_feat
+    if positions is None:
       keep = jax.random.bernoulli(jax.random.fold_in(rng,
                                                      first_block + block_index),
                                   1.0 - rate, k_feat.shape)
-    elif rate:
+    else:
       draw = lambda p: jax.random.bernoulli(
           jax.random.fold_in(rng, p), 1.0 - rate,
           k_feat.shape[:-2] + k_feat.shape[-1:])
       keep = jnp.moveaxis(jax.vmap(draw)(positions), 0, -2)  # (..., b, m)
-    if rate:
-      k_feat = jnp.where(keep, k_feat / (1.0 - rate), 0.0)
-    return k_feat, k_log_scale
+    return jnp.where(keep, k_feat / (1.0 - rate), 0.0)
 
-  if block_size is None:  # one block: features at full length
+  def key_features(x, block_index, positions=None):
+    """Key features and log-scales (None when shared), with dropout."""
+    k_feat, k_log_scale = feature_maps.feature_map(feature_map, x, projection,
+                                                   eps)
+    if fmap.shared_log_scale:  # one constant for all keys: no stabilizer needed
+      k_log_scale = None
+    return dropout(k_feat, block_index, positions), k_log_scale
+
+  def key_sums(x, v_blk, mask, block_index):
+    """Bidirectional sums of a block's keys (or all): stabilized maps scale
+    their features to the block's reference in the same pass."""
+    if fmap.logits_fn is None:
+      return favor.key_sums(*key_features(x, block_index), v_blk, mask)
+    k_feat, ref = feature_maps.relative_features(feature_map, x, projection,
+                                                 eps, mask)
+    return favor.relative_key_sums(dropout(k_feat, block_index, None), ref,
+                                   v_blk, mask)
+
+  if block_size is None and bias is None and not causal:
+    sums = key_sums(k, v, key_mask, 0)
+    if axis is not None:
+      _, sums = across_shards(sums, None)
+    return favor.read_out(query_features(q), sums, v.dtype)
+  if block_size is None:  # causal or relative, features at full length
     k_feat, k_log_scale = key_features(  # dropout by position, as in blocks
         k, 0, jnp.arange(length) if bias is not None and not causal else None)
     if axis is None:
       return attend(query_features(q), k_feat, k_log_scale, v, initial_state,
                     key_mask)
-    if not causal:
-      _, sums = across_shards(favor.key_sums(k_feat, k_log_scale, v,
-                                             key_mask), None)
-      return favor.read_out(query_features(q), sums, v.dtype)
     before, final = across_shards(sequence_parallel.causal_key_sums(
         k_feat, k_log_scale, v, key_mask), initial_state)
     out, _ = attend(query_features(q), k_feat, k_log_scale, v, before,
@@ -279,9 +293,7 @@ def _favor_attention(q, k, v, projection, key_mask, initial_state, rng, bias,
     """Scan body adding one key block's sums (features recomputed)."""
     def add(sums, xs):
       k_blk, v_blk, m_blk, i = xs
-      k_feat, k_log_scale = key_features(k_blk, i)
-      block_sums = sum_keys(k_feat, k_log_scale, v_blk, m_blk)
-      return favor.combine_sums(sums, block_sums), None
+      return favor.combine_sums(sums, sum_keys(k_blk, v_blk, m_blk, i)), None
     return remat(add)
 
   if causal:
@@ -299,7 +311,9 @@ def _favor_attention(q, k, v, projection, key_mask, initial_state, rng, bias,
     init = empty if initial_state is None else state_type(
         *(jnp.asarray(x, jnp.float32) for x in initial_state))
     if axis is not None:  # this shard's keys first: a key-only pass
-      local, _ = jax.lax.scan(add_key_block(sequence_parallel.causal_key_sums),
+      causal_sums = lambda x, v_blk, m_blk, i: sequence_parallel.causal_key_sums(
+          *key_features(x, i), v_blk, m_blk)
+      local, _ = jax.lax.scan(add_key_block(causal_sums),
                               empty, (kb, vb, mb, index))
       init, whole = across_shards(local, init)
     final, out = jax.lax.scan(remat(causal_block), init,
@@ -310,7 +324,7 @@ def _favor_attention(q, k, v, projection, key_mask, initial_state, rng, bias,
     def read_block(sums, q_blk):
       return sums, favor.read_out(query_features(q_blk), sums, v.dtype)
 
-    sums, _ = jax.lax.scan(add_key_block(favor.key_sums), empty,
+    sums, _ = jax.lax.scan(add_key_block(key_sums), empty,
                            (kb, vb, mb, index))
     if axis is not None:
       _, sums = across_shards(sums, None)

@@ -198,6 +198,13 @@ def key_sums(k_feat, k_log_scale, v, key_mask=None):
   return KeySums(kv, jnp.sum(k_scaled, axis=-2), ref)
 
 
+def relative_key_sums(k_feat, ref, v, key_mask=None):
+  """`key_sums` of key features already relative to `ref` (..., ): phi(k_j)
+  = k_feat_j * exp(ref), as `feature_maps.relative_features` gives them;
+  ref = NEG when no key is unmasked. No rescaling pass over (l, m)."""
+  return key_sums(k_feat, None, v, key_mask)._replace(ref=ref)
+
+
 def combine_sums(a, b):
   """The sum of two KeySumss (each relative to its own reference)."""
   return KeySums(*_combine(a, b))

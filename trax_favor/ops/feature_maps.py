@@ -34,13 +34,14 @@ Registered maps (`FEATURE_MAPS`):
 
 import dataclasses
 import functools
-from typing import Callable
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
 
 from trax_favor import checks
 from trax_favor.ops import cpu_speedups
+from trax_favor.ops import favor
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,12 +57,18 @@ class FeatureMap:
     shared_log_scale: whether log_scale is one constant for every vector
       (bounded activations): attention then needs no stabilizer, and is
       given None instead of the log-scales (the constant cancels).
+    logits_fn: stabilized maps (softmax, exp), None for the others:
+      (x_normalized, projection) -> (logits (..., l, m), offset (..., l)),
+      phi(x) = exp(logits + offset); `fn` is then the factored form with
+      the row maximum s of the logits: (exp(logits - s) + eps, s + offset).
+      `relative_features` uses it to scale keys in one pass.
   """
   fn: Callable
   features_per_row: int = 1
   non_negative: bool = True
   estimates_softmax: bool = False
   shared_log_scale: bool = False
+  logits_fn: Optional[Callable] = None
 
 
 def _half_sq_norm(x):
@@ -72,21 +79,31 @@ def _log_sqrt_m(projection):
   return 0.5 * jnp.log(float(projection.shape[0]))
 
 
-def _stable_exp(logits, eps):
-  """exp(logits) as (exp(logits - s) + eps, s), with s the row maximum."""
-  s = jax.lax.stop_gradient(cpu_speedups.row_max(logits))  # (..., l)
-  return jnp.exp(logits - s[..., None]) + eps, s
+def _logits(x, projection):
+  return jnp.einsum('...ld,md->...lm', x, projection)  # (..., l, m)
 
 
-def _softmax_positive(x, projection, eps):
-  logits = jnp.einsum('...ld,md->...lm', x, projection)  # (..., l, m)
-  features, s = _stable_exp(logits, eps)
-  return features, s - _half_sq_norm(x) - _log_sqrt_m(projection)
+def _softmax_logits(x, projection):
+  return _logits(x, projection), -_half_sq_norm(x) - _log_sqrt_m(projection)
+
+
+def _exp_logits(x, projection):
+  return _logits(x, projection), -_log_sqrt_m(projection)
+
+
+def _stabilized(logits_fn):
+  """The factored form of exp(logits + offset): (exp(logits - s) + eps,
+  s + offset), with s the row maximum (under stop_gradient)."""
+  def fn(x, projection, eps):
+    logits, offset = logits_fn(x, projection)
+    s = jax.lax.stop_gradient(cpu_speedups.row_max(logits))  # (..., l)
+    return jnp.exp(logits - s[..., None]) + eps, s + offset
+  return fn
 
 
 def _softmax_trig(x, projection, eps):
   del eps  # signed features: a positive floor would not help
-  logits = jnp.einsum('...ld,md->...lm', x, projection)  # (..., l, m)
+  logits = _logits(x, projection)  # (..., l, m)
   features = jnp.concatenate([jnp.sin(logits), jnp.cos(logits)], axis=-1)
   return features, _half_sq_norm(x) - _log_sqrt_m(projection)
 
@@ -94,27 +111,24 @@ def _softmax_trig(x, projection, eps):
 def _generalized(kernel_fn):
   """A generalized kernel f(w.x) / sqrt(m) with a bounded activation f."""
   def fn(x, projection, eps):
-    logits = jnp.einsum('...ld,md->...lm', x, projection)  # (..., l, m)
-    features = kernel_fn(logits) + eps
+    features = kernel_fn(_logits(x, projection)) + eps  # (..., l, m)
     log_scale = jnp.full(features.shape[:-1], -_log_sqrt_m(projection))
     return features, log_scale
   return fn
 
 
-def _exp_kernel(x, projection, eps):
-  logits = jnp.einsum('...ld,md->...lm', x, projection)  # (..., l, m)
-  features, s = _stable_exp(logits, eps)
-  return features, s - _log_sqrt_m(projection)
+def _stabilized_map(logits_fn, **kwargs):
+  return FeatureMap(_stabilized(logits_fn), logits_fn=logits_fn, **kwargs)
 
 
 FEATURE_MAPS = {
-    'softmax': FeatureMap(_softmax_positive, estimates_softmax=True),
+    'softmax': _stabilized_map(_softmax_logits, estimates_softmax=True),
     'softmax_trig': FeatureMap(_softmax_trig, features_per_row=2,
                                non_negative=False, estimates_softmax=True),
     'relu': FeatureMap(_generalized(jax.nn.relu), shared_log_scale=True),
     'elu': FeatureMap(_generalized(lambda u: jax.nn.elu(u) + 1.0),
                       shared_log_scale=True),
-    'exp': FeatureMap(_exp_kernel),
+    'exp': _stabilized_map(_exp_logits),
 }
 
 
@@ -147,6 +161,57 @@ def _feature_map(name, x, projection, numerical_stabilizer):
   x = x.astype(jnp.float32) * float(x.shape[-1]) ** -0.25
   return FEATURE_MAPS[name].fn(x, projection.astype(jnp.float32),
                                numerical_stabilizer)
+
+
+def relative_features(name, x, projection, numerical_stabilizer=1e-6,
+                      key_mask=None):
+  """Keys' features relative to their largest log-scale, in one pass.
+
+  For a stabilized map (softmax, exp), the factored keys' features_j *
+  exp(log_scale_j - ref), with ref the largest log-scale of an unmasked key:
+  what bidirectional FAVOR sums (`favor.relative_key_sums`). Computed as
+  exp(logits - s + (log_scale - ref)) + eps * exp(log_scale - ref), one
+  elementwise pass over (l, m) instead of three (the exp, the floor, the
+  rescale), and the only (l, m) array the backward pass keeps.
+
+  Args:
+    name: a map with `logits_fn` (softmax or exp).
+    x: (..., l, d) keys; projection: (m, d).
+    numerical_stabilizer: eps, as in `feature_map`.
+    key_mask: optional bool broadcastable to (..., l); masked keys take no
+      part in ref (their entries are finite, and masked out by the sums).
+
+  Returns:
+    (features (..., l, m), ref (...,)) float32, phi(x_j) = features_j *
+    exp(ref); ref is favor.NEG when every key is masked.
+  """
+  fmap = get_feature_map(name)
+  if fmap.logits_fn is None:
+    raise checks.ConfigError(
+        f'relative_features needs a stabilized feature map (softmax, exp); '
+        f'got {name!r}.')
+  if x.shape[-1] != projection.shape[-1]:
+    raise checks.ConfigError(
+        f'projection depth {projection.shape[-1]} does not match '
+        f'the query/key depth {x.shape[-1]}.')
+  return _relative_features(name, x, projection, numerical_stabilizer,
+                            key_mask)
+
+
+@functools.partial(cpu_speedups.jit, static_argnums=(0,))
+def _relative_features(name, x, projection, eps, key_mask):
+  x = x.astype(jnp.float32) * float(x.shape[-1]) ** -0.25
+  logits, offset = FEATURE_MAPS[name].logits_fn(
+      x, projection.astype(jnp.float32))  # (..., l, m), (..., l)
+  s = jax.lax.stop_gradient(cpu_speedups.row_max(logits))  # (..., l)
+  log_scale = s + offset
+  if key_mask is not None:  # a masked key's log-scale is left out of ref
+    log_scale = jnp.where(key_mask, log_scale, favor.NEG)
+  ref = jax.lax.stop_gradient(jnp.max(log_scale, axis=-1))  # (...,)
+  rel = log_scale - ref[..., None]  # (..., l), <= 0 for unmasked keys
+  features = (jnp.exp(logits - s[..., None] + rel[..., None])
+              + eps * jnp.exp(rel)[..., None])  # (..., l, m)
+  return features, ref
 
 
 def full_features(name, x, projection, numerical_stabilizer=0.0):
