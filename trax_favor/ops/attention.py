@@ -20,6 +20,11 @@ features at a time. What is stored per block is only the carried state (an
                   the total out (`favor.read_out`); with a relative bias,
                   `rpe_blocks.py`.
 
+Bidirectional keys of a stabilized map (softmax, exp), in blocks or at full
+length, are made already scaled to their block's largest log-scale
+(`feature_maps.relative_features`, summed by `favor.relative_key_sums`):
+one pass over (l, m) where the factored form takes three.
+
 Block and chunk are different things: a chunk (`chunk_size`, causal only) is
 the unit of the within-chunk masked product; a block is the unit of feature
 memory, a whole number of chunks. In the attention benchmark (2-core CPU,

@@ -51,7 +51,8 @@ is 0 where it replaced). Bidirectionally every query sees every unmasked key,
 so such a key makes every output NaN, as exact attention would; a
 non-finite query is isolated as in causal FAVOR.
 
-Building blocks. `key_sums` gives the sums of a set of keys as a state,
+Building blocks. `key_sums` gives the sums of a set of keys as a state
+(`relative_key_sums`, of keys already scaled to a reference),
 `combine_sums` adds two states, `read_out` gives queries' outputs from a
 state: `ops/attention.py` assembles bidirectional FAVOR over length blocks
 from them.

@@ -141,6 +141,13 @@ def get_feature_map(name):
   return FEATURE_MAPS[name]
 
 
+def _check_depth(x, projection):
+  if x.shape[-1] != projection.shape[-1]:
+    raise checks.ConfigError(
+        f'projection depth {projection.shape[-1]} does not match '
+        f'the query/key depth {x.shape[-1]}.')
+
+
 def feature_map(name, x, projection, numerical_stabilizer=1e-6):
   """Applies feature map `name` to x (..., l, d) with projection (m, d).
 
@@ -149,10 +156,7 @@ def feature_map(name, x, projection, numerical_stabilizer=1e-6):
     phi(x) = features * exp(log_scale)[..., None].
   """
   get_feature_map(name)
-  if x.shape[-1] != projection.shape[-1]:
-    raise checks.ConfigError(
-        f'projection depth {projection.shape[-1]} does not match '
-        f'the query/key depth {x.shape[-1]}.')
+  _check_depth(x, projection)
   return _feature_map(name, x, projection, numerical_stabilizer)
 
 
@@ -172,14 +176,15 @@ def relative_features(name, x, projection, numerical_stabilizer=1e-6,
   what bidirectional FAVOR sums (`favor.relative_key_sums`). Computed as
   exp(logits - s + (log_scale - ref)) + eps * exp(log_scale - ref), one
   elementwise pass over (l, m) instead of three (the exp, the floor, the
-  rescale), and the only (l, m) array the backward pass keeps.
+  rescale).
 
   Args:
     name: a map with `logits_fn` (softmax or exp).
     x: (..., l, d) keys; projection: (m, d).
     numerical_stabilizer: eps, as in `feature_map`.
     key_mask: optional bool broadcastable to (..., l); masked keys take no
-      part in ref (their entries are finite, and masked out by the sums).
+      part in ref. Their features may hold anything (NaN for a NaN key):
+      the sums select them out.
 
   Returns:
     (features (..., l, m), ref (...,)) float32, phi(x_j) = features_j *
@@ -190,10 +195,7 @@ def relative_features(name, x, projection, numerical_stabilizer=1e-6,
     raise checks.ConfigError(
         f'relative_features needs a stabilized feature map (softmax, exp); '
         f'got {name!r}.')
-  if x.shape[-1] != projection.shape[-1]:
-    raise checks.ConfigError(
-        f'projection depth {projection.shape[-1]} does not match '
-        f'the query/key depth {x.shape[-1]}.')
+  _check_depth(x, projection)
   return _relative_features(name, x, projection, numerical_stabilizer,
                             key_mask)
 
