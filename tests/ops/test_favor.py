@@ -461,6 +461,31 @@ def test_bad_arguments_raise_clear_errors():
     ops.favor_attention(q, k, v, w, block_size=0)
   with pytest.raises(ValueError, match='v the shape'):
     ops.favor_attention(q, k, v[..., :5, :], w)
+  with pytest.raises(ValueError, match='key_mask must be bool'):
+    ops.favor_attention(q, k, v, w, key_mask=jnp.ones((8,), jnp.float32))
+  with pytest.raises(ValueError, match='key_mask must be bool'):
+    ops.key_sums(k, None, v, key_mask=jnp.ones((8,), jnp.float32))
+
+
+@pytest.mark.parametrize('causal', [False, True], ids=['bidir', 'causal'])
+def test_an_integer_mask_keeps_its_ones(causal):
+  """A 0/1 integer key_mask is the bool mask it reads as (used as it was,
+  `~1` is -2, truthy: every output was NaN)."""
+  q, k, v = _qkv(13, length=20)
+  w = ops.draw_projection(jax.random.PRNGKey(4), 8, 12)
+  keep = np.arange(20) % 3 != 1
+  run = lambda mask: ops.favor_attention(q, k, v, w, causal=causal,
+                                         key_mask=mask, block_size=8)
+  as_bool, as_int = run(jnp.asarray(keep)), run(jnp.asarray(keep, jnp.int32))
+  if causal:
+    as_bool, as_int = as_bool[0], as_int[0]
+  assert np.all(np.isfinite(as_bool))
+  np.testing.assert_array_equal(as_int, as_bool)
+  bidir_int = ops.bidirectional_favor(*_features('softmax', q, k, 8), v,
+                                      jnp.asarray(keep, jnp.int32))
+  np.testing.assert_array_equal(
+      bidir_int, ops.bidirectional_favor(*_features('softmax', q, k, 8), v,
+                                         jnp.asarray(keep)))
 
 
 @pytest.mark.parametrize('feature_map', ['relu', 'elu'])

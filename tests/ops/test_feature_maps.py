@@ -194,3 +194,10 @@ def test_relative_features_without_keys_and_for_other_maps():
   for name in ('relu', 'elu', 'softmax_trig'):
     with pytest.raises(checks.ConfigError, match='stabilized feature map'):
       feature_maps.relative_features(name, x, w)
+  with pytest.raises(checks.ConfigError, match='key_mask of shape'):
+    feature_maps.relative_features('softmax', x, w, key_mask=none.T)
+  # Features made without the mask: the mask still empties the sums.
+  feats, ref = feature_maps.relative_features('softmax', jnp.ones_like(x), w)
+  assert np.all(favor.has_keys(ref))
+  sums = favor.relative_key_sums(feats, ref, v, none)
+  np.testing.assert_array_equal(favor.read_out(q_feat, sums, v.dtype), 0.0)

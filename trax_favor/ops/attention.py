@@ -15,15 +15,16 @@ features at a time. What is stored per block is only the carried state (an
 
   causal          one scan over blocks; the body is the chunked causal form
                   (`favor.causal_favor`) started from the carried prefix state.
-  bidirectional   a scan over key blocks adds their sums (`favor.key_sums`,
-                  `favor.combine_sums`), then a scan over query blocks reads
-                  the total out (`favor.read_out`); with a relative bias,
+  bidirectional   a scan over key blocks adds their sums (`favor.combine_sums`
+                  of each block's `favor.relative_key_sums`, or `key_sums`
+                  for relu/elu), then a scan over query blocks reads the
+                  total out (`favor.read_out`); with a relative bias,
                   `rpe_blocks.py`.
 
 Bidirectional keys of a stabilized map (softmax, exp), in blocks or at full
 length, are made already scaled to their block's largest log-scale
-(`feature_maps.relative_features`, summed by `favor.relative_key_sums`):
-one pass over (l, m) where the factored form takes three.
+(`feature_maps.relative_features`): one pass over (l, m) where the
+factored form takes three.
 
 Block and chunk are different things: a chunk (`chunk_size`, causal only) is
 the unit of the within-chunk masked product; a block is the unit of feature
@@ -166,12 +167,7 @@ def favor_attention(q, k, v, projection, feature_map='softmax', causal=False,
   if feature_maps.get_feature_map(feature_map).shared_log_scale:
     favor.check_shared_scale_state(initial_state)
   if key_mask is not None:
-    try:
-      key_mask = jnp.broadcast_to(key_mask, k.shape[:-1])
-    except ValueError:
-      raise checks.ConfigError(
-          f'key_mask of shape {jnp.shape(key_mask)} does not '
-          f'broadcast to (..., l) = {k.shape[:-1]}.') from None
+    key_mask = favor.as_key_mask(key_mask, k.shape[:-1])
   if causal and block_size is not None:
     block_size = -(-block_size // chunk_size) * chunk_size  # whole chunks
   if block_size is None or q.shape[-2] <= block_size:
@@ -205,7 +201,7 @@ def _favor_attention(q, k, v, projection, key_mask, initial_state, rng, bias,
 
   def attend(q_feat, k_feat, k_log_scale, v, state, mask):
     """One block (or the whole sequence), causal or relative; bidirectional
-    attention without a bias reads out `key_sums` below."""
+    attention without a bias reads out `block_key_sums` below."""
     if bias is not None:
       return rpe.rpe_favor(q_feat, k_feat, k_log_scale, v, bias, max_distance,
                            key_mask=mask, causal=causal, initial_state=state,
@@ -242,7 +238,7 @@ def _favor_attention(q, k, v, projection, key_mask, initial_state, rng, bias,
       k_log_scale = None
     return dropout(k_feat, block_index, positions), k_log_scale
 
-  def key_sums(x, v_blk, mask, block_index):
+  def block_key_sums(x, v_blk, mask, block_index):
     """Bidirectional sums of a block's keys (or all): stabilized maps scale
     their features to the block's reference in the same pass."""
     if fmap.logits_fn is None:
@@ -253,7 +249,7 @@ def _favor_attention(q, k, v, projection, key_mask, initial_state, rng, bias,
                                    v_blk, mask)
 
   if block_size is None and bias is None and not causal:
-    sums = key_sums(k, v, key_mask, 0)
+    sums = block_key_sums(k, v, key_mask, 0)
     if axis is not None:
       _, sums = across_shards(sums, None)
     return favor.read_out(query_features(q), sums, v.dtype)
@@ -316,8 +312,9 @@ def _favor_attention(q, k, v, projection, key_mask, initial_state, rng, bias,
     init = empty if initial_state is None else state_type(
         *(jnp.asarray(x, jnp.float32) for x in initial_state))
     if axis is not None:  # this shard's keys first: a key-only pass
-      causal_sums = lambda x, v_blk, m_blk, i: sequence_parallel.causal_key_sums(
-          *key_features(x, i), v_blk, m_blk)
+      def causal_sums(x, v_blk, m_blk, i):
+        return sequence_parallel.causal_key_sums(*key_features(x, i), v_blk,
+                                                 m_blk)
       local, _ = jax.lax.scan(add_key_block(causal_sums),
                               empty, (kb, vb, mb, index))
       init, whole = across_shards(local, init)
@@ -329,7 +326,7 @@ def _favor_attention(q, k, v, projection, key_mask, initial_state, rng, bias,
     def read_block(sums, q_blk):
       return sums, favor.read_out(query_features(q_blk), sums, v.dtype)
 
-    sums, _ = jax.lax.scan(add_key_block(key_sums), empty,
+    sums, _ = jax.lax.scan(add_key_block(block_key_sums), empty,
                            (kb, vb, mb, index))
     if axis is not None:
       _, sums = across_shards(sums, None)

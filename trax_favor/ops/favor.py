@@ -155,6 +155,24 @@ def _zero_rows(x, rows):
   return jnp.where(rows[..., None], 0.0, x)
 
 
+def as_key_mask(key_mask, shape):
+  """key_mask as a bool array of `shape` (..., l): bool, or integers 0/1
+  (1 keeps a key); another dtype or a shape that does not broadcast is one
+  ConfigError (an integer mask used as it is would invert under `~`)."""
+  dtype = jnp.result_type(key_mask)
+  if not (jnp.issubdtype(dtype, jnp.bool_) or
+          jnp.issubdtype(dtype, jnp.integer)):
+    raise checks.ConfigError(
+        f'key_mask must be bool (True keeps a key) or integer 0/1; got '
+        f'dtype {dtype}.')
+  try:
+    return jnp.broadcast_to(key_mask, shape).astype(jnp.bool_)
+  except ValueError:
+    raise checks.ConfigError(
+        f'key_mask of shape {jnp.shape(key_mask)} does not broadcast to '
+        f'(..., l) = {tuple(shape)}.') from None
+
+
 def mask_keys(k_feat, k_log_scale, v, key_mask):
   """Masked keys' features and values replaced by 0, log-scales by NEG (as
   float32; selected, not multiplied, so a NaN under the mask stays there)."""
@@ -164,7 +182,7 @@ def mask_keys(k_feat, k_log_scale, v, key_mask):
     k_log_scale = k_log_scale.astype(jnp.float32)
   if key_mask is None:
     return k_feat, k_log_scale, v
-  key_mask = jnp.broadcast_to(key_mask, k_feat.shape[:-1])
+  key_mask = as_key_mask(key_mask, k_feat.shape[:-1])
   k_feat, v = _zero_rows(k_feat, ~key_mask), _zero_rows(v, ~key_mask)
   if k_log_scale is None:
     return k_feat, None, v
@@ -189,7 +207,7 @@ def key_sums(k_feat, k_log_scale, v, key_mask=None):
     if key_mask is None:
       ref = jnp.zeros(k_feat.shape[:-2], jnp.float32)
     else:
-      any_key = jnp.any(jnp.broadcast_to(key_mask, k_feat.shape[:-1]), -1)
+      any_key = jnp.any(as_key_mask(key_mask, k_feat.shape[:-1]), -1)
       ref = jnp.where(any_key, 0.0, NEG)
     k_scaled = k_feat
   else:
@@ -200,10 +218,13 @@ def key_sums(k_feat, k_log_scale, v, key_mask=None):
 
 
 def relative_key_sums(k_feat, ref, v, key_mask=None):
-  """`key_sums` of key features already relative to `ref` (..., ): phi(k_j)
-  = k_feat_j * exp(ref), as `feature_maps.relative_features` gives them;
-  ref = NEG when no key is unmasked. No rescaling pass over (l, m)."""
-  return key_sums(k_feat, None, v, key_mask)._replace(ref=ref)
+  """`key_sums` of key features already relative to `ref` (...,): phi(k_j)
+  = k_feat_j * exp(ref) for every unmasked key, as
+  `feature_maps.relative_features` gives them. No rescaling pass over
+  (l, m). Where key_mask leaves no key, the sums are empty (reference NEG,
+  outputs 0), whatever ref says."""
+  sums = key_sums(k_feat, None, v, key_mask)  # ref: 0, or NEG without keys
+  return sums._replace(ref=jnp.where(has_keys(sums.ref), ref, NEG))
 
 
 def combine_sums(a, b):
@@ -342,7 +363,7 @@ def _causal_favor(q_feat, k_feat, k_log_scale, v, initial_state, key_mask,
     if key_mask is None:
       s = jnp.zeros((*batch, length), jnp.float32)
     else:
-      s = jnp.where(jnp.broadcast_to(key_mask, (*batch, length)), 0.0, NEG)
+      s = jnp.where(as_key_mask(key_mask, (*batch, length)), 0.0, NEG)
     s = jnp.where(bad_k, NEG, s)
     if pad:
       s = jnp.pad(s, [(0, 0)] * len(batch) + [(0, pad)], constant_values=NEG)

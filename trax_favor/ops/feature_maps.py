@@ -11,6 +11,10 @@ vector is 1 + numerical_stabilizer) and the per-vector factor exp(log_scale)
 carries the rest. The attention code only ever uses *differences* of key
 log-scales (see `favor.py`), and drops query log-scales, which cancel between
 numerator and denominator, so nothing overflows however large the logits.
+For bidirectional attention, `relative_features` gives a stabilized map's
+keys already multiplied by exp(log_scale - ref), ref the largest key
+log-scale, in the one pass that makes them (it takes favor.NEG, the
+reference of an empty sum, from `favor.py`).
 
 Queries and keys are first multiplied by d**-0.25 (the "data normalizer"), which
 folds softmax attention's 1/sqrt(d) temperature into the features:
@@ -91,12 +95,16 @@ def _exp_logits(x, projection):
   return _logits(x, projection), -_log_sqrt_m(projection)
 
 
+def _row_max(logits):
+  return jax.lax.stop_gradient(cpu_speedups.row_max(logits))  # (..., l)
+
+
 def _stabilized(logits_fn):
   """The factored form of exp(logits + offset): (exp(logits - s) + eps,
   s + offset), with s the row maximum (under stop_gradient)."""
   def fn(x, projection, eps):
     logits, offset = logits_fn(x, projection)
-    s = jax.lax.stop_gradient(cpu_speedups.row_max(logits))  # (..., l)
+    s = _row_max(logits)  # (..., l)
     return jnp.exp(logits - s[..., None]) + eps, s + offset
   return fn
 
@@ -160,10 +168,16 @@ def feature_map(name, x, projection, numerical_stabilizer=1e-6):
   return _feature_map(name, x, projection, numerical_stabilizer)
 
 
+def _normalized(x, projection):
+  """x in float32 times d**-0.25 (the data normalizer), and the projection
+  in float32."""
+  return (x.astype(jnp.float32) * float(x.shape[-1]) ** -0.25,
+          projection.astype(jnp.float32))
+
+
 @functools.partial(cpu_speedups.jit, static_argnums=(0,))
 def _feature_map(name, x, projection, numerical_stabilizer):
-  x = x.astype(jnp.float32) * float(x.shape[-1]) ** -0.25
-  return FEATURE_MAPS[name].fn(x, projection.astype(jnp.float32),
+  return FEATURE_MAPS[name].fn(*_normalized(x, projection),
                                numerical_stabilizer)
 
 
@@ -187,8 +201,9 @@ def relative_features(name, x, projection, numerical_stabilizer=1e-6,
       the sums select them out.
 
   Returns:
-    (features (..., l, m), ref (...,)) float32, phi(x_j) = features_j *
-    exp(ref); ref is favor.NEG when every key is masked.
+    (features (..., l, m), ref (...,)) float32: phi(x_j) = features_j *
+    exp(ref) for every unmasked key j; ref (under stop_gradient) is
+    favor.NEG when every key is masked.
   """
   fmap = get_feature_map(name)
   if fmap.logits_fn is None:
@@ -196,16 +211,17 @@ def relative_features(name, x, projection, numerical_stabilizer=1e-6,
         f'relative_features needs a stabilized feature map (softmax, exp); '
         f'got {name!r}.')
   _check_depth(x, projection)
+  if key_mask is not None:
+    key_mask = favor.as_key_mask(key_mask, x.shape[:-1])
   return _relative_features(name, x, projection, numerical_stabilizer,
                             key_mask)
 
 
 @functools.partial(cpu_speedups.jit, static_argnums=(0,))
 def _relative_features(name, x, projection, eps, key_mask):
-  x = x.astype(jnp.float32) * float(x.shape[-1]) ** -0.25
   logits, offset = FEATURE_MAPS[name].logits_fn(
-      x, projection.astype(jnp.float32))  # (..., l, m), (..., l)
-  s = jax.lax.stop_gradient(cpu_speedups.row_max(logits))  # (..., l)
+      *_normalized(x, projection))  # (..., l, m), (..., l)
+  s = _row_max(logits)  # (..., l)
   log_scale = s + offset
   if key_mask is not None:  # a masked key's log-scale is left out of ref
     log_scale = jnp.where(key_mask, log_scale, favor.NEG)
@@ -223,8 +239,8 @@ def full_features(name, x, projection, numerical_stabilizer=0.0):
 
 
 def normalize(x, t):
-  """qk_normalization: x (b, h, l, d) at L2 norm sqrt(t) d^(1/4): the feature maps divide by
-  d^(1/4), so q.k / sqrt(d) becomes t cos(q, k)."""
+  """qk_normalization: x (b, h, l, d) at L2 norm sqrt(t) d^(1/4): the
+  feature maps divide by d^(1/4), so q.k / sqrt(d) becomes t cos(q, k)."""
   d = x.shape[-1]
   # (h,) -> (h, 1, 1): a temperature per head, over positions and features
   t = jnp.reshape(t, (-1, 1, 1)) if jnp.ndim(t) else t
