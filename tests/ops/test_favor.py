@@ -15,6 +15,7 @@ from trax_favor import ops
 from trax_favor.ops import cpu_speedups
 from trax_favor.ops import favor
 from trax_favor.ops import reference
+from trax_favor.ops import sequence_parallel
 
 RTOL, ATOL = 1e-5, 1e-5
 GRAD_TOL = 1e-4
@@ -470,7 +471,8 @@ def test_bad_arguments_raise_clear_errors():
 @pytest.mark.parametrize('causal', [False, True], ids=['bidir', 'causal'])
 def test_an_integer_mask_keeps_its_ones(causal):
   """A 0/1 integer key_mask is the bool mask it reads as (used as it was,
-  `~1` is -2, truthy: every output was NaN)."""
+  `~1` is -2, truthy: every output was NaN), in favor_attention and in the
+  building blocks; a float mask is one ConfigError."""
   q, k, v = _qkv(13, length=20)
   w = ops.draw_projection(jax.random.PRNGKey(4), 8, 12)
   keep = np.arange(20) % 3 != 1
@@ -486,6 +488,16 @@ def test_an_integer_mask_keeps_its_ones(causal):
   np.testing.assert_array_equal(
       bidir_int, ops.bidirectional_favor(*_features('softmax', q, k, 8), v,
                                          jnp.asarray(keep)))
+  _, k_feat, k_log_scale = _features('softmax', q, k, 8)
+  shard_sums = [sequence_parallel.causal_key_sums(k_feat, k_log_scale, v,
+                                                  mask)
+                for mask in (jnp.asarray(keep, jnp.int32), jnp.asarray(keep))]
+  for a, b in zip(*shard_sums):
+    assert np.all(np.isfinite(b))
+    np.testing.assert_array_equal(a, b)
+  with pytest.raises(ValueError, match='key_mask must be bool'):
+    sequence_parallel.causal_key_sums(k_feat, k_log_scale, v,
+                                      jnp.asarray(keep, jnp.float32))
 
 
 @pytest.mark.parametrize('feature_map', ['relu', 'elu'])

@@ -143,7 +143,7 @@ def causal_key_sums(k_feat, k_log_scale, v, key_mask=None):
   Args:
     k_feat: (..., l, m) key features; k_log_scale: (..., l) or None.
     v: (..., l, v) values.
-    key_mask: optional bool broadcastable to (..., l).
+    key_mask: optional bool (or integer 0/1) broadcastable to (..., l).
 
   Returns:
     KeySums (kv (..., m, v), z (..., m), ref (...,)).
@@ -152,7 +152,8 @@ def causal_key_sums(k_feat, k_log_scale, v, key_mask=None):
   if k_log_scale is not None:
     bad = bad | ~jnp.isfinite(k_log_scale)
   if key_mask is not None:  # a masked row is removed, whatever it holds
-    bad = bad & jnp.broadcast_to(key_mask, bad.shape)
+    key_mask = favor.as_key_mask(key_mask, bad.shape)
+    bad = bad & key_mask
   keep = ~bad if key_mask is None else key_mask & ~bad
   sums = favor.key_sums(k_feat, k_log_scale, v, keep)
   spoiled = jnp.any(bad, axis=-1)  # (...,)
