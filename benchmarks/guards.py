@@ -27,6 +27,9 @@ of them. Forward+backward of each core, on (1, h, l, d) inputs:
                     core (ReLU kinds, where trax is installed)
     authors         softmax_bidir: the Performer authors' form (one
                     maximum over all keys, eps 1e-4 after the exp)
+    factored_keys   softmax_bidir: the op as it was before keys were
+                    scaled in one pass (`relative_features`): the
+                    factored features, then `ops.bidirectional_favor`
 
 timed in alternating rounds (each call after an untimed one of the same
 program) with `full` as the baseline: time / full is the median of paired
@@ -115,6 +118,12 @@ def _softmax_core(variant, w):
     return lambda q, k, v: ops.favor_attention(q, k, v, w, block_size=None)
   if variant == 'authors':
     return lambda q, k, v: contenders.authors_bidir(q, k, v, w)
+  if variant == 'factored_keys':
+    def factored(q, k, v):
+      q_feat, _ = feature_maps.feature_map('softmax', q, w)
+      k_feat, k_log_scale = feature_maps.feature_map('softmax', k, w)
+      return ops.bidirectional_favor(q_feat, k_feat, k_log_scale, v)
+    return factored
 
   def call(q, k, v):
     q_feat, _ = feature_maps.feature_map('softmax', q, w)
@@ -127,7 +136,7 @@ def _softmax_core(variant, w):
 
 def variants(kind, with_trax):
   if kind == 'softmax_bidir':
-    return ['full', 'no_query_guard', 'bare', 'authors']
+    return ['full', 'no_query_guard', 'bare', 'authors', 'factored_keys']
   names = (['full', 'no_query_guard', 'bare'] if kind == 'bidir'
            else ['full', 'bare'])
   return names + (['trax'] if with_trax else [])

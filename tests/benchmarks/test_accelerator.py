@@ -191,6 +191,6 @@ def test_image_only_dry_run_needs_no_trax_gin_or_tensorflow(tmp_path, in_repo):
   with open(out / 'guards.json') as f:  # no trax: no trax variants
     guards = json.load(f)['results']['128']
   assert set(guards['softmax_bidir']) == {'full', 'no_query_guard', 'bare',
-                                          'authors'}
+                                          'authors', 'factored_keys'}
   assert set(guards['bidir']) == {'full', 'no_query_guard', 'bare'}
   assert guards['causal']['full']['time_over_full'] == 1.0
